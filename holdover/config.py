@@ -1,0 +1,367 @@
+"""The configuration file: every setting defined once, validated at start.
+
+Each setting is declared in ``SETTINGS`` with its section, name, parser, default and
+doc, as gunicorn's ``config.py`` does; loading, error messages and the configuration
+reference all come from that one table.  Errors name the file, the key, the line where
+it can be found and what was expected, because an operator reads them at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG = "holdover.toml"
+
+
+class ConfigError(Exception):
+    """A configuration problem, with a message that says where and what."""
+
+
+# -- value parsers -------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.I)
+_SIZE_UNITS = {
+    None: 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2,
+    "mib": 1024**2, "g": 1024**3, "gb": 1000**3, "gib": 1024**3,
+}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``30s``, ``5m``, ``250ms``, ``1h``, ``2d`` or a bare number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like \"30s\", \"5m\" or \"250ms\"")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ValueError(
+                f"expected a duration like \"30s\", \"5m\" or \"250ms\", got {value!r}")
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    if seconds < 0:
+        raise ValueError("expected a duration >= 0")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """Bytes from ``64KiB``, ``10MiB``, ``1GiB``, ``500kb`` or a bare integer."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size like \"64KiB\" or \"10MiB\"")
+    if isinstance(value, int):
+        n = value
+    else:
+        m = _SIZE.match(str(value))
+        if not m:
+            raise ValueError(f"expected a size like \"64KiB\" or \"10MiB\", got {value!r}")
+        unit = m.group(2).lower() if m.group(2) else None
+        n = int(float(m.group(1)) * _SIZE_UNITS[unit])
+    if n < 0:
+        raise ValueError("expected a size >= 0")
+    return n
+
+
+def parse_address(value: Any) -> tuple[str, int]:
+    """``host:port`` (``[::1]:8080`` for IPv6); port 0 means "any free port"."""
+    if not isinstance(value, str):
+        raise ValueError("expected \"host:port\", e.g. \"127.0.0.1:8080\"")
+    m = re.match(r"^\[([0-9a-fA-F:.]+)\]:(\d+)$", value) or re.match(r"^([^:\[\]]+):(\d+)$", value)
+    if not m:
+        raise ValueError(f"expected \"host:port\", e.g. \"127.0.0.1:8080\", got {value!r}")
+    port = int(m.group(2))
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    return m.group(1), port
+
+
+def _int_at_least(low: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer >= {low}, got {value!r}")
+        if value < low:
+            raise ValueError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+
+    return parse
+
+
+def _command(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected the command that starts one worker, e.g. "
+                         "\"python app.py --port {port}\"")
+    try:
+        shlex.split(value)
+    except ValueError as exc:
+        raise ValueError(f"cannot split the command into words: {exc}") from None
+    return value
+
+
+def _health_path(value: Any) -> str:
+    if not isinstance(value, str) or (value and not value.startswith("/")):
+        raise ValueError(f"expected a path starting with \"/\" (or \"\" for a TCP check), "
+                         f"got {value!r}")
+    if any(c in value for c in "\r\n \t"):
+        raise ValueError("the path must not contain whitespace")
+    return value
+
+
+def _env(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError("expected a table of NAME = \"value\"")
+    out = {}
+    for k, v in value.items():
+        if not isinstance(v, str | int | float) or isinstance(v, bool):
+            raise ValueError(f"expected a string value for {k!r}, got {v!r}")
+        out[str(k)] = str(v)
+    return out
+
+
+def _cookie_name(value: Any) -> str:
+    if not isinstance(value, str) or (value and not re.match(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$",
+                                                              value)):
+        raise ValueError(f"expected a cookie name (letters, digits, -_.), got {value!r}")
+    return value
+
+
+def _access_log(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a file path, \"-\" for standard output or \"off\"")
+    return value
+
+
+# -- the settings table -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration key: where it lives, how it is read, and what it is for."""
+
+    section: str
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    doc: str
+    required: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # [gateway]
+    Setting("gateway", "listen", parse_address, "127.0.0.1:8080",
+            "Public address (host:port) the proxy listens on."),
+    Setting("gateway", "admin_listen", parse_address, "127.0.0.1:8081",
+            "Address of the admin page, JSON API and metrics; keep it on loopback."),
+    Setting("gateway", "state_dir", _string, ".holdover",
+            "Folder for the state store, release snapshots, secrets and logs "
+            "(relative to the config file)."),
+    Setting("gateway", "access_log", _access_log, "access.log",
+            "Access log: a file (relative to state_dir), \"-\" for standard output, "
+            "or \"off\"."),
+    Setting("gateway", "access_log_format", _choice("json", "combined"), "json",
+            "One JSON object per request, or the combined log format."),
+    Setting("gateway", "max_request_line", parse_size, "8KiB",
+            "Longest request line accepted; longer gets 414."),
+    Setting("gateway", "max_header_size", parse_size, "64KiB",
+            "Largest request head (all header lines) accepted; larger gets 431."),
+    Setting("gateway", "max_headers", _int_at_least(1), 100,
+            "Most request header lines accepted; more gets 431."),
+    Setting("gateway", "max_body_size", parse_size, "0",
+            "Largest request body accepted (0 = no limit; bodies are streamed, never "
+            "buffered); larger gets 413."),
+    Setting("gateway", "header_timeout", parse_duration, "10s",
+            "Time a client has to send a whole request head; then 408."),
+    Setting("gateway", "keepalive_timeout", parse_duration, "75s",
+            "How long an idle client keep-alive connection is kept open."),
+    Setting("gateway", "body_timeout", parse_duration, "60s",
+            "Longest pause allowed while a client sends a request body."),
+    Setting("gateway", "connect_timeout", parse_duration, "5s",
+            "Time allowed to open a connection to a worker."),
+    Setting("gateway", "response_timeout", parse_duration, "60s",
+            "Time a worker has to start answering a request; then 504."),
+    Setting("gateway", "upstream_idle_timeout", parse_duration, "4s",
+            "How long an idle pooled connection to a worker is kept (below the app's "
+            "own keep-alive timeout, so the gateway closes first)."),
+    Setting("gateway", "upstream_keepalive", _int_at_least(0), 64,
+            "Idle connections kept per worker for reuse."),
+    Setting("gateway", "queue_size", _int_at_least(0), 1024,
+            "Requests that may wait for a worker when none is ready; more get 503."),
+    Setting("gateway", "queue_timeout", parse_duration, "15s",
+            "How long a request waits for a ready worker before it gets 503."),
+    Setting("gateway", "shutdown_timeout", parse_duration, "30s",
+            "On SIGTERM, how long in-flight requests and open WebSockets may finish."),
+    Setting("gateway", "forwarded_headers", _choice("replace", "append"), "replace",
+            "\"append\" keeps a client's X-Forwarded-For/Forwarded (only behind a trusted "
+            "proxy); \"replace\" drops them."),
+    # [app]
+    Setting("app", "command", _command, None,
+            "Command that starts one worker; {port} and $PORT name its port.", required=True),
+    Setting("app", "cwd", _string, ".",
+            "Working directory of the workers (relative to the config file)."),
+    Setting("app", "env", _env, {}, "Extra environment variables for the workers."),
+    Setting("app", "workers", _int_at_least(1), 2, "Worker processes per revision."),
+    Setting("app", "health_path", _health_path, "",
+            "Path that answers 2xx when a worker is ready; \"\" = ready when its port "
+            "accepts connections."),
+    Setting("app", "health_interval", parse_duration, "5s",
+            "How often ready workers are health-checked."),
+    Setting("app", "health_timeout", parse_duration, "3s", "Time allowed for one health check."),
+    Setting("app", "health_failures", _int_at_least(1), 3,
+            "Failed checks in a row that take a worker out of rotation and restart it."),
+    Setting("app", "start_timeout", parse_duration, "60s",
+            "Time a new worker has to become ready before it counts as failed."),
+    Setting("app", "stop_grace", parse_duration, "30s",
+            "After SIGTERM, how long a worker may finish its work before SIGKILL."),
+    Setting("app", "restart_backoff_max", parse_duration, "30s",
+            "Longest wait between restarts of a crashing worker (back-off doubles from 0.5s)."),
+    Setting("app", "crash_loop_restarts", _int_at_least(1), 5,
+            "Restarts within crash_loop_window that mark a worker as crash-looping."),
+    Setting("app", "crash_loop_window", parse_duration, "60s",
+            "Window in which restarts are counted for crash-loop detection."),
+    Setting("app", "log_max_bytes", parse_size, "10MiB",
+            "Size at which a worker's log file is rotated."),
+    Setting("app", "log_backups", _int_at_least(0), 3, "Rotated worker log files kept."),
+    Setting("app", "mode", _choice("sessions", "stateless"), "sessions",
+            "\"sessions\": pin each session to its worker; \"stateless\": balance freely."),
+    Setting("app", "session_cookie", _cookie_name, "",
+            "The app's own session cookie; \"\" = holdover pins clients with its own cookie."),
+    Setting("app", "session_idle_timeout", parse_duration, "30m",
+            "A session with no request for this long has ended."),
+)
+
+SECTIONS = tuple(dict.fromkeys(s.section for s in SETTINGS))
+
+
+@dataclass
+class Config:
+    """The validated configuration; attribute names are ``section_name``."""
+
+    path: Path
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, item: str) -> Any:
+        try:
+            return self.__dict__["values"][item]
+        except KeyError:
+            raise AttributeError(item) from None
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def state_dir(self) -> Path:
+        return (self.base_dir / self.gateway_state_dir).resolve()
+
+    @property
+    def app_dir(self) -> Path:
+        return (self.base_dir / self.app_cwd).resolve()
+
+
+def _line_of(text: str, section: str, key: str | None) -> int | None:
+    """Best-effort line number of ``key`` in ``[section]`` (tomllib gives none)."""
+    current = None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        m = re.match(r"^\[\s*([A-Za-z0-9_.\-]+)\s*\]", stripped)
+        if m:
+            current = m.group(1)
+            if key is None and current == section:
+                return lineno
+            continue
+        if key is not None and current == section and re.match(
+            rf"^\"?{re.escape(key)}\"?\s*=", stripped
+        ):
+            return lineno
+    return None
+
+
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate a config file; raise ConfigError saying what is wrong and where."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file (use -c FILE, or create "
+                          f"{DEFAULT_CONFIG}; see `holdover check --help`)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return from_dict(data, path=path.resolve(), text=text, overrides=overrides)
+
+
+def from_dict(data: dict[str, Any], path: Path, text: str = "",
+              overrides: dict[str, Any] | None = None) -> Config:
+    """Validate parsed TOML data; ``text`` (the file's source) is used to find line numbers."""
+    def where(section: str, key: str | None = None) -> str:
+        line = _line_of(text, section, key) if text else None
+        name = f"[{section}]" + (f" {key}" if key else "")
+        return f"{path}: {name}" + (f" (line {line})" if line else "")
+
+    known = {(s.section, s.name): s for s in SETTINGS}
+    for section, table in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{where(section)}: unknown section; expected one of "
+                              f"{', '.join(f'[{s}]' for s in SECTIONS)}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: {section}: expected a table [{section}]")
+        for key in table:
+            if (section, key) not in known:
+                names = sorted(n for (sec, n) in known if sec == section)
+                raise ConfigError(f"{where(section, key)}: unknown key; expected one of "
+                                  f"{', '.join(names)}")
+    values: dict[str, Any] = {}
+    overrides = overrides or {}
+    for s in SETTINGS:
+        attr = f"{s.section}_{s.name}"
+        table = data.get(s.section, {})
+        if attr in overrides:
+            raw, origin = overrides[attr], f"{path}: [{s.section}] {s.name} (override)"
+        elif s.name in table:
+            raw, origin = table[s.name], where(s.section, s.name)
+        elif s.required:
+            raise ConfigError(f"{where(s.section)}: missing required key {s.name!r}: {s.doc}")
+        else:
+            raw, origin = s.default, f"default of [{s.section}] {s.name}"
+        try:
+            values[attr] = s.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{origin}: {exc}") from None
+    return Config(path=path, values=values)
+
+
+def reference_markdown() -> str:
+    """The configuration reference, generated from SETTINGS."""
+    out = ["# Configuration reference", "",
+           "Generated from `holdover/config.py`; every key is optional unless marked.", ""]
+    for section in SECTIONS:
+        out += [f"## [{section}]", "", "| key | default | meaning |", "| --- | --- | --- |"]
+        for s in SETTINGS:
+            if s.section == section:
+                default = "**required**" if s.required else f"`{s.default!r}`"
+                out.append(f"| `{s.name}` | {default} | {s.doc} |")
+        out.append("")
+    return "\n".join(out)

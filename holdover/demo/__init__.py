@@ -1,0 +1,1 @@
+"""The bundled sample app that ``holdover demo`` runs behind the gateway."""

@@ -1,0 +1,158 @@
+"""HTTP/1.1 pieces of the proxy that need no socket: header rules, framing, error pages.
+
+The parsing itself is done by httptools (llhttp, the parser of Node.js and uvicorn), which
+already refuses most smuggling shapes (Content-Length with Transfer-Encoding, duplicate
+or signed Content-Length, bad chunk sizes, obsolete line folding, bare CR/LF).  What is
+left to us is deciding which headers travel to the other side, the extra rules llhttp
+does not enforce, and the bytes of our own error answers.  Everything here is a pure
+function over bytes so that it can be tested without a network.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+# Headers that describe one connection, never the message (RFC 9110 section 7.6.1), plus
+# the framing headers the proxy rewrites itself.  Looked up by lower-cased name.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+    b"transfer-encoding", b"upgrade", b"content-length",
+})
+# Client-supplied forwarding headers are replaced by ours, unless told to append.
+FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+                        b"forwarded"})
+
+SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class RequestRejected(Exception):
+    """A request the gateway answers itself with ``status`` and then closes."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def status_for_parser_error(message: str) -> int:
+    """Map an llhttp error message to the status a client should get."""
+    m = message.lower()
+    if "header overflow" in m or "headers overflow" in m:
+        return 431
+    if "uri" in m and "too" in m:
+        return 414
+    if "transfer-encoding" in m and "invalid" in m and "request has" in m:
+        return 501
+    return 400
+
+
+def check_transfer_encoding(value: bytes) -> None:
+    """Only a single ``chunked`` coding is forwarded; anything else is refused.
+
+    llhttp accepts ``gzip, chunked``, but the proxy re-frames bodies and would have to
+    forward the other codings untouched; a proxy that half-understands a coding is how
+    smuggling starts, so such requests get 501 as RFC 9112 section 6.1 allows.
+    """
+    if value.strip().lower() != b"chunked":
+        raise RequestRejected(501, "unsupported Transfer-Encoding")
+
+
+def connection_tokens(value: bytes) -> set[bytes]:
+    """The lower-cased tokens of a Connection header."""
+    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+
+
+def forwarded_for_element(ip: str) -> bytes:
+    """``for=`` element of RFC 7239: IPv6 addresses are bracketed and quoted."""
+    if ":" in ip:
+        return b'for="[' + ip.encode() + b']"'
+    return b"for=" + ip.encode()
+
+
+def forwarded_headers(client_ip: bytes, forwarded_for: bytes, proto: bytes, host: bytes | None,
+                      prior_xff: bytes | None = None, prior_fwd: bytes | None = None) -> bytes:
+    """The X-Forwarded-* and Forwarded lines the worker receives."""
+    xff = prior_xff + b", " + client_ip if prior_xff else client_ip
+    element = forwarded_for + b";proto=" + proto
+    if host:
+        element += b';host="' + host.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    fwd = prior_fwd + b", " + element if prior_fwd else element
+    out = b"X-Forwarded-For: " + xff + b"\r\nX-Forwarded-Proto: " + proto + b"\r\n"
+    if host:
+        out += b"X-Forwarded-Host: " + host + b"\r\n"
+    return out + b"Forwarded: " + fwd + b"\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+_ERROR_CACHE: dict[tuple[int, bool, bool, int], bytes] = {}
+
+
+def wants_json(accept: bytes | None) -> bool:
+    """Whether a client asked for JSON rather than a page."""
+    return bool(accept) and b"json" in accept.lower() and b"html" not in accept.lower()
+
+
+def error_response(status: int, json: bool = False, close: bool = True,
+                   retry_after: int = 0) -> bytes:
+    """A short, complete error answer: HTML for browsers, JSON for API clients."""
+    key = (status, json, close, retry_after)
+    cached = _ERROR_CACHE.get(key)
+    if cached is not None:
+        return cached
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    hint = {
+        400: "The request was malformed.",
+        408: "The request was not received in time.",
+        413: "The request body is larger than this gateway accepts.",
+        414: "The request line is longer than this gateway accepts.",
+        431: "The request headers are larger than this gateway accepts.",
+        501: "This request uses a transfer coding the gateway does not support.",
+        502: "The application did not give a valid answer.",
+        503: "No application worker is available right now; please retry shortly.",
+        504: "The application did not answer in time.",
+    }.get(status, phrase)
+    if json:
+        body = b'{"error": {"status": %d, "message": "%b"}}\n' % (status, hint.encode())
+        ctype = b"application/json"
+    else:
+        body = (b"<!doctype html><html><head><title>%d %b</title></head><body><h1>%d %b</h1>"
+                b"<p>%b</p><hr><p>holdover</p></body></html>\n"
+                % (status, phrase.encode(), status, phrase.encode(), hint.encode()))
+        ctype = b"text/html; charset=utf-8"
+    head = (b"HTTP/1.1 %d %b\r\nContent-Type: %b\r\nContent-Length: %d\r\n"
+            b"Cache-Control: no-store\r\n" % (status, phrase.encode(), ctype, len(body)))
+    if retry_after:
+        head += b"Retry-After: %d\r\n" % retry_after
+    head += b"Connection: close\r\n" if close else b""
+    out = head + b"\r\n" + body
+    _ERROR_CACHE[key] = out
+    return out
+
+
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+
+
+def status_line(status: int, reason: bytes) -> bytes:
+    """The status line sent to clients (always HTTP/1.1), cached per status and reason."""
+    key = (status, reason)
+    line = _STATUS_LINES.get(key)
+    if line is None:
+        if not reason:
+            try:
+                reason = HTTPStatus(status).phrase.encode()
+            except ValueError:
+                reason = b"Unknown"
+        line = b"HTTP/1.1 %d %b\r\n" % (status, reason)
+        if len(_STATUS_LINES) < 256:
+            _STATUS_LINES[key] = line
+    return line

@@ -1,0 +1,534 @@
+"""The client side of the proxy: one asyncio Protocol per client connection.
+
+A ``ClientConnection`` parses requests with httptools and turns each into an
+``Exchange``: the request head is rebuilt once for the worker (hop-by-hop headers out,
+forwarding headers in), a worker is chosen by the gateway's router, and body bytes are
+streamed to it as they arrive.  Pipelined requests are parsed ahead, parked in order
+and answered in order.  Backpressure is a bitmask of reasons to stop reading the client
+(``pause_reading_for``), so that the reasons never undo each other.
+
+Everything that waits is a callback, never a coroutine, except opening a new
+connection to a worker; timeouts are enforced by the gateway's once-a-second sweep
+(``ClientConnection.sweep``) instead of one timer per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from time import monotonic
+from typing import TYPE_CHECKING
+
+import httptools
+
+from .http1 import (
+    FORWARDING,
+    HOP_BY_HOP,
+    LAST_CHUNK,
+    SAFE_METHODS,
+    RequestRejected,
+    check_transfer_encoding,
+    connection_tokens,
+    error_response,
+    forwarded_for_element,
+    forwarded_headers,
+    status_for_parser_error,
+    wants_json,
+)
+from .upstream import WRITE_HIGH_WATER, UpstreamConnection
+
+if TYPE_CHECKING:
+    from ..gateway import Gateway
+
+_HOST = b"host"
+_COOKIE = b"cookie"
+_ACCEPT = b"accept"
+_CONNECTION = b"connection"
+_CONTENT_LENGTH = b"content-length"
+_TRANSFER_ENCODING = b"transfer-encoding"
+_UPGRADE = b"upgrade"
+
+# Reasons to stop reading from the client (bits of ClientConnection.paused).
+PAUSE_PIPELINE = 1  # a pipelined request waits for the one before it
+PAUSE_UPSTREAM = 2  # the worker's socket buffer is full
+PAUSE_CONNECTING = 4  # body bytes wait for the connection to the worker
+PAUSE_TUNNEL = 8  # bytes after an Upgrade request wait for the worker's 101
+
+BODY_NONE, BODY_LENGTH, BODY_CHUNKED = range(3)
+
+
+class Exchange:
+    """One request and its response, from first byte in to last byte out."""
+
+    __slots__ = (
+        "accept", "body_buf", "body_mode", "body_seen", "conn", "cookie", "head",
+        "head_sent_to_worker", "host", "http11", "keep_alive", "method", "pin",
+        "request_done", "resp_bytes", "resp_started", "revision", "sent_at", "status",
+        "t0", "tried", "tunnel_early", "upgrade", "upstream", "url", "waiter", "worker",
+    )
+
+    def __init__(self, conn: ClientConnection, t0: float) -> None:
+        self.conn = conn
+        self.t0 = t0
+        self.method = b""
+        self.url = b""
+        self.head = b""
+        self.host: bytes | None = None
+        self.accept: bytes | None = None
+        self.cookie: bytes | None = None
+        self.http11 = True
+        self.keep_alive = True
+        self.upgrade = False
+        self.body_mode = BODY_NONE
+        self.body_seen = 0
+        self.body_buf: list[bytes] | None = []
+        self.request_done = False
+        self.head_sent_to_worker = False
+        self.resp_started = False
+        self.resp_bytes = 0
+        self.status = 0
+        self.sent_at = 0.0
+        self.worker = None
+        self.revision = None
+        self.pin = None
+        self.upstream: UpstreamConnection | None = None
+        self.waiter = None
+        self.tried: list | None = None
+        self.tunnel_early = b""
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: parse, route, stream, answer in order."""
+
+    __slots__ = (
+        "_cl",
+        "_conn_tokens",
+        "_fwd",
+        "_fwd_host",
+        "_fwd_key",
+        "_hdr_count",
+        "_head_bytes",
+        "_lines",
+        "_prior_fwd",
+        "_prior_xff",
+        "_te",
+        "_upgrade_value",
+        "_url_parts",
+        "client_ip",
+        "current",
+        "gw",
+        "last_active",
+        "parser",
+        "parsing",
+        "paused",
+        "pending",
+        "transport",
+        "tunnel",
+        "write_paused",
+    )
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = httptools.HttpRequestParser(self)
+        self.parsing: Exchange | None = None
+        self.current: Exchange | None = None
+        self.pending: deque[Exchange] = deque()
+        self.paused = 0
+        self.write_paused = False
+        self.tunnel: asyncio.Transport | None = None
+        self.last_active = 0.0
+        self.client_ip = b""
+        self._fwd = b""
+        self._fwd_key: bytes | None = None
+        self._fwd_host = b""
+        self._lines: list[bytes] = []
+        self._url_parts: list[bytes] = []
+        self._head_bytes = 0
+        self._hdr_count = 0
+        self._te: bytes | None = None
+        self._cl: bytes | None = None
+        self._conn_tokens: bytes | None = None
+        self._upgrade_value: bytes | None = None
+        self._prior_xff: bytes | None = None
+        self._prior_fwd: bytes | None = None
+
+    # -- asyncio callbacks ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        ip = peer[0] if isinstance(peer, tuple) else "unix"
+        self.client_ip = ip.encode()
+        self._fwd = forwarded_for_element(ip)
+        self.last_active = monotonic()
+        self.gw.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        gw = self.gw
+        gw.connections.discard(self)
+        tunnel = self.tunnel
+        if tunnel is not None:
+            self.tunnel = None
+            tunnel.close()
+            return
+        ex = self.current
+        self.current = None
+        if ex is not None:
+            if ex.waiter is not None:
+                ex.waiter.cancel()
+            up = ex.upstream
+            if up is not None:
+                up.ex = None
+                up.transport.abort()  # the worker may still be sending: do not reuse
+            if not ex.resp_started:
+                ex.status = 499  # the client went away before its answer
+            gw.exchange_done(ex)
+        self.pending.clear()
+
+    def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.write(data)
+            return
+        gw = self.gw
+        self.last_active = monotonic()
+        if self.parsing is not None and self._lines is not None:
+            self._head_bytes += len(data)
+            if self._head_bytes > gw.max_head_bytes:
+                self.reject(431, "request head too large")
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upg:
+            ex = self.current if self.current is not None and self.current.upgrade else None
+            if ex is None and self.pending and self.pending[-1].upgrade:
+                ex = self.pending[-1]
+            if ex is not None:  # hold what follows the head until the worker says 101
+                ex.tunnel_early = data[upg.args[0]:]
+                self.pause_reading_for(PAUSE_TUNNEL)
+        except httptools.HttpParserCallbackError as err:
+            cause = err.__context__
+            if isinstance(cause, RequestRejected):
+                self.reject(cause.status, cause.reason)
+            else:
+                raise
+        except httptools.HttpParserError as err:
+            msg = str(err)
+            self.reject(status_for_parser_error(msg), msg)
+
+    def eof_received(self) -> bool:
+        # A client that half-closes after its request still gets its answer.
+        return self.current is not None and self.parsing is None
+
+    def pause_writing(self) -> None:  # the client reads slower than the worker sends
+        self.write_paused = True
+        ex = self.current
+        if ex is not None and ex.upstream is not None:
+            ex.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self.current
+        if ex is not None and ex.upstream is not None and not ex.upstream.closed:
+            ex.upstream.transport.resume_reading()
+
+    def pause_reading_for(self, reason: int) -> None:
+        if not self.paused:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def resume_reading_for(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    # -- httptools callbacks (request) ----------------------------------------------
+
+    def on_message_begin(self) -> None:
+        ex = Exchange(self, monotonic())
+        self.parsing = ex
+        self._lines = []
+        self._url_parts = []
+        self._head_bytes = 0
+        self._hdr_count = 0
+        self._te = self._cl = self._conn_tokens = self._upgrade_value = None
+        self._prior_xff = self._prior_fwd = None
+
+    def on_url(self, url: bytes) -> None:
+        self._url_parts.append(url)
+        if len(self._url_parts) > 1 and sum(map(len, self._url_parts)) > self.gw.max_request_line:
+            raise RequestRejected(414, "request line too long")
+        if len(url) > self.gw.max_request_line:
+            raise RequestRejected(414, "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._hdr_count += 1
+        if self._hdr_count > self.gw.max_headers:
+            raise RequestRejected(431, "too many headers")
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == _CONTENT_LENGTH:
+                self._cl = value
+            elif lname == _TRANSFER_ENCODING:
+                check_transfer_encoding(value)
+                self._te = value
+            elif lname == _CONNECTION:
+                self._conn_tokens = value if self._conn_tokens is None else \
+                    self._conn_tokens + b"," + value
+            elif lname == _UPGRADE:
+                self._upgrade_value = value
+            return
+        if lname in FORWARDING:
+            if self.gw.append_forwarded:
+                if lname == b"x-forwarded-for":
+                    self._prior_xff = value
+                elif lname == b"forwarded":
+                    self._prior_fwd = value
+            return
+        ex = self.parsing
+        if lname == _HOST:
+            if ex.host is not None:
+                raise RequestRejected(400, "more than one Host header")
+            ex.host = value
+        elif lname == _COOKIE:
+            ex.cookie = value if ex.cookie is None else ex.cookie + b"; " + value
+        elif lname == _ACCEPT:
+            ex.accept = value
+        self._lines.append(name + b": " + value + b"\r\n")
+
+    def on_headers_complete(self) -> None:
+        ex = self.parsing
+        gw = self.gw
+        parser = self.parser
+        ex.method = method = parser.get_method()
+        parts = self._url_parts
+        ex.url = url = parts[0] if len(parts) == 1 else b"".join(parts)
+        ex.http11 = parser.get_http_version() == "1.1"
+        ex.keep_alive = parser.should_keep_alive()
+        lines = self._lines
+        self._lines = None  # type: ignore[assignment]  # head complete: stop counting head bytes
+        if self._conn_tokens is not None:
+            tokens = connection_tokens(self._conn_tokens)
+            extra = tokens - {b"close", b"keep-alive", b"upgrade"}
+            if extra:  # headers the client named as hop-by-hop stay with this connection
+                lines = [ln for ln in lines if ln.split(b":", 1)[0].lower() not in extra]
+        if ex.host is None and ex.http11:
+            raise RequestRejected(400, "HTTP/1.1 request without Host")
+        if self._te is not None:
+            if not ex.http11:
+                raise RequestRejected(400, "Transfer-Encoding in an HTTP/1.0 request")
+            ex.body_mode = BODY_CHUNKED
+            framing = b"Transfer-Encoding: chunked\r\n"
+        elif self._cl is not None:
+            if gw.max_body_size and int(self._cl) > gw.max_body_size:
+                raise RequestRejected(413, "request body too large")
+            ex.body_mode = BODY_LENGTH if self._cl != b"0" else BODY_NONE
+            framing = b"Content-Length: " + self._cl + b"\r\n"
+        else:
+            framing = b""
+        if parser.should_upgrade() and self._upgrade_value is not None:
+            ex.upgrade = True
+            framing += b"Connection: upgrade\r\nUpgrade: " + self._upgrade_value + b"\r\n"
+        host = ex.host
+        if host is None:
+            lines.append(b"Host: " + gw.listen_host + b"\r\n")
+        if self._prior_xff is None and self._prior_fwd is None:
+            if host != self._fwd_key:  # usually the same for the whole connection
+                self._fwd_key = host
+                self._fwd_host = forwarded_headers(self.client_ip, self._fwd, gw.proto, host)
+            fwd = self._fwd_host
+        else:
+            fwd = forwarded_headers(self.client_ip, self._fwd, gw.proto, host,
+                                    self._prior_xff, self._prior_fwd)
+        ex.head = b"".join((method, b" ", url, b" HTTP/1.1\r\n", *lines, fwd, framing, b"\r\n"))
+        if self.current is None:
+            self.current = ex
+            gw.route(ex)
+        else:
+            self.pending.append(ex)
+            self.pause_reading_for(PAUSE_PIPELINE)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        ex.body_seen += len(body)
+        gw = self.gw
+        if gw.max_body_size and ex.body_seen > gw.max_body_size:
+            raise RequestRejected(413, "request body too large")
+        if ex.body_mode == BODY_CHUNKED:
+            body = b"%x\r\n%b\r\n" % (len(body), body)
+        up = ex.upstream
+        if up is not None:
+            up.transport.write(body)
+        elif ex.body_buf is not None:
+            ex.body_buf.append(body)
+            if ex is self.current:
+                self.pause_reading_for(PAUSE_CONNECTING)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        self.parsing = None
+        ex.request_done = True
+        if ex.body_mode == BODY_CHUNKED:
+            up = ex.upstream
+            if up is not None:
+                up.transport.write(LAST_CHUNK)
+            elif ex.body_buf is not None:
+                ex.body_buf.append(LAST_CHUNK)
+
+    # -- driven by the gateway and the worker side -----------------------------------
+
+    def attach(self, ex: Exchange, up: UpstreamConnection) -> None:
+        """A connection to the chosen worker is ready: send the request on it."""
+        if self.current is not ex or self.transport.is_closing():
+            self.gw.release_upstream(up, reusable=True)
+            return
+        ex.sent_at = monotonic()
+        up.attach(ex)
+        self.resume_reading_for(PAUSE_CONNECTING)
+
+    def response_complete(self, ex: Exchange, up: UpstreamConnection, reusable: bool) -> None:
+        """The worker finished its answer to ``ex``."""
+        ex.upstream = None
+        self.resume_reading_for(PAUSE_UPSTREAM)
+        self.gw.release_upstream(up, reusable)
+        if not ex.request_done or ex.upgrade:
+            # The worker answered before the whole body arrived; the rest of the body
+            # cannot be told apart from a next request, so this connection ends here.
+            ex.keep_alive = False
+        self._finish(ex)
+
+    def _finish(self, ex: Exchange) -> None:
+        gw = self.gw
+        gw.exchange_done(ex)
+        self.current = None
+        if not ex.keep_alive or gw.closing:
+            self.transport.close()
+            return
+        self.last_active = monotonic()
+        if self.pending:
+            nxt = self.pending.popleft()
+            self.current = nxt
+            gw.route(nxt)
+            if nxt.body_buf and not nxt.request_done:
+                self.pause_reading_for(PAUSE_CONNECTING)
+        if not self.pending:
+            self.resume_reading_for(PAUSE_PIPELINE)
+
+    def upstream_broke(self, ex: Exchange, up: UpstreamConnection, malformed: bool) -> None:
+        """The worker's connection failed or spoke garbage during ``ex``."""
+        ex.upstream = None
+        self.resume_reading_for(PAUSE_UPSTREAM)
+        gw = self.gw
+        if ex.resp_started:  # part of the answer is out: the client must see it broke
+            ex.keep_alive = False
+            gw.exchange_done(ex)
+            self.current = None
+            self.transport.abort()
+            return
+        if (not malformed and not up.got_bytes and gw.retry_safe and ex.method in SAFE_METHODS
+                and ex.body_mode == BODY_NONE and not ex.upgrade):
+            # Nothing came back and the request is safe by definition (RFC 9110 9.2.1),
+            # so a browser would resend it; do that here, on another worker.
+            if gw.retry(ex):
+                return
+        self.fail(ex, 502)
+
+    def fail(self, ex: Exchange, status: int, retry_after: int = 0) -> None:
+        """Answer ``ex`` with an error page of our own (if nothing was sent yet)."""
+        if ex is not self.current:
+            return
+        if ex.resp_started:
+            self.gw.exchange_done(ex)
+            self.current = None
+            self.transport.abort()
+            return
+        ex.status = status
+        ex.resp_started = True
+        close = not ex.request_done or not ex.keep_alive or ex.upgrade or status == 504
+        if close:
+            ex.keep_alive = False
+        data = error_response(status, wants_json(ex.accept), close, retry_after)
+        ex.resp_bytes = len(data)
+        self.transport.write(data)
+        up = ex.upstream
+        if up is not None:
+            ex.upstream = None
+            up.ex = None
+            up.transport.abort()
+        self._finish(ex)
+
+    def reject(self, status: int, reason: str) -> None:
+        """A request we refuse before any of it reaches a worker; the connection ends."""
+        ex = self.parsing or self.current
+        gw = self.gw
+        if self.current is not None and (self.current.resp_started or self.current is not ex):
+            # A bad request behind one still being answered: answering out of order
+            # would confuse the client, so the connection ends here.
+            self.transport.abort()
+            return
+        data = error_response(status, wants_json(ex.accept) if ex else False, True)
+        if ex is not None:
+            ex.status = status
+            ex.resp_started = True
+            ex.resp_bytes = len(data)
+            up = ex.upstream
+            if up is not None:
+                ex.upstream = None
+                up.ex = None
+                up.transport.abort()
+            if ex.waiter is not None:
+                ex.waiter.cancel()
+            if not ex.method:
+                ex.method = b"-"
+            gw.exchange_done(ex, reason)
+        self.current = self.parsing = None
+        self.pending.clear()
+        self.transport.write(data)
+        self.transport.close()
+
+    def start_tunnel(self, ex: Exchange, early_from_worker: bytes) -> None:
+        """The worker switched protocols: splice the two connections."""
+        up = ex.upstream
+        assert up is not None
+        if early_from_worker:
+            self.transport.write(early_from_worker)
+        self.tunnel = up.transport
+        up.tunnel = self.transport
+        if ex.tunnel_early:
+            up.transport.write(ex.tunnel_early)
+            ex.tunnel_early = b""
+        self.resume_reading_for(PAUSE_TUNNEL | PAUSE_PIPELINE | PAUSE_CONNECTING)
+        self.gw.tunnel_opened(ex)
+
+    def tunnel_closed(self, ex: Exchange) -> None:
+        self.current = None
+        self.tunnel = None
+        self.transport.close()
+        self.gw.exchange_done(ex)
+
+    def sweep(self, now: float) -> None:
+        """Enforce this connection's timeouts (called about once a second)."""
+        gw = self.gw
+        if self.tunnel is not None:
+            return
+        ex = self.current
+        if ex is None:
+            if self.parsing is not None:
+                if self._lines is not None and now - self.parsing.t0 > gw.header_timeout:
+                    self.reject(408, "request head not received in time")
+                elif now - self.last_active > gw.body_timeout:
+                    self.reject(408, "request body not received in time")
+            elif now - self.last_active > (0 if gw.closing else gw.keepalive_timeout):
+                self.transport.close()
+            return
+        if ex.upstream is not None and not ex.resp_started and ex.sent_at and \
+                now - ex.sent_at > gw.response_timeout:
+            self.fail(ex, 504)
+        elif not ex.request_done and not self.paused and now - self.last_active > gw.body_timeout:
+            if ex.resp_started:
+                self.transport.abort()
+            else:
+                self.fail(ex, 408)

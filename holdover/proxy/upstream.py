@@ -1,0 +1,320 @@
+"""The worker side of the proxy: keep-alive connections to one worker, and their pool.
+
+An ``UpstreamConnection`` carries one exchange at a time.  It parses the worker's
+response with httptools, rewrites only the response head (hop-by-hop headers out,
+framing chosen for the client), and passes body bytes straight to the client's
+transport.  Everything one ``data_received`` produces for the client goes out in a
+single write: the head and a small body share one syscall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from .http1 import LAST_CHUNK, status_line
+
+if TYPE_CHECKING:
+    from .server import Exchange
+
+_CONNECTION = b"connection"
+_CONTENT_LENGTH = b"content-length"
+_TRANSFER_ENCODING = b"transfer-encoding"
+_KEEP_ALIVE = b"keep-alive"
+_UPGRADE = b"upgrade"
+_RESPONSE_HOP = frozenset({_CONNECTION, _KEEP_ALIVE, b"proxy-connection", b"te", b"trailer",
+                           _TRANSFER_ENCODING, _UPGRADE, _CONTENT_LENGTH})
+
+# How the response body is framed towards the client.
+BODY_NONE, BODY_RAW, BODY_CHUNKED, BODY_UNTIL_CLOSE_CHUNKED, BODY_UNTIL_CLOSE_RAW = range(5)
+
+WRITE_HIGH_WATER = 256 * 1024
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One TCP connection to a worker, reused across exchanges."""
+
+    __slots__ = (
+        "_cl", "_close", "_done", "_interim", "_lines", "_mode", "_reason", "_upgrade", "closed",
+        "ex", "got_bytes", "idle_since", "out", "parser", "pool", "transport", "tunnel",
+    )
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = httptools.HttpResponseParser(self)
+        self.ex: Exchange | None = None
+        self.out: list[bytes] = []
+        self.tunnel: asyncio.Transport | None = None
+        self.closed = False
+        self.got_bytes = False
+        self.idle_since = 0.0
+        self._lines: list[bytes] = []
+        self._reason = b""
+        self._cl: bytes | None = None
+        self._mode = BODY_NONE
+        self._close = False
+        self._done = False
+        self._interim = False
+        self._upgrade: bytes | None = None
+
+    # -- asyncio callbacks ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+
+    def attach(self, ex: Exchange) -> None:
+        """Send ``ex``'s request on this connection (head and any body read so far)."""
+        self.ex = ex
+        ex.upstream = self
+        self.got_bytes = False
+        pending = ex.body_buf
+        if pending:
+            ex.body_buf = None
+            self.transport.write(ex.head + b"".join(pending))
+        else:
+            ex.body_buf = None
+            self.transport.write(ex.head)
+        ex.head_sent_to_worker = True
+        if ex.conn.write_paused:
+            self.transport.pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        ex = self.ex
+        if ex is None:  # a worker talking out of turn on an idle connection
+            self.transport.close()
+            return
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upg:
+            self._flush(ex)
+            if self._upgrade is not None and self.ex is ex:
+                ex.conn.start_tunnel(ex, data[upg.args[0]:])
+            return
+        except httptools.HttpParserError:
+            self.out.clear()
+            self.ex = None
+            self.transport.abort()
+            ex.conn.upstream_broke(ex, self, malformed=True)
+            return
+        self._flush(ex)
+        if self._done:
+            self._done = False
+            if self._mode == BODY_NONE and ex.method == b"HEAD":
+                self.parser = httptools.HttpResponseParser(self)
+            reusable = not self._close and ex.request_done
+            self.ex = None
+            ex.conn.response_complete(ex, self, reusable)
+
+    def _flush(self, ex: Exchange) -> None:
+        out = self.out
+        if out:
+            ex.conn.transport.write(b"".join(out) if len(out) > 1 else out[0])
+            out.clear()
+
+    def pause_writing(self) -> None:  # the worker is slow to read the request body
+        if self.ex is not None:
+            self.ex.conn.pause_reading_for(2)
+
+    def resume_writing(self) -> None:
+        if self.ex is not None:
+            self.ex.conn.resume_reading_for(2)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
+            ex = self.ex
+            self.ex = None
+            if ex is not None:
+                ex.conn.tunnel_closed(ex)
+            return
+        ex = self.ex
+        if ex is None:
+            return
+        self.ex = None
+        if ex.resp_started and self._mode in (BODY_UNTIL_CLOSE_CHUNKED, BODY_UNTIL_CLOSE_RAW):
+            # The worker framed its response by closing the connection: that is the end.
+            if self._mode == BODY_UNTIL_CLOSE_CHUNKED:
+                self.out.append(LAST_CHUNK)
+            else:
+                ex.keep_alive = False
+            self._flush(ex)
+            ex.conn.response_complete(ex, self, False)
+            return
+        ex.conn.upstream_broke(ex, self, malformed=False)
+
+    # -- httptools callbacks (response) ---------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._lines = []
+        self._reason = b""
+        self._cl = None
+        self._mode = BODY_NONE
+        self._close = False
+        self._upgrade = None
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if lname in _RESPONSE_HOP:
+            if lname == _CONTENT_LENGTH:
+                self._cl = value
+            elif lname == _TRANSFER_ENCODING:
+                self._mode = BODY_CHUNKED
+            elif lname == _CONNECTION:
+                if b"close" in value.lower():
+                    self._close = True
+            elif lname == _UPGRADE:
+                self._upgrade = value
+            return
+        self._lines.append(name + b": " + value + b"\r\n")
+        if lname == b"set-cookie":
+            ex = self.ex
+            if ex is not None:
+                ex.conn.gw.on_set_cookie(ex, value)
+
+    def on_headers_complete(self) -> None:
+        ex = self.ex
+        assert ex is not None
+        status = self.parser.get_status_code()
+        ex.status = status
+        lines = self._lines
+        head = [status_line(status, self._reason)]
+        head += lines
+        if status < 200:
+            if status == 101 and ex.upgrade and self._upgrade is not None:
+                head.append(b"Connection: upgrade\r\nUpgrade: " + self._upgrade + b"\r\n\r\n")
+                ex.resp_started = True
+            else:  # 100 Continue, 103 Early Hints: pass on, the final answer follows
+                self._interim = True
+                self._upgrade = None
+                head.append(b"\r\n")
+            self.out.append(b"".join(head))
+            return
+        self._upgrade = None
+        client_11 = ex.http11
+        if ex.method == b"HEAD" or status in (204, 304):
+            self._mode = BODY_NONE
+            if self._cl is not None and status != 204:
+                head.append(b"Content-Length: " + self._cl + b"\r\n")
+            if ex.method == b"HEAD":
+                self._done = True
+        elif self._mode == BODY_CHUNKED:
+            if client_11:
+                head.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                self._mode = BODY_UNTIL_CLOSE_RAW
+                ex.keep_alive = False
+        elif self._cl is not None:
+            self._mode = BODY_RAW
+            head.append(b"Content-Length: " + self._cl + b"\r\n")
+        elif client_11:
+            self._mode = BODY_UNTIL_CLOSE_CHUNKED
+            head.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            self._mode = BODY_UNTIL_CLOSE_RAW
+            ex.keep_alive = False
+        extra = ex.conn.gw.response_extra_headers(ex)
+        if extra:
+            head.append(extra)
+        if not ex.keep_alive or ex.conn.gw.closing:
+            ex.keep_alive = False
+            head.append(b"Connection: close\r\n\r\n")
+        elif not client_11:
+            head.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            head.append(b"\r\n")
+        ex.resp_started = True
+        self.out.append(b"".join(head))
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.ex
+        assert ex is not None
+        ex.resp_bytes += len(body)
+        if self._mode == BODY_CHUNKED or self._mode == BODY_UNTIL_CLOSE_CHUNKED:
+            self.out.append(b"%x\r\n" % len(body))
+            self.out.append(body)
+            self.out.append(b"\r\n")
+        else:
+            self.out.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        if self._mode == BODY_CHUNKED:
+            self.out.append(LAST_CHUNK)
+        elif self._mode in (BODY_UNTIL_CLOSE_CHUNKED, BODY_UNTIL_CLOSE_RAW):
+            return  # llhttp never completes these; connection_lost does
+        if not self.parser.should_keep_alive():
+            self._close = True
+        self._done = True
+
+
+class UpstreamPool:
+    """Idle keep-alive connections to one worker, most recently used first."""
+
+    __slots__ = ("host", "idle", "limit", "port", "worker")
+
+    def __init__(self, worker: object, host: str, port: int, limit: int) -> None:
+        self.worker = worker
+        self.host = host
+        self.port = port
+        self.limit = limit
+        self.idle: deque[UpstreamConnection] = deque()
+
+    def take(self) -> UpstreamConnection | None:
+        """A live idle connection, or None."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and not conn.transport.is_closing():
+                return conn
+        return None
+
+    def put(self, conn: UpstreamConnection, now: float) -> None:
+        """Keep ``conn`` for reuse, or close it when the pool is full."""
+        if conn.closed or len(self.idle) >= self.limit:
+            conn.transport.close()
+            return
+        conn.idle_since = now
+        conn.transport.resume_reading()
+        self.idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        with contextlib.suppress(ValueError):
+            self.idle.remove(conn)
+
+    def expire(self, cutoff: float) -> None:
+        """Close connections idle since before ``cutoff`` (oldest sit at the left)."""
+        idle = self.idle
+        while idle and idle[0].idle_since < cutoff:
+            idle.popleft().transport.close()
+
+    def close(self) -> None:
+        while self.idle:
+            self.idle.pop().transport.close()
+
+    async def connect(self, timeout: float) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
+            timeout)
+        return conn

@@ -1,0 +1,1 @@
+"""Worker processes: start, health-check, restart and stop them (see supervisor.py)."""

@@ -1,0 +1,132 @@
+"""Runs the workers of each revision and tells the proxy which can take traffic.
+
+The supervisor owns processes and nothing else: it starts a revision's workers, waits
+until every one of them is ready (or reports the revision failed with the failing
+worker's log tail), keeps them running, and stops them in a staged way.  Every change
+of a worker's state is reported through ``on_worker_state`` so that the gateway can
+update routing at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Config
+from .worker import Worker, WorkerSpec
+
+log = logging.getLogger("holdover.supervisor")
+
+
+class RevisionFailed(Exception):
+    """A revision's workers never became ready; carries the failing worker's log tail."""
+
+    def __init__(self, revision: str, worker: str, log_tail: str) -> None:
+        super().__init__(f"revision {revision}: worker {worker} never became ready")
+        self.revision = revision
+        self.worker = worker
+        self.log_tail = log_tail
+
+
+@dataclass(eq=False)
+class Revision:
+    """One deployable version of the app and its workers."""
+
+    id: str
+    spec: WorkerSpec
+    workers: list[Worker] = field(default_factory=list)
+    state: str = "starting"
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class Guard:
+    """The orphan guard process (see guard.py): told of every worker's process group."""
+
+    def __init__(self) -> None:
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "holdover.supervisor.guard", stdin=asyncio.subprocess.PIPE,
+            start_new_session=True)
+
+    def tell(self, line: str) -> None:
+        proc = self._proc
+        if proc is not None and proc.stdin is not None and not proc.stdin.is_closing():
+            proc.stdin.write(line.encode() + b"\n")
+
+    async def close(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.stdin is not None:
+            proc.stdin.close()
+            await proc.wait()
+
+
+class Supervisor:
+    """All revisions' workers."""
+
+    def __init__(self, config: Config, on_worker_state: Callable[[Worker], None]) -> None:
+        self.config = config
+        self.on_worker_state = on_worker_state
+        self.revisions: dict[str, Revision] = {}
+        self.guard = Guard()
+
+    def spec(self, revision: str, command: str | None = None, cwd: Path | None = None,
+             env: dict[str, str] | None = None) -> WorkerSpec:
+        """How to run a worker of ``revision``, from the config and any overrides."""
+        c = self.config
+        return WorkerSpec(
+            revision=revision, command=command or c.app_command, cwd=cwd or c.app_dir,
+            env={**c.app_env, **(env or {})}, health_path=c.app_health_path,
+            health_interval=c.app_health_interval, health_timeout=c.app_health_timeout,
+            health_failures=c.app_health_failures, start_timeout=c.app_start_timeout,
+            stop_grace=c.app_stop_grace, backoff_max=c.app_restart_backoff_max,
+            crash_loop_restarts=c.app_crash_loop_restarts,
+            crash_loop_window=c.app_crash_loop_window,
+            log_dir=c.state_dir / "logs" / revision, log_max_bytes=c.app_log_max_bytes,
+            log_backups=c.app_log_backups)
+
+    async def start_revision(self, spec: WorkerSpec, workers: int) -> Revision:
+        """Start ``workers`` workers; return once all are ready, or raise RevisionFailed."""
+        rev = Revision(spec.revision, spec)
+        self.revisions[rev.id] = rev
+        loop = asyncio.get_running_loop()
+        ready: list[asyncio.Future[bool]] = []
+        for i in range(workers):
+            w = Worker(id=f"{rev.id}-{i + 1}", spec=spec, on_state=self.on_worker_state,
+                       guard=self.guard.tell)
+            rev.workers.append(w)
+            fut: asyncio.Future[bool] = loop.create_future()
+            ready.append(fut)
+            rev.tasks.append(loop.create_task(w.run(fut)))
+        results = await asyncio.gather(*ready)
+        if not all(results):
+            bad = rev.workers[results.index(False)]
+            rev.state = "failed"
+            await self.stop_revision(rev)
+            rev.state = "failed"
+            raise RevisionFailed(rev.id, bad.id, bad.log_tail(20))
+        rev.state = "active"
+        return rev
+
+    async def stop_revision(self, rev: Revision) -> None:
+        """Stop every worker of ``rev`` (SIGTERM, grace, SIGKILL) in parallel."""
+        await asyncio.gather(*(w.stop() for w in rev.workers))
+        for t in rev.tasks:
+            if not t.done():
+                t.cancel()
+        await asyncio.gather(*rev.tasks, return_exceptions=True)
+        if rev.state != "failed":
+            rev.state = "retired"
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(self.stop_revision(r) for r in self.revisions.values()))
+
+    def kill_all(self) -> None:
+        for rev in self.revisions.values():
+            for w in rev.workers:
+                w.kill_now()

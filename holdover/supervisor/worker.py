@@ -1,0 +1,337 @@
+"""One worker process: start it, know when it is ready, keep it healthy, stop it.
+
+A worker's life is one coroutine (``Worker.run``) that loops: spawn → wait ready →
+serve while health checks pass → on exit or failure restart with capped exponential
+back-off, until ``stop()`` is called.  The proxy reads only three attributes from here —
+``routable``, ``inflight`` and ``pool`` — so routing stays independent of process
+management.
+
+States: ``starting`` → ``ready`` → (``unhealthy`` | ``crashed`` → ``backoff`` →
+``starting`` …) → ``stopping`` → ``stopped``.  ``failed`` is a worker that never became
+ready within ``start_timeout`` on its first start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import shlex
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .logs import PipeToLog, RotatingLog, tail
+
+if TYPE_CHECKING:
+    from ..proxy.upstream import UpstreamPool
+
+log = logging.getLogger("holdover.supervisor")
+
+_SHELL_CHARS = set("|&;<>()$`\\\"'*?[]#~=%{}\n")
+_PR_SET_PDEATHSIG = 1
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - non-glibc platforms
+    _libc = None
+
+
+def _child_setup() -> None:  # pragma: no cover - runs in the forked child
+    """Ask the kernel to SIGTERM this worker when the gateway dies (the guard SIGKILLs later)."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now, chosen by the kernel."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def build_argv(command: str, port: int) -> list[str]:
+    """The worker's argv: words of ``command`` with ``{port}`` filled in.
+
+    Commands with shell syntax run under ``/bin/sh -c`` (in their own process group, so
+    stopping the group stops the whole pipeline); plain commands are exec'd directly so
+    that the parent-death signal reaches the real program.
+    """
+    command = command.replace("{port}", str(port))
+    words = shlex.split(command)
+    if any(ch in _SHELL_CHARS for w in words for ch in w) or "$" in command:
+        return ["/bin/sh", "-c", command]
+    return words
+
+
+@dataclass
+class WorkerSpec:
+    """How to run one worker of a revision."""
+
+    revision: str
+    command: str
+    cwd: Path
+    env: dict[str, str]
+    health_path: str
+    health_interval: float
+    health_timeout: float
+    health_failures: int
+    start_timeout: float
+    stop_grace: float
+    backoff_max: float
+    crash_loop_restarts: int
+    crash_loop_window: float
+    log_dir: Path
+    log_max_bytes: int
+    log_backups: int
+    host: str = "127.0.0.1"
+
+
+@dataclass(eq=False)
+class Worker:
+    """A worker of a revision, as the proxy and the admin side see it."""
+
+    id: str
+    spec: WorkerSpec
+    standby: bool = False
+    state: str = "starting"
+    port: int = 0
+    pid: int = 0
+    restarts: int = 0
+    inflight: int = 0
+    routable: bool = False
+    started_at: float = 0.0
+    ready_at: float = 0.0
+    last_exit: int | None = None
+    crash_loop: bool = False
+    pool: UpstreamPool | None = None
+    on_state: Callable[[Worker], None] | None = None
+    guard: Callable[[str], None] | None = None
+    _proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
+    _stopping: bool = field(default=False, repr=False)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _stop_ev: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _restart_times: deque[float] = field(default_factory=deque, repr=False)
+    _log: RotatingLog | None = field(default=None, repr=False)
+
+    @property
+    def log_path(self) -> Path:
+        return self.spec.log_dir / f"{self.id}.log"
+
+    def log_tail(self, lines: int = 20) -> str:
+        return tail(self.log_path, lines)
+
+    def _set(self, state: str) -> None:
+        self.state = state
+        self.routable = state == "ready"
+        if self.on_state is not None:
+            self.on_state(self)
+
+    def suspect(self) -> None:
+        """The proxy could not connect: leave rotation and get checked at once."""
+        if self.state == "ready":
+            log.warning("worker %s refused a connection; checking it", self.id)
+            self.routable = False
+            self._wake.set()
+
+    # -- the life of a worker -------------------------------------------------------
+
+    async def run(self, first_ready: asyncio.Future[bool] | None = None) -> None:
+        """Keep this worker running until ``stop()``; resolve ``first_ready`` once."""
+        failures = 0
+        self._log = RotatingLog(self.log_path, self.spec.log_max_bytes, self.spec.log_backups)
+        try:
+            while not self._stopping:
+                ok = await self._run_once(first_ready)
+                if first_ready is not None and not first_ready.done():
+                    first_ready.set_result(ok)
+                    if not ok:
+                        self._set("failed")
+                        return
+                if self._stopping:
+                    break
+                now = time.monotonic()
+                if self.ready_at and now - self.ready_at > self.spec.crash_loop_window:
+                    failures = 0
+                failures += 1
+                self.restarts += 1
+                self._restart_times.append(now)
+                while self._restart_times and now - self._restart_times[0] > \
+                        self.spec.crash_loop_window:
+                    self._restart_times.popleft()
+                was_loop = self.crash_loop
+                self.crash_loop = len(self._restart_times) >= self.spec.crash_loop_restarts
+                if self.crash_loop and not was_loop:
+                    log.error("worker %s is crash-looping (%d restarts in %.0fs); last log "
+                              "lines:\n%s", self.id, len(self._restart_times),
+                              self.spec.crash_loop_window, self.log_tail(10))
+                delay = min(self.spec.backoff_max, 0.5 * 2 ** (failures - 1))
+                self._set("backoff")
+                log.info("worker %s restarts in %.1fs", self.id, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_ev.wait(), delay)
+        finally:
+            if self.state not in ("failed",):
+                self._set("stopped")
+            if self._log is not None:
+                self._log.close()
+
+    async def _run_once(self, first_ready: asyncio.Future[bool] | None) -> bool:
+        """Spawn, wait until ready, serve until the process ends; True if it was ready."""
+        self.port = free_port(self.spec.host)
+        self.ready_at = 0.0
+        self._set("starting")
+        env = dict(os.environ)
+        env.update(self.spec.env)
+        env.update(PORT=str(self.port), HOLDOVER_REVISION=self.spec.revision,
+                   HOLDOVER_WORKER=self.id)
+        argv = build_argv(self.spec.command, self.port)
+        assert self._log is not None
+        self._log.write(f"--- holdover: starting {' '.join(argv)} (port {self.port})\n".encode())
+        rfd, wfd = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=str(self.spec.cwd), env=env, stdin=asyncio.subprocess.DEVNULL,
+                stdout=wfd, stderr=wfd, start_new_session=True, preexec_fn=_child_setup)
+        except OSError as exc:
+            os.close(rfd)
+            self._log.write(f"--- holdover: cannot start {argv[0]!r}: {exc}\n".encode())
+            log.error("worker %s cannot start %r: %s", self.id, argv[0], exc)
+            return False
+        finally:
+            os.close(wfd)
+        self._proc = proc
+        self.pid = proc.pid
+        self.started_at = time.monotonic()
+        if self.guard:
+            self.guard(f"+{proc.pid}")
+        drain = PipeToLog(self._log)
+        await asyncio.get_running_loop().connect_read_pipe(
+            lambda: drain, os.fdopen(rfd, "rb", buffering=0))
+        log.info("worker %s started pid=%d port=%d", self.id, proc.pid, self.port)
+        ready = await self._wait_ready(proc)
+        if ready:
+            self.ready_at = time.monotonic()
+            self._set("ready")
+            log.info("worker %s ready in %.2fs", self.id, self.ready_at - self.started_at)
+            if first_ready is not None and not first_ready.done():
+                first_ready.set_result(True)
+            await self._serve(proc)
+        elif not self._stopping and proc.returncode is None:
+            log.error("worker %s did not become ready within %.0fs; last log lines:\n%s",
+                      self.id, self.spec.start_timeout, self.log_tail(10))
+        await self._terminate(proc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(drain.closed, 1.0)
+        self.last_exit = proc.returncode
+        if not self._stopping:
+            log.warning("worker %s exited with %s", self.id, proc.returncode)
+            self._log.write(f"--- holdover: worker exited with {proc.returncode}\n".encode())
+        return ready
+
+    async def _wait_ready(self, proc: asyncio.subprocess.Process) -> bool:
+        deadline = time.monotonic() + self.spec.start_timeout
+        delay = 0.02
+        while not self._stopping and proc.returncode is None and time.monotonic() < deadline:
+            if await self.check():
+                return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), delay)
+            delay = min(delay * 1.5, 0.5)
+        return False
+
+    async def _serve(self, proc: asyncio.subprocess.Process) -> None:
+        """While the process runs: health-check it; return when it exits, fails or stops."""
+        failures = 0
+        wait = asyncio.ensure_future(proc.wait())
+        try:
+            while not self._stopping:
+                self._wake.clear()
+                wake = asyncio.ensure_future(self._wake.wait())
+                done, _ = await asyncio.wait({wait, wake}, timeout=self.spec.health_interval,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                wake.cancel()
+                if wait in done or self._stopping:
+                    return
+                if await self.check():
+                    failures = 0
+                    if self.state == "ready" and not self.routable:
+                        self.routable = True
+                        if self.on_state:
+                            self.on_state(self)
+                    continue
+                failures += 1
+                self.routable = False
+                if failures >= self.spec.health_failures:
+                    log.error("worker %s failed %d health checks; restarting", self.id, failures)
+                    self._set("unhealthy")
+                    return
+        finally:
+            if not wait.done():
+                wait.cancel()
+
+    async def check(self) -> bool:
+        """One health check: a 2xx from ``health_path``, or an accepted TCP connection."""
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.spec.host, self.port), self.spec.health_timeout)
+        except (OSError, TimeoutError):
+            return False
+        try:
+            if not self.spec.health_path:
+                return True
+            writer.write(b"GET %b HTTP/1.1\r\nHost: %b:%d\r\nUser-Agent: holdover-health\r\n"
+                         b"Connection: close\r\n\r\n" % (self.spec.health_path.encode(),
+                                                          self.spec.host.encode(), self.port))
+            line = await asyncio.wait_for(reader.readline(), self.spec.health_timeout)
+            parts = line.split(None, 2)
+            return len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1][:1] == b"2"
+        except (OSError, TimeoutError, ValueError):
+            return False
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+        """SIGTERM the worker's process group, wait ``stop_grace``, then SIGKILL it."""
+        pgid = proc.pid
+        if proc.returncode is None:
+            self._signal_group(pgid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), self.spec.stop_grace)
+            except TimeoutError:
+                log.warning("worker %s did not stop within %.0fs; killing it", self.id,
+                            self.spec.stop_grace)
+        self._signal_group(pgid, signal.SIGKILL)  # whatever it left behind in its group
+        await proc.wait()
+        if self.guard:
+            self.guard(f"-{pgid}")
+
+    @staticmethod
+    def _signal_group(pgid: int, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+
+    async def stop(self) -> None:
+        """Stop for good: no restart; returns when the process is gone."""
+        self._stopping = True
+        self.routable = False
+        if self.state in ("ready", "starting", "unhealthy"):
+            self._set("stopping")
+        self._wake.set()
+        self._stop_ev.set()
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            await self._terminate(proc)
+
+    def kill_now(self) -> None:
+        """SIGKILL at once (gateway exit path when no loop is left to wait)."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._signal_group(self._proc.pid, signal.SIGKILL)
