@@ -405,13 +405,17 @@ def run_wrk(
     ]
     if cpus is not None:
         argv = ["taskset", "-c", cpus, *argv]
-    proc = subprocess.run(
-        argv, capture_output=True, text=True, timeout=duration_s + 60, check=False
-    )
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=duration_s + 60)
+    except BaseException:  # timeout, Ctrl-C: never leave wrk running
+        proc.kill()
+        proc.wait()
+        raise
     if proc.returncode != 0:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip()}")
-    text = parse_wrk_text(proc.stdout)
-    m = re.search(r"^WRKJSON (\{.*\})$", proc.stdout, re.M)
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {stderr.strip()}")
+    text = parse_wrk_text(stdout)
+    m = re.search(r"^WRKJSON (\{.*\})$", stdout, re.M)
     if m:
         raw = json.loads(m.group(1))
         duration = raw["duration_us"] / 1e6
@@ -680,7 +684,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "# holdover proxy benchmark",
         "",
         f"{meta['started']} on {meta['machine']['cpu']} ({meta['machine']['cores']} cores), "
-        f"kernel {meta['machine']['kernel']}, Python {meta['machine']['python']}.",
+        f"kernel {meta['machine']['kernel']}, Python {meta['machine']['python']}, "
+        f"1-min load average at start {meta['machine']['loadavg_1m_at_start']}.",
         f"wrk -t1 -c{s['connections']} -d{s['duration_s']}s --latency, {s['rounds']} "
         f"interleaved round(s) per cell, best round (highest req/s) reported. "
         f"Pinning: {s['pinning']}.",
@@ -909,6 +914,7 @@ def main(argv: list[str] | None = None) -> int:
     layout, pin_text = pin_layout(args.no_pin)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
 
@@ -937,6 +943,10 @@ def main(argv: list[str] | None = None) -> int:
         },
         "proxies": {},
     }
+    load1 = os.getloadavg()[0]
+    meta["machine"]["loadavg_1m_at_start"] = round(load1, 2)
+    if load1 > 0.5:
+        log(f"WARNING: load average {load1:.2f} before start; other work will skew the numbers")
     workdir = Path(tempfile.mkdtemp(prefix="holdover-bench-"))
     sup = Supervisor()
     runs: list[dict[str, Any]] = []

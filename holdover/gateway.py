@@ -49,6 +49,7 @@ class Gateway:
         # What the hot path reads, as plain attributes.
         self.max_request_line = c.gateway_max_request_line
         self.max_headers = c.gateway_max_headers
+        self.max_header_size = c.gateway_max_header_size
         self.max_head_bytes = c.gateway_max_header_size + c.gateway_max_request_line
         self.max_body_size = c.gateway_max_body_size
         self.header_timeout = c.gateway_header_timeout

@@ -102,6 +102,8 @@ class ClientConnection(asyncio.Protocol):
 
     __slots__ = (
         "_cl",
+        "_head_raw",
+        "_route_next",
         "_conn_tokens",
         "_fwd",
         "_fwd_host",
@@ -145,6 +147,7 @@ class ClientConnection(asyncio.Protocol):
         self._lines: list[bytes] = []
         self._url_parts: list[bytes] = []
         self._head_bytes = 0
+        self._head_raw = 0
         self._hdr_count = 0
         self._te: bytes | None = None
         self._cl: bytes | None = None
@@ -152,6 +155,7 @@ class ClientConnection(asyncio.Protocol):
         self._upgrade_value: bytes | None = None
         self._prior_xff: bytes | None = None
         self._prior_fwd: bytes | None = None
+        self._route_next: Exchange | None = None
 
     # -- asyncio callbacks ----------------------------------------------------------
 
@@ -195,12 +199,16 @@ class ClientConnection(asyncio.Protocol):
         gw = self.gw
         self.last_active = monotonic()
         if self.parsing is not None and self._lines is not None:
-            self._head_bytes += len(data)
-            if self._head_bytes > gw.max_head_bytes:
+            # A head still incomplete after this much input is refused before llhttp
+            # (which buffers partial header lines) can be made to hold more.
+            self._head_raw += len(data)
+            if self._head_raw > gw.max_head_bytes:
                 self.reject(431, "request head too large")
                 return
         try:
             self.parser.feed_data(data)
+            if self._route_next is not None:
+                self._route()
         except httptools.HttpParserUpgrade as upg:
             ex = self.current if self.current is not None and self.current.upgrade else None
             if ex is None and self.pending and self.pending[-1].upgrade:
@@ -208,6 +216,8 @@ class ClientConnection(asyncio.Protocol):
             if ex is not None:  # hold what follows the head until the worker says 101
                 ex.tunnel_early = data[upg.args[0]:]
                 self.pause_reading_for(PAUSE_TUNNEL)
+            if self._route_next is not None:
+                self._route()
         except httptools.HttpParserCallbackError as err:
             cause = err.__context__
             if isinstance(cause, RequestRejected):
@@ -253,6 +263,7 @@ class ClientConnection(asyncio.Protocol):
         self._lines = []
         self._url_parts = []
         self._head_bytes = 0
+        self._head_raw = 0
         self._hdr_count = 0
         self._te = self._cl = self._conn_tokens = self._upgrade_value = None
         self._prior_xff = self._prior_fwd = None
@@ -266,8 +277,9 @@ class ClientConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._hdr_count += 1
-        if self._hdr_count > self.gw.max_headers:
-            raise RequestRejected(431, "too many headers")
+        self._head_bytes += len(name) + len(value) + 4
+        if self._hdr_count > self.gw.max_headers or self._head_bytes > self.gw.max_header_size:
+            raise RequestRejected(431, "request headers too large")
         lname = name.lower()
         if lname in HOP_BY_HOP:
             if lname == _CONTENT_LENGTH:
@@ -345,8 +357,9 @@ class ClientConnection(asyncio.Protocol):
                                     self._prior_xff, self._prior_fwd)
         ex.head = b"".join((method, b" ", url, b" HTTP/1.1\r\n", *lines, fwd, framing, b"\r\n"))
         if self.current is None:
-            self.current = ex
-            gw.route(ex)
+            # Routed once this read's bytes are all parsed: a request whose body turns
+            # out malformed in the same packet never reaches a worker at all.
+            self.current = self._route_next = ex
         else:
             self.pending.append(ex)
             self.pause_reading_for(PAUSE_PIPELINE)
@@ -377,6 +390,12 @@ class ClientConnection(asyncio.Protocol):
                 up.transport.write(LAST_CHUNK)
             elif ex.body_buf is not None:
                 ex.body_buf.append(LAST_CHUNK)
+
+    def _route(self) -> None:
+        ex = self._route_next
+        self._route_next = None
+        if ex is self.current and not self.transport.is_closing():
+            self.gw.route(ex)
 
     # -- driven by the gateway and the worker side -----------------------------------
 
@@ -484,7 +503,7 @@ class ClientConnection(asyncio.Protocol):
             if not ex.method:
                 ex.method = b"-"
             gw.exchange_done(ex, reason)
-        self.current = self.parsing = None
+        self.current = self.parsing = self._route_next = None
         self.pending.clear()
         self.transport.write(data)
         self.transport.close()
