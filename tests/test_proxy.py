@@ -197,15 +197,17 @@ def test_bad_worker_answers_502_and_hang_504(gateway_factory):
     gw = gateway_factory(app=f"{PY} {APPS / 'rawbackend.py'} {{port}}", workers=1,
                          health_path="", extra_gateway='response_timeout = "1s"\n').wait_ready()
     for path in (b"/garbage", b"/close"):
-        out = raw_request(gw.port, b"POST %b HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n" % path)
+        out = raw_request(gw.port, b"POST %b HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n"
+                                   b"Connection: close\r\n\r\n" % path)
         assert status_of(out) == 502, (path, out)
     # Half a body: the head already went out, so the client sees the connection cut short.
     out = raw_request(gw.port, b"GET /half HTTP/1.1\r\nHost: a\r\n\r\n")
     assert status_of(out) == 200 and out.endswith(b"only-part")
-    out = raw_request(gw.port, b"GET /hang HTTP/1.1\r\nHost: a\r\nAccept: application/json\r\n\r\n")
+    out = raw_request(gw.port, b"GET /hang HTTP/1.1\r\nHost: a\r\nAccept: application/json\r\n"
+                               b"Connection: close\r\n\r\n")
     assert status_of(out) == 504
     assert b'"status": 504' in out  # JSON for a client that asked for JSON
-    out = raw_request(gw.port, b"GET /eof-body HTTP/1.1\r\nHost: a\r\n\r\n")
+    out = raw_request(gw.port, b"GET /eof-body HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     assert status_of(out) == 200 and b"until-close" in out
     # The gateway is still fine.
     assert status_of(raw_request(gw.port, b"GET /ok HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")) == 200
@@ -255,7 +257,8 @@ def test_no_ready_worker_queues_then_503_with_retry_after(gateway_factory, tmp_p
     flag.write_text("x")  # every health check fails from now on: the worker leaves rotation
     wait_for(lambda: "failed 1 health checks" in gw.log, what="worker out of rotation")
     t0 = time.monotonic()
-    out = raw_request(gw.port, b"GET /echo HTTP/1.1\r\nHost: a\r\nAccept: %b\r\n\r\n" % accept.encode())
+    out = raw_request(gw.port, b"GET /echo HTTP/1.1\r\nHost: a\r\nAccept: %b\r\n"
+                      b"Connection: close\r\n\r\n" % accept.encode())
     waited = time.monotonic() - t0
     assert status_of(out) == 503
     assert b"retry-after:" in out.lower()

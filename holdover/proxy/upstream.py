@@ -219,8 +219,8 @@ class UpstreamConnection(asyncio.Protocol):
         elif self._mode == BODY_CHUNKED:
             if client_11:
                 head.append(b"Transfer-Encoding: chunked\r\n")
-            else:
-                self._mode = BODY_UNTIL_CLOSE_RAW
+            else:  # an HTTP/1.0 client cannot take chunks: plain bytes, then close
+                self._mode = BODY_RAW
                 ex.keep_alive = False
         elif self._cl is not None:
             self._mode = BODY_RAW
