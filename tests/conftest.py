@@ -46,7 +46,7 @@ class GatewayProcess:
         self.dir = tmp
         app = app or f"{PY} {APPS / 'backend.py'} {{port}}"
         self.config = tmp / "holdover.toml"
-        self.config.write_text(textwrap.dedent(f"""\
+        self.config.write_text(textwrap.dedent("""\
             [gateway]
             listen = "127.0.0.1:0"
             admin_listen = "127.0.0.1:0"
@@ -129,7 +129,7 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     for gw, _ in started:
         kids = gw.all_descendants()
         gw.stop()
-        gone, alive = psutil.wait_procs(kids, timeout=15)
+        _gone, alive = psutil.wait_procs(kids, timeout=15)
         for p in alive:
             p.kill()
         assert not alive, f"processes outlived the gateway: {alive}"

@@ -10,7 +10,6 @@ import time
 
 import pytest
 import websockets
-
 from conftest import APPS, PY, raw_request, status_of, wait_for
 
 

@@ -10,7 +10,6 @@ import threading
 import time
 
 import psutil
-
 from conftest import APPS, PY, GatewayProcess, wait_for
 
 
@@ -92,7 +91,7 @@ def test_gateway_sigkill_leaves_no_worker_behind(gateway_factory, tmp_path):
     assert len(procs) >= 5  # guard + 2 x (sh + python)
     os.kill(gw.proc.pid, signal.SIGKILL)
     gw.proc.wait()
-    gone, alive = psutil.wait_procs(procs, timeout=15)
+    _gone, alive = psutil.wait_procs(procs, timeout=15)
     assert not alive, f"left behind: {[p.cmdline() for p in alive]}"
 
 
@@ -113,7 +112,7 @@ def test_sigterm_lets_inflight_request_finish_then_stops_workers(gateway):
     t.join(15)
     assert result["resp"][0] == 200 and result["resp"][1].startswith(b"slow done")
     assert gateway.proc.wait(20) == 0
-    gone, alive = psutil.wait_procs(workers, timeout=10)
+    _gone, alive = psutil.wait_procs(workers, timeout=10)
     assert not alive
     # New connections are refused once it stopped listening.
     try:
