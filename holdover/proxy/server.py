@@ -101,6 +101,7 @@ class ClientConnection(asyncio.Protocol):
     """One client connection: parse, route, stream, answer in order."""
 
     __slots__ = (
+        "_body_left",
         "_cl",
         "_conn_tokens",
         "_fwd",
@@ -156,6 +157,7 @@ class ClientConnection(asyncio.Protocol):
         self._prior_xff: bytes | None = None
         self._prior_fwd: bytes | None = None
         self._route_next: Exchange | None = None
+        self._body_left = 0
 
     # -- asyncio callbacks ----------------------------------------------------------
 
@@ -198,6 +200,21 @@ class ClientConnection(asyncio.Protocol):
             return
         gw = self.gw
         self.last_active = monotonic()
+        if self._body_left:
+            # The fast path for request bodies with a Content-Length: bytes go straight
+            # to the worker without the parser (which would copy them once more).
+            left = self._body_left
+            n = len(data)
+            if n <= left:
+                self._body_left = left - n
+                self._pass_body(data)
+                if n == left:
+                    self._body_passed()
+                return
+            self._body_left = 0
+            self._pass_body(data[:left])
+            self._body_passed()
+            data = data[left:]
         if self.parsing is not None and self._lines is not None:
             # A head still incomplete after this much input is refused before llhttp
             # (which buffers partial header lines) can be made to hold more.
@@ -209,6 +226,9 @@ class ClientConnection(asyncio.Protocol):
             self.parser.feed_data(data)
             if self._route_next is not None:
                 self._route()
+            ex = self.parsing
+            if ex is not None and ex.body_mode == BODY_LENGTH and self._lines is None:
+                self._body_left = int(self._cl) - ex.body_seen  # type: ignore[arg-type]
         except httptools.HttpParserUpgrade as upg:
             ex = self.current if self.current is not None and self.current.upgrade else None
             if ex is None and self.pending and self.pending[-1].upgrade:
@@ -379,6 +399,22 @@ class ClientConnection(asyncio.Protocol):
             ex.body_buf.append(body)
             if ex is self.current:
                 self.pause_reading_for(PAUSE_CONNECTING)
+
+    def _pass_body(self, body: bytes) -> None:
+        ex = self.parsing
+        ex.body_seen += len(body)
+        up = ex.upstream
+        if up is not None:
+            up.transport.write(body)
+        elif ex.body_buf is not None:
+            ex.body_buf.append(body)
+            if ex is self.current:
+                self.pause_reading_for(PAUSE_CONNECTING)
+
+    def _body_passed(self) -> None:
+        """The last byte of a passed-through body: finish the request, parse anew."""
+        self.parser = httptools.HttpRequestParser(self)
+        self.on_message_complete()
 
     def on_message_complete(self) -> None:
         ex = self.parsing

@@ -30,7 +30,8 @@ _RESPONSE_HOP = frozenset({_CONNECTION, _KEEP_ALIVE, b"proxy-connection", b"te",
                            _TRANSFER_ENCODING, _UPGRADE, _CONTENT_LENGTH})
 
 # How the response body is framed towards the client.
-BODY_NONE, BODY_RAW, BODY_CHUNKED, BODY_UNTIL_CLOSE_CHUNKED, BODY_UNTIL_CLOSE_RAW = range(5)
+BODY_NONE, BODY_RAW, BODY_CHUNKED, BODY_UNTIL_CLOSE_CHUNKED, BODY_UNTIL_CLOSE_RAW, BODY_DECHUNKED = (
+    range(6))
 
 WRITE_HIGH_WATER = 256 * 1024
 
@@ -39,7 +40,7 @@ class UpstreamConnection(asyncio.Protocol):
     """One TCP connection to a worker, reused across exchanges."""
 
     __slots__ = (
-        "_cl", "_close", "_done", "_interim", "_lines", "_mode", "_reason", "_upgrade", "closed",
+        "_cl", "_close", "_done", "_interim", "_left", "_lines", "_mode", "_reason", "_upgrade", "closed",
         "ex", "got_bytes", "idle_since", "out", "parser", "pool", "transport", "tunnel",
     )
 
@@ -61,6 +62,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._done = False
         self._interim = False
         self._upgrade: bytes | None = None
+        self._left = 0  # body bytes still to pass through without the parser
 
     # -- asyncio callbacks ----------------------------------------------------------
 
@@ -93,6 +95,24 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
             return
         self.got_bytes = True
+        left = self._left
+        if left:
+            # The fast path for bodies with a Content-Length: bytes go straight from
+            # the worker's socket to the client's, with no parsing and no copy.
+            n = len(data)
+            if n < left:
+                self._left = left - n
+                ex.resp_bytes += n
+                ex.conn.transport.write(data)
+                return
+            self._left = 0
+            ex.resp_bytes += left
+            ex.conn.transport.write(data if n == left else data[:left])
+            # The parser saw only the start of this body: a fresh one for the next answer.
+            self.parser = httptools.HttpResponseParser(self)
+            self.ex = None
+            ex.conn.response_complete(ex, self, n == left and not self._close and ex.request_done)
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upg:
@@ -107,6 +127,8 @@ class UpstreamConnection(asyncio.Protocol):
             ex.conn.upstream_broke(ex, self, malformed=True)
             return
         self._flush(ex)
+        if self._mode == BODY_RAW and not self._done and self.ex is ex:
+            self._left = int(self._cl) - ex.resp_bytes  # type: ignore[arg-type]
         if self._done:
             self._done = False
             if self._mode == BODY_NONE and ex.method == b"HEAD":
@@ -195,6 +217,8 @@ class UpstreamConnection(asyncio.Protocol):
         assert ex is not None
         status = self.parser.get_status_code()
         ex.status = status
+        if not self.parser.should_keep_alive():
+            self._close = True
         lines = self._lines
         head = [status_line(status, self._reason)]
         head += lines
@@ -220,7 +244,7 @@ class UpstreamConnection(asyncio.Protocol):
             if client_11:
                 head.append(b"Transfer-Encoding: chunked\r\n")
             else:  # an HTTP/1.0 client cannot take chunks: plain bytes, then close
-                self._mode = BODY_RAW
+                self._mode = BODY_DECHUNKED
                 ex.keep_alive = False
         elif self._cl is not None:
             self._mode = BODY_RAW
