@@ -142,7 +142,7 @@ def holdover_command(override: str | None) -> tuple[list[str] | None, str]:
     if exe:
         return [exe], exe
     if importlib.util.find_spec("holdover") is None:
-        return None, "package 'holdover' not importable (pip install -e /work/main)"
+        return None, "package 'holdover' not importable (run: pip install -e .)"
     if importlib.util.find_spec("holdover.__main__") is not None:
         return [sys.executable, "-m", "holdover"], f"{sys.executable} -m holdover"
     return None, "'holdover' console script not on PATH and no holdover.__main__"
@@ -162,7 +162,7 @@ def holdover_version() -> str:
         check=False,
     )
     commit = git.stdout.strip() or "no commit"
-    return f"holdover {version} ({repo} @ {commit})"
+    return f"holdover {version} (commit {commit})"
 
 
 # --------------------------------------------------------------------------- processes

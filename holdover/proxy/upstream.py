@@ -30,8 +30,8 @@ _RESPONSE_HOP = frozenset({_CONNECTION, _KEEP_ALIVE, b"proxy-connection", b"te",
                            _TRANSFER_ENCODING, _UPGRADE, _CONTENT_LENGTH})
 
 # How the response body is framed towards the client.
-BODY_NONE, BODY_RAW, BODY_CHUNKED, BODY_UNTIL_CLOSE_CHUNKED, BODY_UNTIL_CLOSE_RAW, BODY_DECHUNKED = (
-    range(6))
+(BODY_NONE, BODY_RAW, BODY_CHUNKED, BODY_UNTIL_CLOSE_CHUNKED, BODY_UNTIL_CLOSE_RAW,
+ BODY_DECHUNKED) = range(6)
 
 WRITE_HIGH_WATER = 256 * 1024
 
@@ -40,8 +40,8 @@ class UpstreamConnection(asyncio.Protocol):
     """One TCP connection to a worker, reused across exchanges."""
 
     __slots__ = (
-        "_cl", "_close", "_done", "_interim", "_left", "_lines", "_mode", "_reason", "_upgrade", "closed",
-        "ex", "got_bytes", "idle_since", "out", "parser", "pool", "transport", "tunnel",
+        "_cl", "_close", "_done", "_interim", "_left", "_lines", "_mode", "_reason", "_upgrade",
+        "closed", "ex", "got_bytes", "idle_since", "out", "parser", "pool", "transport", "tunnel",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
