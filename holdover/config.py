@@ -8,6 +8,7 @@ it can be found and what was expected, because an operator reads them at 3 a.m.
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import tomllib
@@ -46,8 +47,8 @@ def parse_duration(value: Any) -> float:
             raise ValueError(
                 f"expected a duration like \"30s\", \"5m\" or \"250ms\", got {value!r}")
         seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    if seconds < 0:
-        raise ValueError("expected a duration >= 0")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"expected a finite duration >= 0, got {value!r}")
     return seconds
 
 
@@ -281,8 +282,17 @@ class Config:
 def _line_of(text: str, section: str, key: str | None) -> int | None:
     """Best-effort line number of ``key`` in ``[section]`` (tomllib gives none)."""
     current = None
+    in_string: str | None = None  # inside a multi-line string: no keys there
     for lineno, line in enumerate(text.splitlines(), 1):
+        if in_string is not None:
+            if line.count(in_string) % 2:
+                in_string = None
+            continue
         stripped = line.strip()
+        for quote in ('"""', "'''"):
+            if stripped.count(quote) % 2:
+                in_string = quote
+                break
         m = re.match(r"^\[\s*([A-Za-z0-9_.\-]+)\s*\]", stripped)
         if m:
             current = m.group(1)
@@ -323,6 +333,9 @@ def from_dict(data: dict[str, Any], path: Path, text: str = "",
 
     known = {(s.section, s.name): s for s in SETTINGS}
     for section, table in data.items():
+        if not isinstance(table, dict) and section not in SECTIONS:
+            raise ConfigError(f"{path}: top-level key {section!r} must be inside a section "
+                              f"({', '.join(f'[{s}]' for s in SECTIONS)})")
         if section not in SECTIONS:
             raise ConfigError(f"{where(section)}: unknown section; expected one of "
                               f"{', '.join(f'[{s}]' for s in SECTIONS)}")

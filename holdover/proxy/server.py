@@ -55,6 +55,7 @@ PAUSE_CONNECTING = 4  # body bytes wait for the connection to the worker
 PAUSE_TUNNEL = 8  # bytes after an Upgrade request wait for the worker's 101
 
 BODY_NONE, BODY_LENGTH, BODY_CHUNKED = range(3)
+_UNSET = object()
 
 
 class Exchange:
@@ -143,7 +144,7 @@ class ClientConnection(asyncio.Protocol):
         self.last_active = 0.0
         self.client_ip = b""
         self._fwd = b""
-        self._fwd_key: bytes | None = None
+        self._fwd_key: object = _UNSET
         self._fwd_host = b""
         self._lines: list[bytes] = []
         self._url_parts: list[bytes] = []
@@ -215,20 +216,20 @@ class ClientConnection(asyncio.Protocol):
             self._pass_body(data[:left])
             self._body_passed()
             data = data[left:]
-        if self.parsing is not None and self._lines is not None:
-            # A head still incomplete after this much input is refused before llhttp
-            # (which buffers partial header lines) can be made to hold more.
-            self._head_raw += len(data)
-            if self._head_raw > gw.max_head_bytes:
-                self.reject(431, "request head too large")
-                return
         try:
             self.parser.feed_data(data)
             if self._route_next is not None:
                 self._route()
             ex = self.parsing
-            if ex is not None and ex.body_mode == BODY_LENGTH and self._lines is None:
-                self._body_left = int(self._cl) - ex.body_seen  # type: ignore[arg-type]
+            if ex is not None:
+                if self._lines is not None:
+                    # A head still incomplete after this much input is refused before
+                    # llhttp (which buffers partial header lines) is made to hold more.
+                    self._head_raw += len(data)
+                    if self._head_raw > gw.max_head_bytes:
+                        self.reject(431, "request head too large")
+                elif ex.body_mode == BODY_LENGTH:
+                    self._body_left = int(self._cl) - ex.body_seen  # type: ignore[arg-type]
         except httptools.HttpParserUpgrade as upg:
             ex = self.current if self.current is not None and self.current.upgrade else None
             if ex is None and self.pending and self.pending[-1].upgrade:
@@ -296,6 +297,8 @@ class ClientConnection(asyncio.Protocol):
             raise RequestRejected(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._lines is None:
+            return  # a trailer field of a chunked body: not forwarded (bodies are re-framed)
         self._hdr_count += 1
         self._head_bytes += len(name) + len(value) + 4
         if self._hdr_count > self.gw.max_headers or self._head_bytes > self.gw.max_header_size:
@@ -316,9 +319,11 @@ class ClientConnection(asyncio.Protocol):
         if lname in FORWARDING:
             if self.gw.append_forwarded:
                 if lname == b"x-forwarded-for":
-                    self._prior_xff = value
+                    prior = self._prior_xff
+                    self._prior_xff = value if prior is None else prior + b", " + value
                 elif lname == b"forwarded":
-                    self._prior_fwd = value
+                    prior = self._prior_fwd
+                    self._prior_fwd = value if prior is None else prior + b", " + value
             return
         ex = self.parsing
         if lname == _HOST:
@@ -337,14 +342,20 @@ class ClientConnection(asyncio.Protocol):
         parser = self.parser
         ex.method = method = parser.get_method()
         parts = self._url_parts
-        ex.url = url = parts[0] if len(parts) == 1 else b"".join(parts)
-        ex.http11 = parser.get_http_version() == "1.1"
+        url = parts[0] if len(parts) == 1 else b"".join(parts)
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise RequestRejected(505, "unsupported HTTP version")
+        ex.http11 = version == "1.1"
+        if url[:1] != b"/":
+            url = self._origin_form(ex, method, url)
         ex.keep_alive = parser.should_keep_alive()
+        ex.url = url
         lines = self._lines
         self._lines = None  # type: ignore[assignment]  # head complete: stop counting head bytes
         if self._conn_tokens is not None:
             tokens = connection_tokens(self._conn_tokens)
-            extra = tokens - {b"close", b"keep-alive", b"upgrade"}
+            extra = tokens - {b"close", b"keep-alive", b"upgrade", b"host"}
             if extra:  # headers the client named as hop-by-hop stay with this connection
                 lines = [ln for ln in lines if ln.split(b":", 1)[0].lower() not in extra]
         if ex.host is None and ex.http11:
@@ -383,6 +394,24 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.pending.append(ex)
             self.pause_reading_for(PAUSE_PIPELINE)
+
+    def _origin_form(self, ex: Exchange, method: bytes, url: bytes) -> bytes:
+        """``http://host/path`` → ``/path`` with that host as Host (RFC 9112 3.2.2)."""
+        if url == b"*" and method == b"OPTIONS":
+            return url
+        if method == b"CONNECT":
+            raise RequestRejected(405, "CONNECT is not served by a reverse proxy")
+        scheme, sep, rest = url.partition(b"://")
+        if not sep or scheme.lower() not in (b"http", b"https"):
+            raise RequestRejected(400, "malformed request target")
+        authority, slash, path = rest.partition(b"/")
+        if not authority or b"@" in authority:
+            raise RequestRejected(400, "malformed request target")
+        if ex.host is not None:  # the target's authority wins over the Host header
+            self._lines = [ln for ln in self._lines if ln[:5].lower() != b"host:"]
+        ex.host = authority
+        self._lines.append(b"Host: " + authority + b"\r\n")
+        return b"/" + path if slash else b"/"
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing

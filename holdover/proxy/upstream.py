@@ -223,7 +223,9 @@ class UpstreamConnection(asyncio.Protocol):
         head = [status_line(status, self._reason)]
         head += lines
         if status < 200:
-            if status == 101 and ex.upgrade and self._upgrade is not None:
+            if status == 101 and not (ex.upgrade and self._upgrade is not None):
+                raise ValueError("101 Switching Protocols to a request that asked for none")
+            if status == 101:
                 head.append(b"Connection: upgrade\r\nUpgrade: " + self._upgrade + b"\r\n\r\n")
                 ex.resp_started = True
             else:  # 100 Continue, 103 Early Hints: pass on, the final answer follows
@@ -269,6 +271,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.out.append(b"".join(head))
 
     def on_body(self, body: bytes) -> None:
+        if self._mode == BODY_NONE:
+            return  # bytes after a HEAD/204/304 head are not part of any answer
         ex = self.ex
         assert ex is not None
         ex.resp_bytes += len(body)
