@@ -1,19 +1,24 @@
 """The ``holdover`` command: thin wrappers over the gateway and the config loader.
 
-Exit codes: 0 success, 1 runtime failure (a revision never became ready, a port in
-use), 2 bad usage or a bad configuration file.
+Exit codes: 0 success; 1 the command failed (a revision never became ready, a port in
+use, a deploy refused); 2 bad usage or a bad configuration file; 3 no gateway is running
+for this configuration.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from . import __version__, config
+from .admin.commands import COMMANDS, Command
 
 DEMO_CONFIG = """\
 # Written by `holdover demo`: the gateway in front of the bundled sample app.
@@ -84,6 +89,95 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _serve(cfg)
 
 
+def _print_status(st: dict[str, Any]) -> None:
+    print(f"mode {st['mode']}  active {st['active'] or '-'}"
+          + (f"  canary {st['canary']}" if st.get("canary") else "")
+          + f"  live sessions {st['sessions']}  lost {st['sessions_lost']}")
+    rows = [("REVISION", "STATE", "SESSIONS", "WORKER", "PID", "PORT", "WORKER STATE",
+             "IN FLIGHT")]
+    for rev in st["revisions"]:
+        state = rev["state"] + (f" ({rev['canary_percent']:g}% canary)"
+                                if rev.get("canary_percent") else "")
+        workers = [w for w in rev["workers"] if w["state"] != "stopped"] or [None]
+        for i, w in enumerate(workers):
+            first = i == 0
+            rows.append((rev["id"] if first else "", state if first else "",
+                         str(rev["sessions"]) if first else "",
+                         *((w["id"], str(w["pid"]), str(w["port"]), w["state"],
+                            str(w["inflight"])) if w else ("-", "", "", "", ""))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+
+
+def _print_result(name: str, result: Any) -> None:
+    if name == "status":
+        _print_status(result)
+    elif name == "events":
+        for e in result["events"]:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["ts"]))
+            print(f"{e['id']:>5}  {stamp}  {e['kind']:<14} {e['message']}")
+    elif name == "deploy":
+        print(f"revision {result['revision']} is "
+              + (f"a {result['canary_percent']:g}% canary" if result.get("canary_percent")
+                 else "active")
+              + (f"; {result['previous']} is draining" if result.get("previous")
+                 and not result.get("canary_percent") else ""))
+    elif name in ("rollback", "promote"):
+        if result.get("aborted_canary"):
+            print(f"canary {result['aborted_canary']} aborted; {result['revision']} stays "
+                  f"active")
+        else:
+            print(f"revision {result['revision']} is active"
+                  + (f"; {result['previous']} is draining" if result.get("previous") else ""))
+    else:
+        print(json.dumps(result, indent=2))
+
+
+def _api_command(command: Command) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        from .admin.client import ApiError, GatewayNotRunning, call
+
+        cfg = _load(args.config)
+        values: dict[str, Any] = {}
+        for p in command.params:
+            v = getattr(args, p.name.replace("-", "_"), None)
+            if v is None:
+                continue
+            if p.type is dict:
+                env = {}
+                for item in v:
+                    k, eq, val = item.partition("=")
+                    if not eq or not k:
+                        print(f"holdover: --{p.name} {item!r}: expected NAME=VALUE",
+                              file=sys.stderr)
+                        return 2
+                    env[k] = val
+                v = env
+            values[p.name] = v
+        timeout = cfg.app_start_timeout + cfg.app_stop_grace + 60 if command.long_running \
+            else 30.0
+        try:
+            result = call(cfg, command, values, timeout=timeout)
+        except GatewayNotRunning as exc:
+            print(f"holdover: {exc}", file=sys.stderr)
+            return 3
+        except ApiError as exc:
+            print(f"holdover {command.name}: {exc}", file=sys.stderr)
+            tail = exc.error.get("log_tail")
+            if tail:
+                print("--- last lines of the failing worker's log ---", file=sys.stderr)
+                print(tail, file=sys.stderr)
+            return 1
+        if getattr(args, "json", False):
+            print(json.dumps(result, indent=2))
+        else:
+            _print_result(command.name, result)
+        return 0
+
+    return run
+
+
 def cmd_config_reference(args: argparse.Namespace) -> int:
     sys.stdout.write(config.reference_markdown())
     return 0
@@ -112,6 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dir", default=".holdover-demo", help="folder for the demo's state")
     d.add_argument("-v", "--verbose", action="store_true")
     d.set_defaults(func=cmd_demo)
+    for command in COMMANDS:
+        sp = with_config(sub.add_parser(command.name, help=command.help))
+        for prm in command.params:
+            flag = prm.cli or f"--{prm.name}"
+            if prm.type is dict:
+                sp.add_argument(flag, dest=prm.name, action="append", metavar="K=V", help=prm.help)
+            elif prm.type is bool:
+                sp.add_argument(flag, dest=prm.name, action="store_true", default=None,
+                                help=prm.help)
+            else:
+                sp.add_argument(flag, dest=prm.name, type=prm.type, help=prm.help)
+        sp.add_argument("--json", action="store_true", help="print the JSON result")
+        sp.set_defaults(func=_api_command(command))
     cr = sub.add_parser("config-reference", help="print the configuration reference (Markdown)")
     cr.set_defaults(func=cmd_config_reference)
     return p

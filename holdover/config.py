@@ -248,6 +248,12 @@ SETTINGS: tuple[Setting, ...] = (
             "The app's own session cookie; \"\" = holdover pins clients with its own cookie."),
     Setting("app", "session_idle_timeout", parse_duration, "30m",
             "A session with no request for this long has ended."),
+    Setting("app", "strategy", _choice("replace", "rolling"), "replace",
+            "Stateless deploys: \"replace\" starts all new workers, then drains the old; "
+            "\"rolling\" replaces one worker at a time (for apps that cannot run twice)."),
+    Setting("app", "max_drain", parse_duration, "0",
+            "Longest a draining revision may keep running (0 = until its last session ends); "
+            "then its remaining sessions are ended and counted as lost."),
 )
 
 SECTIONS = tuple(dict.fromkeys(s.section for s in SETTINGS))

@@ -16,35 +16,57 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import signal
 import socket
 import sys
+import time
+from pathlib import Path
 from time import monotonic
 from typing import Any
 
 from .accesslog import AccessLog
+from .admin.server import AdminServer, load_or_create_token
 from .config import Config
 from .proxy.server import ClientConnection, Exchange
 from .proxy.upstream import UpstreamConnection, UpstreamPool
+from .revisions import DeployError, RevisionManager
+from .routing.affinity import PIN_COOKIE, Keys, cookie_value, parse_set_cookie
 from .routing.balancer import Balancer, WaitQueue
+from .routing.sessions import Pin, SessionTable
+from .state import PinRecord, RevisionRecord, StateStore, StoreError, open_store
 from .supervisor.supervisor import Revision, RevisionFailed, Supervisor
 from .supervisor.worker import Worker
 
 log = logging.getLogger("holdover.gateway")
 
+# Worker states in which the process that held a session's memory no longer runs.
+_PROCESS_GONE = frozenset({"starting", "backoff", "unhealthy", "stopped", "failed"})
+
 
 class Gateway:
-    """One running gateway: listener, connections, routing, workers."""
+    """One running gateway: listener, connections, routing, sessions, revisions."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         c = config
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.connections: set[ClientConnection] = set()
-        self.balancer = Balancer()
+        self.balancer = Balancer()  # where new sessions (stateless: all requests) go
+        self.canary_balancer = Balancer()
+        self.canary_percent = 0.0
         self.queue = WaitQueue(c.gateway_queue_size)
         self.supervisor = Supervisor(config, self._worker_state)
-        self.active: Revision | None = None
+        self.revs = RevisionManager(self)
+        self.rolling: Revision | None = None  # a stateless rolling deploy in progress
+        self.workers_by_id: dict[str, Worker] = {}
+        self.sessions = SessionTable()
+        self.sessions_lost = 0
+        self.sessions_mode = c.app_mode == "sessions"
+        self.app_cookie = c.app_session_cookie.encode() or None
+        self.keys: Keys = None  # type: ignore[assignment]  # loaded at start
+        self.store: StateStore = None  # type: ignore[assignment]
+        self.latest_header = b""
         self.closing = False
         # What the hot path reads, as plain attributes.
         self.max_request_line = c.gateway_max_request_line
@@ -58,9 +80,11 @@ class Gateway:
         self.response_timeout = c.gateway_response_timeout
         self.connect_timeout = c.gateway_connect_timeout
         self.queue_timeout = c.gateway_queue_timeout
+        self.idle_timeout = c.app_session_idle_timeout
         self.append_forwarded = c.gateway_forwarded_headers == "append"
         self.retry_safe = True
         self.proto = b"http"
+        self.cookie_attrs = b"; Path=/; HttpOnly; SameSite=Lax"
         host, port = c.gateway_listen
         self.listen_host = f"{host}:{port}".encode()
         self.access_log: AccessLog | None = None
@@ -68,15 +92,62 @@ class Gateway:
             self.access_log = AccessLog(c.gateway_access_log, c.gateway_access_log_format,
                                         c.state_dir)
         self.server: asyncio.AbstractServer | None = None
-        self.stopped = asyncio.Event()
         self._sweeper: asyncio.TimerHandle | None = None
+        self._ticks = 0
+        self._flushing = False
         self.bound: tuple[str, int] | None = None
+        self.admin: AdminServer | None = None
 
     # -- routing ---------------------------------------------------------------------
 
+    def _session_key(self, ex: Exchange) -> str | None:
+        """The pin-table key of the session a request belongs to, if it names one.
+
+        Sets ``ex.skey`` to the key of the app's own session cookie, which a response
+        may rotate or delete."""
+        cookie = ex.cookie
+        conn = ex.conn
+        cache = conn.cookie_cache
+        if cache is not None and cache[0] == cookie:  # keep-alive clients repeat Cookie
+            ex.skey = cache[2]
+            return cache[1]
+        key = skey = None
+        value = cookie_value(cookie, PIN_COOKIE)
+        if value is not None:
+            key = self.keys.verify(value)  # forged, foreign or stale: no pin (rule 4)
+        if self.app_cookie is not None:
+            value = cookie_value(cookie, self.app_cookie)
+            if value:
+                skey = self.keys.session_key(b"app", value)
+                if key is None:
+                    key = skey
+        conn.cookie_cache = (cookie, key, skey)
+        ex.skey = skey
+        return key
+
     def route(self, ex: Exchange) -> None:
         """Send ``ex`` to a worker now, or park it until one is ready (then 503)."""
-        w = self.balancer.pick()
+        if self.sessions_mode and ex.cookie is not None:
+            key = self._session_key(ex)
+            if key is not None:
+                pin = self.sessions.pins.get(key)
+                if pin is not None:
+                    w = self.workers_by_id.get(pin.worker)
+                    if w is not None and w.incarnation == pin.incarnation and \
+                            w.state == "ready":
+                        # SPEC rule 1: to its worker, whatever its revision's state.
+                        ex.pin = pin
+                        pin.active += 1
+                        pin.last_seen = monotonic()
+                        self.sessions.dirty.add(key)
+                        self.dispatch(ex, w)
+                        return
+                    self._lose(pin, "its worker is gone")
+        w = None
+        if self.canary_percent and random.random() * 100 < self.canary_percent:
+            w = self.canary_balancer.pick()
+        if w is None:
+            w = self.balancer.pick()
         if w is not None:
             self.dispatch(ex, w)
             return
@@ -161,20 +232,115 @@ class Gateway:
             ex.worker = None
             if self.queue._q:
                 self.queue.release(self.balancer)
+        pin = ex.pin
+        if pin is not None:
+            ex.pin = None
+            pin.active -= 1
+            pin.last_seen = monotonic()
         if self.access_log is not None:
             self.access_log.log(ex.conn.client_ip, ex.method, ex.url, ex.status, ex.resp_bytes,
                                 monotonic() - ex.t0, w.id if w is not None else "-",
                                 w.spec.revision if w is not None else "-", note)
 
     def tunnel_opened(self, ex: Exchange) -> None:
-        """A WebSocket (or other upgraded stream) is open; it holds its worker slot."""
+        """A WebSocket (or other upgraded stream) is open; it holds its worker slot and
+        keeps its session alive (``pin.active``) until it closes."""
+
+    # -- sessions ---------------------------------------------------------------------
+
+    def _pin_here(self, ex: Exchange, key: str, expires_at: float | None = None) -> Pin | None:
+        w = ex.worker
+        if w is None:
+            return None
+        pin = self.sessions.pin(key, w.id, w.incarnation, w.spec.revision, monotonic(),
+                                expires_at)
+        return pin
 
     def on_set_cookie(self, ex: Exchange, value: bytes) -> None:
-        """The worker set a cookie (session pinning hooks in here)."""
+        """The worker set a cookie: its session cookie pins or ends a session (rule 3)."""
+        name = self.app_cookie
+        if name is None or not self.sessions_mode or not value.startswith(name + b"="):
+            return
+        _, val, deleted = parse_set_cookie(value)
+        old = ex.skey
+        if deleted:
+            if old is not None and self.sessions.end(old) is not None:
+                ex.session_event = b"end"
+            return
+        key = self.keys.session_key(b"app", val)
+        if key != old:
+            if old is not None:
+                self.sessions.end(old)  # the app rotated its session id (e.g. at login)
+            self._pin_here(ex, key)
+            ex.session_event = b"new"
+
+    def on_session_header(self, ex: Exchange, value: bytes) -> None:
+        """The explicit session protocol: ``X-Holdover-Session: <id>; max-age=N | end``."""
+        if not self.sessions_mode:
+            return
+        sid, _, params = value.partition(b";")
+        sid = sid.strip()
+        if not sid:
+            return
+        key = self.keys.session_key(b"sp", sid)
+        params = params.strip().lower()
+        if params.startswith(b"end"):
+            self.sessions.end(key)
+            ex.session_event = b"end-pin"
+            return
+        expires = None
+        if params.startswith(b"max-age="):
+            try:
+                expires = monotonic() + max(0, int(params[8:].split(b";")[0]))
+            except ValueError:
+                expires = None
+        self._pin_here(ex, key, expires)
+        ex.session_event = b"pin:" + key.encode()
 
     def response_extra_headers(self, ex: Exchange) -> bytes | None:
-        """Headers the gateway adds to a response (none yet)."""
-        return None
+        """Headers the gateway adds: its own affinity cookie, and which revision is newest."""
+        if not self.sessions_mode:
+            return None
+        out = b""
+        event = ex.session_event
+        if event is not None:
+            if event.startswith(b"pin:"):
+                out = (b"Set-Cookie: " + PIN_COOKIE + b"=" + self.keys.sign(event[4:].decode())
+                       + self.cookie_attrs + b"\r\n")
+            elif event == b"end-pin":
+                out = b"Set-Cookie: " + PIN_COOKIE + b"=; Max-Age=0" + self.cookie_attrs + b"\r\n"
+        elif self.app_cookie is None and ex.pin is None and ex.worker is not None \
+                and ex.status < 500:
+            # No app cookie configured: holdover pins each client with its own cookie.
+            key = self.keys.new_key()
+            if self._pin_here(ex, key) is not None:
+                out = (b"Set-Cookie: " + PIN_COOKIE + b"=" + self.keys.sign(key)
+                       + self.cookie_attrs + b"\r\n")
+        if ex.pin is not None or out:
+            w = ex.worker
+            if w is not None:
+                out += b"X-Holdover-Revision: " + w.spec.revision.encode() + b"\r\n"
+            out += self.latest_header
+        return out or None
+
+    def _lose(self, pin: Pin, why: str) -> None:
+        """A pinned session's memory is gone (SPEC rule 5): count it and say so."""
+        if self.sessions.end(pin.key) is not None:
+            self.sessions_lost += 1
+            log.warning("session on worker %s (revision %s) lost: %s", pin.worker,
+                        pin.revision, why)
+
+    def end_sessions_of(self, revision: str, reason: str) -> int:
+        """End every session of a revision (max_drain); they count as lost."""
+        pins = self.sessions.of_revision(revision)
+        for p in pins:
+            self.sessions.end(p.key)
+        self.sessions_lost += len(pins)
+        if pins:
+            self.loop.create_task(self.record_event(
+                "sessions-lost", f"{len(pins)} session(s) of revision {revision} ended "
+                f"({reason})", revision, data={"count": len(pins), "reason": reason}))
+        return len(pins)
 
     # -- workers ---------------------------------------------------------------------
 
@@ -185,36 +351,174 @@ class Gateway:
             w.pool = UpstreamPool(w, w.spec.host, w.port, self.config.gateway_upstream_keepalive)
         if not w.routable and w.pool is not None:
             w.pool.close()
+        if w.state in _PROCESS_GONE and not self.closing and self.sessions.per_worker.get(w.id):
+            # The process that held these sessions' memory is gone (SPEC rule 5).
+            pins = self.sessions.of_worker(w.id)
+            for p in pins:
+                self.sessions.end(p.key)
+            self.sessions_lost += len(pins)
+            msg = f"worker {w.id} {w.state}: {len(pins)} pinned session(s) lost"
+            log.warning(msg)
+            if self.store is not None:
+                self.loop.create_task(self.record_event(
+                    "sessions-lost", msg, w.spec.revision, w.id, {"count": len(pins)}))
+        self.workers_by_id[w.id] = w
         if w.routable and self.queue._q:
             self.queue.release(self.balancer)
+
+    def routing_changed(self) -> None:
+        """Rebuild what the hot path reads after a revision or worker-set change."""
+        rm = self.revs
+        stopping = rm._stopping
+        workers = []
+        if rm.active is not None:
+            workers += [w for w in rm.active.workers if w not in stopping]
+        if self.rolling is not None:
+            workers += [w for w in self.rolling.workers if w not in stopping]
+        self.balancer.workers = workers
+        if rm.canary is not None:
+            self.canary_balancer.workers = list(rm.canary.workers)
+            self.canary_percent = rm.canary.canary_percent
+        else:
+            self.canary_balancer.workers = []
+            self.canary_percent = 0.0
+        self.workers_by_id = {w.id: w for r in rm.revisions.values() for w in r.workers
+                              if w.state not in ("stopped", "failed")}
+        newest = rm.active.id if rm.active is not None else ""
+        self.latest_header = b"X-Holdover-Latest: " + newest.encode() + b"\r\n"
+        if self.queue._q:
+            self.queue.release(self.balancer)
+
+    def worker_status(self, w: Worker) -> dict[str, Any]:
+        return {"id": w.id, "pid": w.pid, "port": w.port, "state": w.state,
+                "inflight": w.inflight, "restarts": w.restarts,
+                "sessions": self.sessions.per_worker.get(w.id, 0),
+                "uptime": round(monotonic() - w.ready_at, 1) if w.ready_at and
+                w.state == "ready" else 0.0, "crash_loop": w.crash_loop}
+
+    # -- state -----------------------------------------------------------------------
+
+    async def record_event(self, kind: str, message: str, revision: str | None = None,
+                           worker: str | None = None, data: dict | None = None) -> None:
+        """An event for operators: logged, and kept in the state store."""
+        log.info("%s: %s", kind, message)
+        if self.store is None:
+            return
+        try:
+            await self.store.add_event(kind, message, revision=revision, worker=worker,
+                                       data=data)
+        except StoreError as exc:
+            log.error("cannot record event: %s", exc)
+
+    async def save_revisions(self) -> None:
+        """Write every revision's record and which one is active to the store."""
+        rm = self.revs
+        try:
+            for rev in rm.revisions.values():
+                await self.store.put_revision(RevisionRecord(
+                    id=rev.id, state=rev.state, command=rev.spec.command,
+                    cwd=str(rev.spec.cwd), env=dict(rev.spec.env), workers=rev.size,
+                    created_at=rev.created_at, release_dir=rev.release_dir,
+                    updated_at=time.time(), canary_percent=rev.canary_percent))
+            await self.store.set_meta("active", rm.active.id if rm.active else "")
+            await self.store.set_meta("canary", rm.canary.id if rm.canary else "")
+        except StoreError as exc:
+            log.error("cannot save revisions (serving goes on from memory): %s", exc)
+
+    async def _flush_pins(self) -> None:
+        changed, removed = self.sessions.take_changes()
+        if not changed and not removed:
+            return
+        self._flushing = True
+        try:
+            # The store keeps wall-clock times; the table keeps monotonic ones.
+            offset = time.time() - monotonic()
+            if changed:
+                await self.store.put_pins([PinRecord(
+                    key=p.key, worker=p.worker, incarnation=p.incarnation, revision=p.revision,
+                    created_at=p.created_at + offset, last_seen=p.last_seen + offset,
+                    expires_at=p.expires_at + offset if p.expires_at is not None else None)
+                    for p in changed])
+            if removed:
+                await self.store.delete_pins(removed)
+        except StoreError as exc:
+            log.error("cannot save sessions (serving goes on from memory): %s", exc)
+        finally:
+            self._flushing = False
+
+    async def _restore(self) -> None:
+        """Bring back revisions and pins from the state store after a restart."""
+        records = await self.store.list_revisions()
+        pins = await self.store.load_pins()
+        active_id = await self.store.get_meta("active")
+        rm = self.revs
+        for rec in records:
+            spec = self.supervisor.spec(rec.id, command=rec.command, cwd=Path(rec.cwd),
+                                        env=rec.env)
+            rev = self.supervisor.create_revision(spec, rec.workers, rec.created_at,
+                                                  rec.release_dir)
+            rev.state = rec.state if rec.state in ("failed", "retired") else "retired"
+        if pins:
+            # The workers that held these sessions' memory did not survive the restart.
+            self.sessions_lost += len(pins)
+            await self.store.delete_pins([p.key for p in pins])
+            await self.record_event("sessions-lost", f"{len(pins)} session(s) from before the "
+                                    f"restart lost: their worker processes were restarted",
+                                    data={"count": len(pins)})
+        if active_id and active_id in rm.revisions:
+            rev = rm.revisions[active_id]
+            await self.record_event("restore", f"restarting revision {rev.id}", rev.id)
+            rev.state = "starting"
+            try:
+                await self.supervisor.start_workers(rev, rev.size)
+            except RevisionFailed as exc:
+                rev.state = "failed"
+                await self.record_event("failed", f"revision {rev.id} did not start again "
+                                        f"({exc}); starting the configured app instead",
+                                        rev.id, exc.worker, {"log_tail": exc.log_tail})
+                return
+            rm._activate(rev)
 
     # -- lifecycle -------------------------------------------------------------------
 
     def _sweep(self) -> None:
         now = monotonic()
+        self._ticks += 1
         for conn in list(self.connections):
             conn.sweep(now)
         cutoff = now - self.config.gateway_upstream_idle_timeout
-        for w in self.balancer.workers:
+        for w in self.workers_by_id.values():
             if w.pool is not None:
                 w.pool.expire(cutoff)
         if self.queue._q:
             self.queue.expire(now)
+        if self.sessions_mode and self.sessions.pins and self._ticks % 5 == 0:
+            for p in self.sessions.idle(now, self.idle_timeout):
+                self.sessions.end(p.key)  # an idle session has ended (rule 3)
+        if not self.closing:
+            self.revs.tick(now)
+        if self.store is not None and not self._flushing and (
+                self.sessions.dirty or self.sessions.removed):
+            self.loop.create_task(self._flush_pins())
         if self.access_log is not None:
             self.access_log.flush()
         self._sweeper = self.loop.call_later(1.0 if not self.closing else 0.1, self._sweep)
 
     async def start(self) -> None:
-        """Start the workers of the first revision, then listen. Raises RevisionFailed."""
+        """Open the store, start (or restore) the app's revision, then listen.
+
+        Raises DeployError when the first revision's workers never become ready."""
         self.loop = asyncio.get_running_loop()
         c = self.config
         c.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.keys = Keys.load_or_create(c.state_dir / "secret.json")
+        self.store = open_store(c.state_dir / "state.db")
+        await self.store.open()
         await self.supervisor.guard.start()
-        spec = self.supervisor.spec("v1")
-        log.info("starting revision %s: %d worker(s) of %r", spec.revision, c.app_workers,
-                 spec.command)
-        self.active = await self.supervisor.start_revision(spec, c.app_workers)
-        self.balancer.workers = list(self.active.workers)
+        await self._restore()
+        if self.revs.active is None:
+            await self.revs.start_first()
+        await self.save_revisions()
         host, port = c.gateway_listen
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
                              socket.SOCK_STREAM)
@@ -225,8 +529,17 @@ class Gateway:
         self.server = await self.loop.create_server(lambda: ClientConnection(self), sock=sock,
                                                     backlog=4096)
         self._sweeper = self.loop.call_later(1.0, self._sweep)
-        log.info("listening on http://%s:%d/ (revision %s, %d workers)", host, self.bound[1],
-                 self.active.id, len(self.active.workers))
+        token, created = load_or_create_token(c.state_dir)
+        self.admin = AdminServer(self, token)
+        await self.admin.start(*c.gateway_admin_listen)
+        admin_url = f"http://{c.gateway_admin_listen[0]}:{self.admin.bound[1]}/"
+        (c.state_dir / "admin.url").write_text(admin_url + "\n")
+        print(f"holdover: admin {admin_url} (token in {c.state_dir / 'admin.token'})"
+              + (f"; new admin token: {token}" if created else ""), file=sys.stderr, flush=True)
+        active = self.revs.active
+        log.info("listening on http://%s:%d/ (revision %s, %d workers, mode %s)", host,
+                 self.bound[1], active.id if active else "-",
+                 len(active.workers) if active else 0, c.app_mode)
 
     async def shutdown(self) -> None:
         """Stop accepting, let work finish up to shutdown_timeout, then stop workers."""
@@ -247,11 +560,17 @@ class Gateway:
                     conn.tunnel.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for w in self.balancer.workers:
+        if self.admin is not None:
+            await self.admin.stop()
+        for w in self.workers_by_id.values():
             if w.pool is not None:
                 w.pool.close()
-        await self.supervisor.stop_all()
+        await self.revs.stop_all()
         await self.supervisor.guard.close()
+        if self.store is not None:
+            with contextlib.suppress(StoreError):
+                await self._flush_pins()
+                await self.store.close()
         if self.access_log is not None:
             self.access_log.close()
         log.info("stopped")
@@ -265,8 +584,12 @@ class Gateway:
         try:
             try:
                 await self.start()
-            except RevisionFailed as exc:
+            except DeployError as exc:
                 log.error("%s; last lines of its log:\n%s", exc, exc.log_tail)
+                await self.shutdown()
+                return 1
+            except (StoreError, ValueError) as exc:
+                log.error("%s", exc)
                 await self.shutdown()
                 return 1
             except OSError as exc:

@@ -62,10 +62,35 @@ class Exchange:
     """One request and its response, from first byte in to last byte out."""
 
     __slots__ = (
-        "accept", "body_buf", "body_mode", "body_seen", "conn", "cookie", "head",
-        "head_sent_to_worker", "host", "http11", "keep_alive", "method", "pin",
-        "request_done", "resp_bytes", "resp_started", "revision", "sent_at", "status",
-        "t0", "tried", "tunnel_early", "upgrade", "upstream", "url", "waiter", "worker",
+        "accept",
+        "body_buf",
+        "body_mode",
+        "body_seen",
+        "conn",
+        "cookie",
+        "head",
+        "head_sent_to_worker",
+        "host",
+        "http11",
+        "keep_alive",
+        "method",
+        "pin",
+        "request_done",
+        "resp_bytes",
+        "resp_started",
+        "revision",
+        "sent_at",
+        "session_event",
+        "skey",
+        "status",
+        "t0",
+        "tried",
+        "tunnel_early",
+        "upgrade",
+        "upstream",
+        "url",
+        "waiter",
+        "worker",
     )
 
     def __init__(self, conn: ClientConnection, t0: float) -> None:
@@ -96,6 +121,8 @@ class Exchange:
         self.waiter = None
         self.tried: list | None = None
         self.tunnel_early = b""
+        self.skey: str | None = None  # key of the app session cookie the request carried
+        self.session_event: bytes | None = None  # what the response did to its session
 
 
 class ClientConnection(asyncio.Protocol):
@@ -119,6 +146,7 @@ class ClientConnection(asyncio.Protocol):
         "_upgrade_value",
         "_url_parts",
         "client_ip",
+        "cookie_cache",
         "current",
         "gw",
         "last_active",
@@ -159,6 +187,7 @@ class ClientConnection(asyncio.Protocol):
         self._prior_fwd: bytes | None = None
         self._route_next: Exchange | None = None
         self._body_left = 0
+        self.cookie_cache: tuple[bytes | None, str | None, str | None] | None = None
 
     # -- asyncio callbacks ----------------------------------------------------------
 

@@ -206,6 +206,11 @@ class UpstreamConnection(asyncio.Protocol):
             elif lname == _UPGRADE:
                 self._upgrade = value
             return
+        if lname == b"x-holdover-session":  # the app talking to us: never to the client
+            ex = self.ex
+            if ex is not None:
+                ex.conn.gw.on_session_header(ex, value)
+            return
         self._lines.append(name + b": " + value + b"\r\n")
         if lname == b"set-cookie":
             ex = self.ex

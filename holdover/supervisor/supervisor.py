@@ -38,9 +38,19 @@ class Revision:
 
     id: str
     spec: WorkerSpec
+    size: int = 1  # workers it should run
     workers: list[Worker] = field(default_factory=list)
     state: str = "starting"
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    created_at: float = 0.0
+    release_dir: str | None = None
+    drain_started: float = 0.0
+    canary_percent: float = 0.0
+    next_index: int = 1
+
+    def running(self) -> list[Worker]:
+        """Workers whose process is (or is about to be) up."""
+        return [w for w in self.workers if w.state not in ("stopped", "failed", "stopping")]
 
 
 class Guard:
@@ -90,26 +100,45 @@ class Supervisor:
             log_dir=c.state_dir / "logs" / revision, log_max_bytes=c.app_log_max_bytes,
             log_backups=c.app_log_backups)
 
-    async def start_revision(self, spec: WorkerSpec, workers: int) -> Revision:
-        """Start ``workers`` workers; return once all are ready, or raise RevisionFailed."""
-        rev = Revision(spec.revision, spec)
+    def create_revision(self, spec: WorkerSpec, size: int, created_at: float = 0.0,
+                        release_dir: str | None = None) -> Revision:
+        rev = Revision(spec.revision, spec, size=size, created_at=created_at,
+                       release_dir=release_dir)
         self.revisions[rev.id] = rev
+        return rev
+
+    async def start_workers(self, rev: Revision, count: int) -> list[Worker]:
+        """Start ``count`` more workers of ``rev``; return once all are ready.
+
+        Raises RevisionFailed (after stopping the new workers) if any never gets ready.
+        """
         loop = asyncio.get_running_loop()
         ready: list[asyncio.Future[bool]] = []
-        for i in range(workers):
-            w = Worker(id=f"{rev.id}-{i + 1}", spec=spec, on_state=self.on_worker_state,
-                       guard=self.guard.tell)
+        new: list[Worker] = []
+        for _ in range(count):
+            w = Worker(id=f"{rev.id}-{rev.next_index}", spec=rev.spec,
+                       on_state=self.on_worker_state, guard=self.guard.tell)
+            rev.next_index += 1
             rev.workers.append(w)
+            new.append(w)
             fut: asyncio.Future[bool] = loop.create_future()
             ready.append(fut)
             rev.tasks.append(loop.create_task(w.run(fut)))
         results = await asyncio.gather(*ready)
         if not all(results):
-            bad = rev.workers[results.index(False)]
-            rev.state = "failed"
-            await self.stop_revision(rev)
-            rev.state = "failed"
+            bad = new[results.index(False)]
+            await asyncio.gather(*(w.stop() for w in new))
             raise RevisionFailed(rev.id, bad.id, bad.log_tail(20))
+        return new
+
+    async def start_revision(self, spec: WorkerSpec, workers: int) -> Revision:
+        """Create a revision and start all its workers (RevisionFailed if they fail)."""
+        rev = self.create_revision(spec, workers)
+        try:
+            await self.start_workers(rev, workers)
+        except RevisionFailed:
+            rev.state = "failed"
+            raise
         rev.state = "active"
         return rev
 

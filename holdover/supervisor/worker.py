@@ -22,6 +22,7 @@ import shlex
 import signal
 import socket
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,6 +105,7 @@ class Worker:
     port: int = 0
     pid: int = 0
     restarts: int = 0
+    incarnation: str = ""
     inflight: int = 0
     routable: bool = False
     started_at: float = 0.0
@@ -186,6 +188,7 @@ class Worker:
         """Spawn, wait until ready, serve until the process ends; True if it was ready."""
         self.port = free_port(self.spec.host)
         self.ready_at = 0.0
+        self.incarnation = uuid.uuid4().hex[:12]  # sessions pinned to the old process are gone
         self._set("starting")
         env = dict(os.environ)
         env.update(self.spec.env)

@@ -1,0 +1,196 @@
+"""The admin HTTP server: the JSON API (and its OpenAPI document) on ``admin_listen``.
+
+Every ``/api/`` call needs ``Authorization: Bearer <token>``; the token lives in
+``state_dir/admin.token`` (0600) and is compared in constant time.  Credentials travel
+only in that header, never in a cookie, so a cross-site page cannot make a browser
+send them: state-changing calls are safe from CSRF by construction.  The admin side is
+its own listener; nothing of it is reachable through the public port.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ..revisions import DeployError
+from .commands import BY_NAME, COMMANDS, Command, CommandError
+
+if TYPE_CHECKING:
+    from ..gateway import Gateway
+
+log = logging.getLogger("holdover.admin")
+
+TOKEN_FILE = "admin.token"
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                               "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+}
+
+
+def load_or_create_token(state_dir: Path) -> tuple[str, bool]:
+    """The admin token, created (0600) on first start; True when it was just created."""
+    path = state_dir / TOKEN_FILE
+    if path.exists():
+        return path.read_text().strip(), False
+    token = secrets.token_urlsafe(32)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token, True
+
+
+def _error(status: int, message: str, field: str | None = None, **extra: Any) -> web.Response:
+    body = {"error": {"status": status, "message": message, **({"field": field} if field
+                                                                 else {}), **extra}}
+    return web.json_response(body, status=status)
+
+
+def openapi() -> dict[str, Any]:
+    """The OpenAPI 3.1 document, generated from the command definitions."""
+    types = {str: {"type": "string"}, int: {"type": "integer"}, float: {"type": "number"},
+             bool: {"type": "boolean"},
+             dict: {"type": "object", "additionalProperties": {"type": "string"}}}
+    error = {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["status", "message"],
+        "properties": {"status": {"type": "integer"}, "message": {"type": "string"},
+                       "field": {"type": "string"}}}}}
+    paths: dict[str, Any] = {}
+    for c in COMMANDS:
+        op: dict[str, Any] = {
+            "operationId": c.name, "summary": c.help, "security": [{"bearer": []}],
+            "responses": {
+                "200": {"description": "done", "content": {"application/json": {
+                    "schema": {"type": "object"}}}},
+                "400": {"description": "bad request", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/Error"}}}},
+                "401": {"description": "missing or wrong token", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+            }}
+        if c.method == "POST":
+            op["requestBody"] = {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False,
+                "properties": {p.name: {**types[p.type], "description": p.help}
+                               for p in c.params},
+                "required": [p.name for p in c.params if p.required]}}}}
+            for code, what in (("409", "conflicts with the current state"),
+                               ("422", "the new revision did not start")):
+                op["responses"][code] = {"description": what, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/Error"}}}}
+        else:
+            op["parameters"] = [{"name": p.name, "in": "query", "required": p.required,
+                                 "description": p.help, "schema": types[p.type]}
+                                for p in c.params]
+        paths[c.path] = {c.method.lower(): op}
+    return {"openapi": "3.1.0",
+            "info": {"title": "holdover admin API", "version": "1"},
+            "paths": paths,
+            "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                           "schemas": {"Error": error}}}
+
+
+class AdminServer:
+    """aiohttp application bound to the gateway's internal API."""
+
+    def __init__(self, gw: Gateway, token: str) -> None:
+        self.gw = gw
+        self._token = token.encode()
+        self.runner: web.AppRunner | None = None
+        self.bound: tuple[str, int] | None = None
+        app = web.Application(middlewares=[self._headers, self._auth], client_max_size=1 << 20)
+        app.router.add_get("/api/openapi.json", self._openapi)
+        for c in COMMANDS:
+            app.router.add_route(c.method, c.path, self._handler(c))
+        app.router.add_get("/", self._index)
+        self.app = app
+
+    @web.middleware
+    async def _headers(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            resp = await handler(request)
+        except web.HTTPException as exc:
+            resp = _error(exc.status, exc.reason)
+        resp.headers.update(SECURITY_HEADERS)
+        return resp
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith("/api/") or request.path == "/metrics":
+            auth = request.headers.get("Authorization", "")
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    token.strip().encode(), self._token):
+                resp = _error(401, "missing or wrong admin token: send 'Authorization: "
+                                   "Bearer <token>' (the token is in state_dir/admin.token)")
+                resp.headers["WWW-Authenticate"] = 'Bearer realm="holdover"'
+                return resp
+        return await handler(request)
+
+    async def _openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi())
+
+    async def _index(self, request: web.Request) -> web.Response:
+        return web.Response(text="holdover admin: the JSON API is under /api/ "
+                                 "(see /api/openapi.json)\n", content_type="text/plain")
+
+    def _handler(self, command: Command) -> Any:
+        async def handle(request: web.Request) -> web.Response:
+            try:
+                if command.method == "GET":
+                    raw: dict[str, Any] = {}
+                    params = {p.name: p for p in command.params}
+                    for k, v in request.query.items():
+                        p = params.get(k)
+                        if p is not None and p.type is int:
+                            try:
+                                raw[k] = int(v)
+                            except ValueError:
+                                raise CommandError(f"{k}: expected an integer, got {v!r}",
+                                                   400, k) from None
+                        else:
+                            raw[k] = v
+                    args = command.parse(raw)
+                else:
+                    body: Any = None
+                    if request.can_read_body:
+                        try:
+                            body = json.loads(await request.read() or b"null")
+                        except (ValueError, UnicodeDecodeError) as exc:
+                            raise CommandError(f"the request body is not valid JSON: {exc}",
+                                               400) from None
+                    args = command.parse(body)
+                result = await command.handler(self.gw, args)
+            except CommandError as exc:
+                return _error(exc.status, str(exc), exc.field, **exc.detail)
+            except DeployError as exc:
+                extra = {"log_tail": exc.log_tail} if exc.log_tail else {}
+                return _error(exc.status, str(exc), **extra)
+            return web.json_response(result)
+
+        return handle
+
+    async def start(self, host: str, port: int) -> None:
+        self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        await site.start()
+        server = site._server  # type: ignore[attr-defined]
+        self.bound = server.sockets[0].getsockname()[:2]
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+__all__ = ["BY_NAME", "AdminServer", "load_or_create_token", "openapi"]

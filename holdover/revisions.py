@@ -1,0 +1,355 @@
+"""Revisions over time: deploy, canary, promote, rollback, drain and retire.
+
+This is the lifecycle of SPEC.md: ``starting`` → ``active`` → ``draining`` →
+``retired`` (or ``starting`` → ``failed``, leaving the active revision as it was).  The
+manager decides and records; the supervisor runs processes; the gateway's routing
+tables are refreshed through ``Gateway.routing_changed`` after every change.
+
+Draining is driven by the gateway's once-a-second tick: a draining worker stops as soon
+as it holds no pinned session, no request in flight and no open WebSocket or stream;
+the revision is retired when its last worker has stopped, or after ``max_drain``, when
+the sessions still on it are ended and counted as lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .supervisor.supervisor import Revision, RevisionFailed
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+log = logging.getLogger("holdover.revisions")
+
+_REVISION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+_SNAPSHOT_IGNORE = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".holdover",
+                                          ".holdover-demo", "node_modules", ".venv")
+
+
+class DeployError(Exception):
+    """A deploy-side request that cannot be done; ``status`` is its HTTP status."""
+
+    def __init__(self, message: str, status: int = 409, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.log_tail = log_tail
+
+
+def git_short_sha(path: Path) -> str | None:
+    """The short commit id of a git checkout (``-dirty`` if it has changes), or None."""
+    try:
+        out = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        sha = out.stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{sha}-dirty" if dirty else sha
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class RevisionManager:
+    """All revisions of the app and the one or two that get new sessions."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.config = gw.config
+        self.supervisor = gw.supervisor
+        self.revisions: dict[str, Revision] = self.supervisor.revisions
+        self.active: Revision | None = None
+        self.canary: Revision | None = None
+        self._busy: str | None = None  # what deploy-side action is under way
+        self._stopping: set[Any] = set()
+        self.deploys = 0
+
+    # -- queries -------------------------------------------------------------------
+
+    def previous(self) -> Revision | None:
+        """The revision a rollback returns to: the newest one before the active one."""
+        order = [r for r in self.revisions.values() if r.state in ("draining", "retired")
+                 and r is not self.active and r is not self.canary]
+        return order[-1] if order else None
+
+    def status(self) -> dict[str, Any]:
+        gw = self.gw
+        out = []
+        for rev in self.revisions.values():
+            out.append({
+                "id": rev.id, "state": rev.state,
+                "canary_percent": rev.canary_percent if rev is self.canary else 0,
+                "sessions": gw.sessions.per_revision.get(rev.id, 0),
+                "created_at": rev.created_at, "command": rev.spec.command,
+                "release_dir": rev.release_dir,
+                "workers": [gw.worker_status(w) for w in rev.workers],
+            })
+        return {"revisions": out, "active": self.active.id if self.active else None,
+                "canary": self.canary.id if self.canary else None,
+                "mode": self.config.app_mode, "sessions": len(gw.sessions),
+                "sessions_lost": gw.sessions_lost, "deploying": self._busy}
+
+    # -- changes -------------------------------------------------------------------
+
+    def _claim(self, what: str) -> None:
+        if self._busy is not None:
+            raise DeployError(f"cannot {what}: {self._busy} is in progress; try again when "
+                              f"it has finished", 409)
+        self._busy = what
+
+    def _new_id(self, requested: str | None, source: Path | None) -> str:
+        if requested is not None:
+            if not _REVISION_ID.match(requested):
+                raise DeployError(f"revision id {requested!r} is not valid: use letters, "
+                                  f"digits, '.', '_' or '-' (at most 64)", 400)
+            if requested in self.revisions:
+                raise DeployError(f"revision {requested!r} already exists (state "
+                                  f"{self.revisions[requested].state}); choose another id", 409)
+            return requested
+        base = git_short_sha(source) if source is not None else None
+        if base is None:
+            n = len(self.revisions) + 1
+            while f"v{n}" in self.revisions:
+                n += 1
+            return f"v{n}"
+        rid, n = base, 2
+        while rid in self.revisions:
+            rid, n = f"{base}-{n}", n + 1
+        return rid
+
+    async def start_first(self) -> None:
+        """The revision ``holdover run`` starts with when the store has none running."""
+        rev = await self._start(self._new_id(None, None), None, None, None, None)
+        self._activate(rev)
+        await self.gw.record_event("deploy", f"revision {rev.id} is active", rev.id)
+
+    async def deploy(self, revision: str | None = None, from_dir: str | None = None,
+                     command: str | None = None, workers: int | None = None,
+                     env: dict[str, str] | None = None, canary: float | None = None
+                     ) -> dict[str, Any]:
+        """Start a revision, make it active (or canary) once every worker is ready."""
+        if canary is not None and not 0 < canary < 100:
+            raise DeployError("canary must be a percentage between 0 and 100 (exclusive)", 400)
+        if workers is not None and workers < 1:
+            raise DeployError("workers must be at least 1", 400)
+        source = None
+        if from_dir is not None:
+            source = Path(from_dir)
+            if not source.is_absolute():
+                source = self.config.base_dir / source
+            if not source.is_dir():
+                raise DeployError(f"--from {from_dir}: no such directory", 400)
+        if self.canary is not None:
+            raise DeployError(f"canary {self.canary.id} is running: promote or roll it back "
+                              f"first", 409)
+        self._claim("a deploy")
+        try:
+            rid = self._new_id(revision, source)
+            old = self.active
+            rev = await self._start(rid, source, command, workers, env, canary is not None)
+            if canary is not None:
+                rev.canary_percent = float(canary)
+                self.canary = rev
+                rev.state = "active"
+                self.gw.routing_changed()
+                await self.gw.record_event("canary", f"revision {rid} gets {canary:g}% of new "
+                                           f"sessions", rid)
+            else:
+                self._activate(rev)
+                await self.gw.record_event(
+                    "deploy", f"revision {rid} is active" + (
+                        f"; {old.id} is draining" if old is not None else ""), rid)
+            self.deploys += 1
+            await self.gw.save_revisions()
+            return {"revision": rid, "previous": old.id if old else None,
+                    "canary_percent": canary or 0,
+                    "workers": [self.gw.worker_status(w) for w in rev.workers]}
+        finally:
+            self._busy = None
+
+    async def _start(self, rid: str, source: Path | None, command: str | None,
+                     workers: int | None, env: dict[str, str] | None,
+                     canary: bool = False) -> Revision:
+        cfg = self.config
+        release = None
+        cwd = None
+        if source is not None:
+            release = cfg.state_dir / "releases" / rid
+            await asyncio.to_thread(self._snapshot, source, release)
+            cwd = release
+        spec = self.supervisor.spec(rid, command=command, cwd=cwd, env=env)
+        size = workers or cfg.app_workers
+        rev = self.supervisor.create_revision(spec, size, time.time(),
+                                              str(release) if release else None)
+        rolling = (cfg.app_mode == "stateless" and cfg.app_strategy == "rolling"
+                   and self.active is not None and not canary)
+        await self.gw.record_event("starting", f"revision {rid}: starting {size} worker(s)",
+                                   rid)
+        try:
+            if rolling:
+                await self._roll(rev, size)
+            else:
+                await self.supervisor.start_workers(rev, size)
+        except RevisionFailed as exc:
+            rev.state = "failed"
+            await self.gw.record_event("failed", f"revision {rid} failed: {exc}", rid,
+                                       exc.worker, {"log_tail": exc.log_tail})
+            await self.gw.save_revisions()
+            raise DeployError(f"revision {rid} failed to start: worker {exc.worker} never "
+                              f"became ready; the active revision is unchanged", 422,
+                              exc.log_tail) from None
+        return rev
+
+    @staticmethod
+    def _snapshot(source: Path, dest: Path) -> None:
+        """Copy the app's files so later edits of ``source`` never reach this revision."""
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(source, dest, symlinks=True, ignore=_SNAPSHOT_IGNORE)
+
+    async def _roll(self, rev: Revision, size: int) -> None:
+        """Stateless rolling deploy: one new worker in, one old worker out, repeated."""
+        old = self.active
+        assert old is not None
+        for _ in range(size):
+            await self.supervisor.start_workers(rev, 1)
+            self.gw.rolling = rev
+            self.gw.routing_changed()
+            victims = [w for w in old.running() if w not in self._stopping]
+            if victims:
+                await self._retire_worker(victims[0], wait=True)
+        for w in old.running():
+            await self._retire_worker(w, wait=True)
+        self.gw.rolling = None
+
+    def _activate(self, rev: Revision) -> None:
+        old = self.active
+        rev.state = "active"
+        self.active = rev
+        if old is not None and old is not rev:
+            old.state = "draining"
+            old.drain_started = time.monotonic()
+        self.gw.routing_changed()
+
+    async def promote(self) -> dict[str, Any]:
+        """Make the canary the active revision; the old active one starts draining."""
+        if self.canary is None:
+            raise DeployError("there is no canary to promote", 409)
+        self._claim("a promote")
+        try:
+            rev, old = self.canary, self.active
+            self.canary = None
+            rev.canary_percent = 0.0
+            self._activate(rev)
+            await self.gw.record_event("promote", f"canary {rev.id} promoted", rev.id)
+            await self.gw.save_revisions()
+            return {"revision": rev.id, "previous": old.id if old else None}
+        finally:
+            self._busy = None
+
+    async def rollback(self) -> dict[str, Any]:
+        """Abort a canary, or make the previous revision active again."""
+        self._claim("a rollback")
+        try:
+            if self.canary is not None:
+                rev = self.canary
+                self.canary = None
+                rev.canary_percent = 0.0
+                rev.state = "draining"
+                rev.drain_started = time.monotonic()
+                self.gw.routing_changed()
+                await self.gw.record_event("rollback", f"canary {rev.id} aborted; it drains",
+                                           rev.id)
+                await self.gw.save_revisions()
+                return {"revision": self.active.id if self.active else None,
+                        "aborted_canary": rev.id}
+            prev = self.previous()
+            if prev is None:
+                raise DeployError("nothing to roll back to: no earlier revision", 409)
+            current = self.active
+            if prev.state == "retired" or not prev.running():
+                restarted = await self._restart_retired(prev)
+                self._activate(restarted)
+                prev = restarted
+            else:
+                self._activate(prev)
+            await self.gw.record_event(
+                "rollback", f"revision {prev.id} is active again" + (
+                    f"; {current.id} is draining" if current else ""), prev.id)
+            await self.gw.save_revisions()
+            return {"revision": prev.id, "previous": current.id if current else None}
+        finally:
+            self._busy = None
+
+    async def _restart_retired(self, rev: Revision) -> Revision:
+        """Start a retired revision again from its release folder (same id)."""
+        if rev.release_dir and not Path(rev.release_dir).is_dir():
+            raise DeployError(f"revision {rev.id}: its release folder {rev.release_dir} is "
+                              f"gone", 409)
+        rev.state = "starting"
+        rev.workers = [w for w in rev.workers if w.state not in ("stopped", "failed")]
+        rev.tasks = [t for t in rev.tasks if not t.done()]
+        try:
+            await self.supervisor.start_workers(rev, rev.size)
+        except RevisionFailed as exc:
+            rev.state = "retired"
+            raise DeployError(f"revision {rev.id} failed to start again: worker {exc.worker} "
+                              f"never became ready", 422, exc.log_tail) from None
+        return rev
+
+    # -- draining ------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Stop idle workers of draining revisions; retire revisions left with none."""
+        max_drain = self.config.app_max_drain
+        sessions = self.gw.sessions
+        for rev in list(self.revisions.values()):
+            if rev.state != "draining":
+                continue
+            if max_drain and now - rev.drain_started > max_drain:
+                lost = self.gw.end_sessions_of(rev.id, reason="max_drain")
+                if lost:
+                    log.warning("revision %s: max_drain reached, %d session(s) ended", rev.id,
+                                lost)
+            for w in rev.running():
+                if w in self._stopping:
+                    continue
+                if w.inflight == 0 and not sessions.per_worker.get(w.id):
+                    asyncio.get_running_loop().create_task(self._retire_worker(w))
+            if not rev.running() and not any(w in self._stopping for w in rev.workers):
+                rev.state = "retired"
+                asyncio.get_running_loop().create_task(self._retired(rev))
+
+    async def _retired(self, rev: Revision) -> None:
+        await self.gw.record_event("retired", f"revision {rev.id} retired: its last worker "
+                                   f"stopped", rev.id)
+        await self.gw.save_revisions()
+
+    async def _retire_worker(self, w: Any, wait: bool = False) -> None:
+        """Take ``w`` out of service; stop it when nothing runs on it any more."""
+        self._stopping.add(w)
+        try:
+            w.routable = False
+            self.gw.routing_changed()
+            if wait:
+                deadline = time.monotonic() + self.config.gateway_shutdown_timeout
+                while w.inflight and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+            await w.stop()
+            await self.gw.record_event("worker-stopped", f"worker {w.id} stopped (drained)",
+                                       w.spec.revision, w.id)
+        finally:
+            self._stopping.discard(w)
+
+    async def stop_all(self) -> None:
+        await self.supervisor.stop_all()
+
