@@ -93,6 +93,12 @@ def _int_at_least(low: int) -> Callable[[Any], int]:
     return parse
 
 
+def _ratio(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(f"expected a number from 0 to 1, got {value!r}")
+    return float(value)
+
+
 def _string(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {value!r}")
@@ -221,6 +227,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Working directory of the workers (relative to the config file)."),
     Setting("app", "env", _env, {}, "Extra environment variables for the workers."),
     Setting("app", "workers", _int_at_least(1), 2, "Worker processes per revision."),
+    Setting("app", "standby", _int_at_least(0), 0,
+            "Hot-standby workers per active revision: they get traffic only when no "
+            "ordinary worker of the revision is ready."),
     Setting("app", "health_path", _health_path, "",
             "Path that answers 2xx when a worker is ready; \"\" = ready when its port "
             "accepts connections."),
@@ -251,6 +260,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("app", "strategy", _choice("replace", "rolling"), "replace",
             "Stateless deploys: \"replace\" starts all new workers, then drains the old; "
             "\"rolling\" replaces one worker at a time (for apps that cannot run twice)."),
+    Setting("app", "canary_max_error_ratio", _ratio, 0.0,
+            "Abort a canary automatically when this share of its responses in "
+            "canary_window are 5xx (0 = never)."),
+    Setting("app", "canary_window", parse_duration, "60s",
+            "Window over which the canary's error ratio is measured."),
+    Setting("app", "canary_min_requests", _int_at_least(1), 20,
+            "Requests the canary must have answered in the window before it can be judged."),
     Setting("app", "max_drain", parse_duration, "0",
             "Longest a draining revision may keep running (0 = until its last session ends); "
             "then its remaining sessions are ended and counted as lost."),

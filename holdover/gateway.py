@@ -229,6 +229,9 @@ class Gateway:
         w = ex.worker
         if w is not None:
             w.inflight -= 1
+            w.requests += 1
+            if ex.status >= 500:
+                w.errors += 1
             ex.worker = None
             if self.queue._q:
                 self.queue.release(self.balancer)
@@ -470,7 +473,7 @@ class Gateway:
             await self.record_event("restore", f"restarting revision {rev.id}", rev.id)
             rev.state = "starting"
             try:
-                await self.supervisor.start_workers(rev, rev.size)
+                await rm.start_workers_of(rev)
             except RevisionFailed as exc:
                 rev.state = "failed"
                 await self.record_event("failed", f"revision {rev.id} did not start again "

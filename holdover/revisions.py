@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +71,7 @@ class RevisionManager:
         self.canary: Revision | None = None
         self._busy: str | None = None  # what deploy-side action is under way
         self._stopping: set[Any] = set()
+        self._canary_samples: deque[tuple[float, int, int]] = deque()
         self.deploys = 0
 
     # -- queries -------------------------------------------------------------------
@@ -196,8 +198,9 @@ class RevisionManager:
         try:
             if rolling:
                 await self._roll(rev, size)
+                await self._start_standby(rev)
             else:
-                await self.supervisor.start_workers(rev, size)
+                await self.start_workers_of(rev)
         except RevisionFailed as exc:
             rev.state = "failed"
             await self.gw.record_event("failed", f"revision {rid} failed: {exc}", rid,
@@ -207,6 +210,15 @@ class RevisionManager:
                               f"became ready; the active revision is unchanged", 422,
                               exc.log_tail) from None
         return rev
+
+    async def start_workers_of(self, rev: Revision) -> None:
+        """Start a revision's workers and hot standbys (RevisionFailed if any fails)."""
+        await self.supervisor.start_workers(rev, rev.size)
+        await self._start_standby(rev)
+
+    async def _start_standby(self, rev: Revision) -> None:
+        if self.config.app_standby:
+            await self.supervisor.start_workers(rev, self.config.app_standby, standby=True)
 
     @staticmethod
     def _snapshot(source: Path, dest: Path) -> None:
@@ -299,7 +311,7 @@ class RevisionManager:
         rev.workers = [w for w in rev.workers if w.state not in ("stopped", "failed")]
         rev.tasks = [t for t in rev.tasks if not t.done()]
         try:
-            await self.supervisor.start_workers(rev, rev.size)
+            await self.start_workers_of(rev)
         except RevisionFailed as exc:
             rev.state = "retired"
             raise DeployError(f"revision {rev.id} failed to start again: worker {exc.worker} "
@@ -308,8 +320,41 @@ class RevisionManager:
 
     # -- draining ------------------------------------------------------------------
 
+    def _judge_canary(self, now: float) -> None:
+        """Abort the canary when its 5xx ratio over the window exceeds the budget."""
+        rev = self.canary
+        budget = self.config.app_canary_max_error_ratio
+        if rev is None or not budget or self._busy is not None:
+            self._canary_samples.clear()
+            return
+        reqs = sum(w.requests for w in rev.workers)
+        errs = sum(w.errors for w in rev.workers)
+        samples = self._canary_samples
+        samples.append((now, reqs, errs))
+        window = self.config.app_canary_window
+        while len(samples) > 1 and now - samples[1][0] >= window:
+            samples.popleft()
+        _, reqs0, errs0 = samples[0]
+        n, bad = reqs - reqs0, errs - errs0
+        if n >= self.config.app_canary_min_requests and bad / n > budget:
+            self._canary_samples.clear()
+            msg = (f"canary {rev.id} answered {bad} of {n} requests with 5xx "
+                   f"({bad / n:.0%} > {budget:.0%}): aborting it")
+            log.error(msg)
+            asyncio.get_running_loop().create_task(self._abort_canary(msg))
+
+    async def _abort_canary(self, why: str) -> None:
+        await self.gw.record_event("canary-failed", why, self.canary.id if self.canary
+                                   else None)
+        try:
+            await self.rollback()
+        except DeployError as exc:
+            log.error("could not abort the canary: %s", exc)
+
     def tick(self, now: float) -> None:
         """Stop idle workers of draining revisions; retire revisions left with none."""
+        if self.canary is not None:
+            self._judge_canary(now)
         max_drain = self.config.app_max_drain
         sessions = self.gw.sessions
         for rev in list(self.revisions.values()):

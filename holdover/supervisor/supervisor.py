@@ -107,7 +107,8 @@ class Supervisor:
         self.revisions[rev.id] = rev
         return rev
 
-    async def start_workers(self, rev: Revision, count: int) -> list[Worker]:
+    async def start_workers(self, rev: Revision, count: int, standby: bool = False
+                            ) -> list[Worker]:
         """Start ``count`` more workers of ``rev``; return once all are ready.
 
         Raises RevisionFailed (after stopping the new workers) if any never gets ready.
@@ -116,7 +117,7 @@ class Supervisor:
         ready: list[asyncio.Future[bool]] = []
         new: list[Worker] = []
         for _ in range(count):
-            w = Worker(id=f"{rev.id}-{rev.next_index}", spec=rev.spec,
+            w = Worker(id=f"{rev.id}-{rev.next_index}", spec=rev.spec, standby=standby,
                        on_state=self.on_worker_state, guard=self.guard.tell)
             rev.next_index += 1
             rev.workers.append(w)

@@ -107,6 +107,8 @@ class Worker:
     restarts: int = 0
     incarnation: str = ""
     inflight: int = 0
+    requests: int = 0  # answered requests, and those answered 5xx (metrics, canary budget)
+    errors: int = 0
     routable: bool = False
     started_at: float = 0.0
     ready_at: float = 0.0
