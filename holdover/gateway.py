@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import random
 import signal
 import socket
@@ -36,9 +38,11 @@ from .routing.balancer import Balancer, WaitQueue
 from .routing.sessions import Pin, SessionTable
 from .state import PinRecord, RevisionRecord, StateStore, StoreError, open_store
 from .supervisor.supervisor import Revision, RevisionFailed, Supervisor
-from .supervisor.worker import Worker
+from .supervisor.worker import Adoption, Worker
 
 log = logging.getLogger("holdover.gateway")
+
+INHERIT_ENV = "HOLDOVER_INHERIT"  # what a re-exec hands to the new image (see reload)
 
 # Worker states in which the process that held a session's memory no longer runs.
 _PROCESS_GONE = frozenset({"starting", "backoff", "unhealthy", "stopped", "failed"})
@@ -449,25 +453,64 @@ class Gateway:
         finally:
             self._flushing = False
 
-    async def _restore(self) -> None:
-        """Bring back revisions and pins from the state store after a restart."""
+    async def _restore(self, inherit: dict[str, Any] | None) -> None:
+        """Bring back revisions and pins from the state store after a restart.
+
+        After a re-exec (``inherit``) the workers still run: they are adopted and their
+        sessions go on.  After a real restart they were stopped with the old gateway, so
+        the active revision starts again and the sessions pinned to it count as lost.
+        """
         records = await self.store.list_revisions()
         pins = await self.store.load_pins()
         active_id = await self.store.get_meta("active")
+        canary_id = await self.store.get_meta("canary")
         rm = self.revs
+        adopted: dict[str, list[tuple[str, bool, Adoption]]] = {}
+        for w in (inherit or {}).get("workers", []):
+            adopted.setdefault(w["revision"], []).append(
+                (w["id"], w["standby"], Adoption(w["pid"], w["port"], w["incarnation"],
+                                                 w["log_fd"], w["restarts"])))
         for rec in records:
             spec = self.supervisor.spec(rec.id, command=rec.command, cwd=Path(rec.cwd),
                                         env=rec.env)
             rev = self.supervisor.create_revision(spec, rec.workers, rec.created_at,
                                                   rec.release_dir)
-            rev.state = rec.state if rec.state in ("failed", "retired") else "retired"
-        if pins:
+            rev.canary_percent = rec.canary_percent
+            if rec.id in adopted:
+                rev.state = rec.state
+                rev.drain_started = monotonic()
+                await self.supervisor.adopt_workers(rev, adopted[rec.id])
+                if rec.id == active_id:
+                    rm.active = rev
+                elif rec.id == canary_id:
+                    rm.canary = rev
+            else:
+                rev.state = rec.state if rec.state in ("failed", "retired") else "retired"
+        live = {(w.id, w.incarnation) for w in self.supervisor.all_workers() if w.state == "ready"}
+        kept = [p for p in pins if (p.worker, p.incarnation) in live]
+        gone = [p for p in pins if (p.worker, p.incarnation) not in live]
+        offset = monotonic() - time.time()
+        self.sessions.restore(Pin(p.key, p.worker, p.incarnation, p.revision,
+                                  p.created_at + offset, p.last_seen + offset,
+                                  p.expires_at + offset if p.expires_at else None)
+                              for p in kept)
+        if gone:
             # The workers that held these sessions' memory did not survive the restart.
-            self.sessions_lost += len(pins)
-            await self.store.delete_pins([p.key for p in pins])
-            await self.record_event("sessions-lost", f"{len(pins)} session(s) from before the "
+            self.sessions_lost += len(gone)
+            await self.store.delete_pins([p.key for p in gone])
+            await self.record_event("sessions-lost", f"{len(gone)} session(s) from before the "
                                     f"restart lost: their worker processes were restarted",
-                                    data={"count": len(pins)})
+                                    data={"count": len(gone)})
+        if rm.active is not None:
+            # Adopted: top up workers that were not ready at the handover.
+            missing = rm.active.size - len([w for w in rm.active.running() if not w.standby])
+            if missing > 0:
+                await self.supervisor.start_workers(rm.active, missing)
+            self.routing_changed()
+            await self.record_event("reload", f"gateway re-executed: adopted "
+                                    f"{sum(len(v) for v in adopted.values())} worker(s), "
+                                    f"{len(kept)} session(s) kept", rm.active.id)
+            return
         if active_id and active_id in rm.revisions:
             rev = rm.revisions[active_id]
             await self.record_event("restore", f"restarting revision {rev.id}", rev.id)
@@ -481,6 +524,50 @@ class Gateway:
                                         rev.id, exc.worker, {"log_tail": exc.log_tail})
                 return
             rm._activate(rev)
+
+    async def reload(self) -> None:
+        """Replace this gateway's program image without stopping workers or sessions.
+
+        The process re-executes itself (same pid, so the workers stay its children):
+        new connections wait in the listening socket's backlog, in-flight requests
+        finish first, WebSockets are closed (clients reconnect to the same worker), and
+        the new image adopts every worker, its output pipe and the orphan guard.
+        """
+        if self.closing or self.server is None:
+            return
+        if self.revs._busy is not None:
+            log.error("not reloading: %s is in progress", self.revs._busy)
+            return
+        log.info("reloading: finishing in-flight requests, then re-executing")
+        guard_pid, guard_fd = self.supervisor.guard.handover()
+        listen_fd = os.dup(self.server.sockets[0].fileno())  # keeps the backlog open
+        os.set_inheritable(listen_fd, True)
+        await self._drain_connections(self.config.gateway_shutdown_timeout)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self.admin is not None:
+            await self.admin.stop()
+        workers = []
+        for w in self.supervisor.all_workers():
+            if w.state == "ready" and w.output_fd() >= 0:
+                fd = w.output_fd()
+                os.set_inheritable(fd, True)
+                workers.append({"id": w.id, "revision": w.spec.revision, "pid": w.pid,
+                                "port": w.port, "incarnation": w.incarnation,
+                                "standby": w.standby, "restarts": w.restarts, "log_fd": fd})
+            elif w.state not in ("stopped", "failed"):
+                w.kill_now()  # not ready: the new image starts a fresh one
+        await self.save_revisions()
+        await self._flush_pins()
+        await self.store.close()
+        if self.access_log is not None:
+            self.access_log.close()
+        inherit = {"listen_fd": listen_fd, "guard_pid": guard_pid, "guard_fd": guard_fd,
+                   "workers": workers}
+        env = dict(os.environ, **{INHERIT_ENV: json.dumps(inherit)})
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, "-m", "holdover", *sys.argv[1:]], env)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -517,16 +604,24 @@ class Gateway:
         self.keys = Keys.load_or_create(c.state_dir / "secret.json")
         self.store = open_store(c.state_dir / "state.db")
         await self.store.open()
-        await self.supervisor.guard.start()
-        await self._restore()
+        inherit = None
+        if INHERIT_ENV in os.environ:
+            inherit = json.loads(os.environ.pop(INHERIT_ENV))
+            await self.supervisor.guard.adopt(inherit["guard_pid"], inherit["guard_fd"])
+        else:
+            await self.supervisor.guard.start()
+        await self._restore(inherit)
         if self.revs.active is None:
             await self.revs.start_first()
         await self.save_revisions()
         host, port = c.gateway_listen
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
-                             socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        if inherit is not None:  # the listening socket the previous image kept open
+            sock = socket.socket(fileno=inherit["listen_fd"])
+        else:
+            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                 socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
         self.bound = sock.getsockname()[:2]
         self.listen_host = f"{host}:{self.bound[1]}".encode()
         self.server = await self.loop.create_server(lambda: ClientConnection(self), sock=sock,
@@ -549,18 +644,9 @@ class Gateway:
         self.closing = True
         timeout = self.config.gateway_shutdown_timeout
         if self.server is not None:
-            self.server.close()
             log.info("shutting down: waiting up to %.0fs for %d connection(s)", timeout,
                      len(self.connections))
-            for conn in list(self.connections):
-                conn.sweep(monotonic())  # closes idle keep-alive connections now
-            deadline = monotonic() + timeout
-            while self.connections and monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            for conn in list(self.connections):
-                conn.transport.abort()
-                if conn.tunnel is not None:
-                    conn.tunnel.abort()
+            await self._drain_connections(timeout)
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self.admin is not None:
@@ -578,12 +664,28 @@ class Gateway:
             self.access_log.close()
         log.info("stopped")
 
+    async def _drain_connections(self, timeout: float, tunnels: bool = True) -> None:
+        """Stop accepting; wait for in-flight work to finish; cut what is left."""
+        self.closing = True
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.sweep(monotonic())  # closes idle keep-alive connections now
+        deadline = monotonic() + timeout
+        while self.connections and monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.transport.abort()
+            if conn.tunnel is not None:
+                conn.tunnel.abort()
+
     async def run(self) -> int:
         """The whole life of ``holdover run``; returns the process exit code."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.schedule_reload)
         try:
             try:
                 await self.start()
@@ -608,9 +710,14 @@ class Gateway:
             await self.shutdown()
             return 0
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)
+
+    def schedule_reload(self) -> None:
+        """SIGHUP or the admin ``reload`` command: re-execute (see ``reload``)."""
+        if not self.closing:
+            self.loop.create_task(self.reload())
 
     def _hard_stop(self) -> None:
         log.warning("second signal: stopping now")

@@ -42,7 +42,8 @@ class GatewayProcess:
     """``holdover run -c FILE`` as a child process, with its stderr collected."""
 
     def __init__(self, tmp: Path, app: str = "", extra_gateway: str = "", extra_app: str = "",
-                 workers: int = 2, health_path: str = "/healthz", env: dict | None = None):
+                 workers: int = 2, health_path: str = "/healthz", env: dict | None = None,
+                 mode: str = "stateless"):
         self.dir = tmp
         app = app or f"{PY} {APPS / 'backend.py'} {{port}}"
         self.config = tmp / "holdover.toml"
@@ -59,7 +60,7 @@ class GatewayProcess:
             health_path = "{health_path}"
             health_interval = "1s"
             stop_grace = "5s"
-            mode = "stateless"
+            mode = "{mode}"
             """) + textwrap.dedent(extra_app))
         self.lines: list[str] = []
         self.port = 0

@@ -8,6 +8,7 @@ it everywhere.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -107,6 +108,12 @@ async def _promote(gw: Gateway, args: dict[str, Any]) -> Any:
     return await gw.revs.promote()
 
 
+async def _reload(gw: Gateway, args: dict[str, Any]) -> Any:
+    # Answer first: the reload stops this admin server on its way.
+    gw.loop.call_later(0.2, gw.schedule_reload)
+    return {"reloading": True, "pid": os.getpid()}
+
+
 async def _events(gw: Gateway, args: dict[str, Any]) -> Any:
     events = await gw.store.events(limit=args.get("limit", 50), after_id=args.get("after", 0))
     return {"events": [{"id": e.id, "ts": e.ts, "kind": e.kind, "revision": e.revision,
@@ -133,6 +140,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("rollback", "POST", "make the previous revision active again (or abort a canary)",
             _rollback, long_running=True),
     Command("promote", "POST", "make the canary the active revision", _promote),
+    Command("reload", "POST", "re-execute the gateway program in place: workers, sessions "
+            "and the listening socket are kept (use after upgrading holdover)", _reload),
     Command("events", "GET", "recent events (deploys, crashes, retirements, lost sessions)",
             _events, (
                 Param("limit", int, "how many (default 50)", cli="--limit"),

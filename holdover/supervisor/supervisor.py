@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..config import Config
-from .worker import Worker, WorkerSpec
+from .worker import AdoptedProcess, Adoption, Worker, WorkerSpec
 
 log = logging.getLogger("holdover.supervisor")
 
@@ -57,23 +59,44 @@ class Guard:
     """The orphan guard process (see guard.py): told of every worker's process group."""
 
     def __init__(self) -> None:
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: Any = None
+        self._pipe: asyncio.WriteTransport | None = None
+        self._fd = -1
 
     async def start(self) -> None:
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "holdover.supervisor.guard", stdin=asyncio.subprocess.PIPE,
-            start_new_session=True)
+        rfd, wfd = os.pipe()
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "holdover.supervisor.guard", stdin=rfd,
+                start_new_session=True)
+        finally:
+            os.close(rfd)
+        await self.adopt(None, wfd)
+
+    async def adopt(self, pid: int | None, fd: int) -> None:
+        """Talk to the guard over ``fd``; with ``pid``, one a previous image started."""
+        if pid is not None:
+            self._proc = AdoptedProcess(pid)
+        self._fd = fd
+        self._pipe, _ = await asyncio.get_running_loop().connect_write_pipe(
+            asyncio.Protocol, os.fdopen(fd, "wb", buffering=0))
+
+    def handover(self) -> tuple[int, int]:
+        """The guard's pid and pipe fd, made inheritable for a re-exec."""
+        assert self._proc is not None and self._fd >= 0
+        os.set_inheritable(self._fd, True)
+        return self._proc.pid, self._fd
 
     def tell(self, line: str) -> None:
-        proc = self._proc
-        if proc is not None and proc.stdin is not None and not proc.stdin.is_closing():
-            proc.stdin.write(line.encode() + b"\n")
+        pipe = self._pipe
+        if pipe is not None and not pipe.is_closing():
+            pipe.write(line.encode() + b"\n")
 
     async def close(self) -> None:
-        proc = self._proc
-        if proc is not None and proc.stdin is not None:
-            proc.stdin.close()
-            await proc.wait()
+        if self._pipe is not None:
+            self._pipe.close()
+        if self._proc is not None:
+            await self._proc.wait()
 
 
 class Supervisor:
@@ -132,6 +155,23 @@ class Supervisor:
             raise RevisionFailed(rev.id, bad.id, bad.log_tail(20))
         return new
 
+    async def adopt_workers(self, rev: Revision, adopted: list[tuple[str, bool, Adoption]]
+                            ) -> None:
+        """Take over workers a previous gateway image left running (see Gateway.reload)."""
+        loop = asyncio.get_running_loop()
+        ready = []
+        for wid, standby, info in adopted:
+            w = Worker(id=wid, spec=rev.spec, standby=standby, on_state=self.on_worker_state,
+                       guard=self.guard.tell)
+            suffix = wid.rsplit("-", 1)[-1]
+            if suffix.isdigit():
+                rev.next_index = max(rev.next_index, int(suffix) + 1)
+            rev.workers.append(w)
+            fut: asyncio.Future[bool] = loop.create_future()
+            ready.append(fut)
+            rev.tasks.append(loop.create_task(w.run(fut, adopt=info)))
+        await asyncio.gather(*ready)
+
     async def start_revision(self, spec: WorkerSpec, workers: int) -> Revision:
         """Create a revision and start all its workers (RevisionFailed if they fail)."""
         rev = self.create_revision(spec, workers)
@@ -155,6 +195,9 @@ class Supervisor:
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop_revision(r) for r in self.revisions.values()))
+
+    def all_workers(self) -> list[Worker]:
+        return [w for rev in self.revisions.values() for w in rev.workers]
 
     def kill_all(self) -> None:
         for rev in self.revisions.values():

@@ -71,6 +71,61 @@ def build_argv(command: str, port: int) -> list[str]:
     return words
 
 
+class AdoptedProcess:
+    """A worker inherited across a gateway re-exec: still our child, watched by pidfd.
+
+    It offers what the worker's life needs of ``asyncio.subprocess.Process``: ``pid``,
+    ``returncode`` and ``wait()``.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._loop = asyncio.get_running_loop()
+        self._done: asyncio.Future[None] = self._loop.create_future()
+        try:
+            self._fd = os.pidfd_open(pid)
+        except (ProcessLookupError, OSError):
+            self._fd = -1
+            self._reap(block=False)
+            if self.returncode is None:
+                self.returncode = -1
+                self._done.set_result(None)
+            return
+        self._loop.add_reader(self._fd, self._exited)
+
+    def _reap(self, block: bool) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, 0
+        if pid == 0:
+            return
+        self.returncode = os.waitstatus_to_exitcode(status)
+        if not self._done.done():
+            self._done.set_result(None)
+
+    def _exited(self) -> None:
+        self._loop.remove_reader(self._fd)
+        os.close(self._fd)
+        self._reap(block=True)
+
+    async def wait(self) -> int | None:
+        await asyncio.shield(self._done)
+        return self.returncode
+
+
+@dataclass
+class Adoption:
+    """What a re-exec'd gateway needs to take over a running worker."""
+
+    pid: int
+    port: int
+    incarnation: str
+    log_fd: int
+    restarts: int = 0
+
+
 @dataclass
 class WorkerSpec:
     """How to run one worker of a revision."""
@@ -123,6 +178,7 @@ class Worker:
     _stop_ev: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _restart_times: deque[float] = field(default_factory=deque, repr=False)
     _log: RotatingLog | None = field(default=None, repr=False)
+    _out_fd: int = field(default=-1, repr=False)
 
     @property
     def log_path(self) -> Path:
@@ -146,13 +202,21 @@ class Worker:
 
     # -- the life of a worker -------------------------------------------------------
 
-    async def run(self, first_ready: asyncio.Future[bool] | None = None) -> None:
-        """Keep this worker running until ``stop()``; resolve ``first_ready`` once."""
+    async def run(self, first_ready: asyncio.Future[bool] | None = None,
+                  adopt: Adoption | None = None) -> None:
+        """Keep this worker running until ``stop()``; resolve ``first_ready`` once.
+
+        With ``adopt``, the first process is the one a previous gateway image left
+        running (see Gateway.reload); later ones are started as usual."""
         failures = 0
         self._log = RotatingLog(self.log_path, self.spec.log_max_bytes, self.spec.log_backups)
         try:
             while not self._stopping:
-                ok = await self._run_once(first_ready)
+                if adopt is not None:
+                    ok = await self._adopted_once(adopt, first_ready)
+                    adopt = None
+                else:
+                    ok = await self._run_once(first_ready)
                 if first_ready is not None and not first_ready.done():
                     first_ready.set_result(ok)
                     if not ok:
@@ -216,9 +280,7 @@ class Worker:
         self.started_at = time.monotonic()
         if self.guard:
             self.guard(f"+{proc.pid}")
-        drain = PipeToLog(self._log)
-        await asyncio.get_running_loop().connect_read_pipe(
-            lambda: drain, os.fdopen(rfd, "rb", buffering=0))
+        drain = await self._drain_output(rfd)
         log.info("worker %s started pid=%d port=%d", self.id, proc.pid, self.port)
         ready = await self._wait_ready(proc)
         if ready:
@@ -231,6 +293,44 @@ class Worker:
         elif not self._stopping and proc.returncode is None:
             log.error("worker %s did not become ready within %.0fs; last log lines:\n%s",
                       self.id, self.spec.start_timeout, self.log_tail(10))
+        await self._ended(proc, drain)
+        return ready
+
+    async def _drain_output(self, rfd: int) -> PipeToLog:
+        assert self._log is not None
+        drain = PipeToLog(self._log)
+        self._out_fd = rfd
+        await asyncio.get_running_loop().connect_read_pipe(
+            lambda: drain, os.fdopen(rfd, "rb", buffering=0))
+        return drain
+
+    def output_fd(self) -> int:
+        """The read end of this worker's output pipe (handed over on a re-exec)."""
+        return self._out_fd
+
+    async def _adopted_once(self, adopt: Adoption, first_ready: asyncio.Future[bool] | None
+                            ) -> bool:
+        """Serve with a process inherited from the previous gateway image."""
+        proc = AdoptedProcess(adopt.pid)
+        self._proc = proc  # type: ignore[assignment]
+        self.pid, self.port, self.incarnation = adopt.pid, adopt.port, adopt.incarnation
+        self.restarts = adopt.restarts
+        self.started_at = self.ready_at = time.monotonic()
+        drain = await self._drain_output(adopt.log_fd)
+        if self.guard:
+            self.guard(f"+{proc.pid}")
+        ready = proc.returncode is None
+        if ready:
+            self._set("ready")
+            log.info("worker %s adopted pid=%d port=%d", self.id, proc.pid, self.port)
+            if first_ready is not None and not first_ready.done():
+                first_ready.set_result(True)
+            await self._serve(proc)  # type: ignore[arg-type]
+        await self._ended(proc, drain)  # type: ignore[arg-type]
+        return ready
+
+    async def _ended(self, proc: asyncio.subprocess.Process, drain: PipeToLog) -> None:
+        assert self._log is not None
         await self._terminate(proc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(drain.closed, 1.0)
@@ -238,7 +338,6 @@ class Worker:
         if not self._stopping:
             log.warning("worker %s exited with %s", self.id, proc.returncode)
             self._log.write(f"--- holdover: worker exited with {proc.returncode}\n".encode())
-        return ready
 
     async def _wait_ready(self, proc: asyncio.subprocess.Process) -> bool:
         deadline = time.monotonic() + self.spec.start_timeout
