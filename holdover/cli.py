@@ -154,6 +154,8 @@ def _api_command(command: Command) -> Any:
                         return 2
                     env[k] = val
                 v = env
+            elif p.is_path:
+                v = os.path.abspath(v)
             values[p.name] = v
         timeout = cfg.app_start_timeout + cfg.app_stop_grace + 60 if command.long_running \
             else 30.0

@@ -275,9 +275,9 @@ class Gateway:
                 ex.session_event = b"end"
             return
         key = self.keys.session_key(b"app", val)
-        if key != old:
-            if old is not None:
-                self.sessions.end(old)  # the app rotated its session id (e.g. at login)
+        if key != old and old is not None:
+            self.sessions.end(old)  # the app rotated its session id (e.g. at login)
+        if key != old or self.sessions.get(key) is None:
             self._pin_here(ex, key)
             ex.session_event = b"new"
 

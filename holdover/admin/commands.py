@@ -34,7 +34,8 @@ class Param:
     type: type  # str, int, float, bool, dict (str -> str)
     help: str
     required: bool = False
-    cli: str | None = None  # the CLI flag, e.g. "--from"; positional if it has no dashes
+    cli: str | None = None  # the CLI flag, e.g. "--from"
+    is_path: bool = False  # the CLI makes it absolute (the gateway may run elsewhere)
 
     def check(self, value: Any) -> Any:
         """The value if it has this parameter's type; CommandError naming it if not."""
@@ -128,7 +129,7 @@ COMMANDS: tuple[Command, ...] = (
                 Param("revision", str, "id of the new revision (default: git short sha of "
                       "--from, else v<N>)", cli="--revision"),
                 Param("from", str, "directory to snapshot as the revision's files",
-                      cli="--from"),
+                      cli="--from", is_path=True),
                 Param("command", str, "command of its workers (default: the config's)",
                       cli="--command"),
                 Param("workers", int, "number of workers (default: the config's)",

@@ -85,19 +85,20 @@ def for_flask(app: Any, key: str = FLASK_SESSION_KEY) -> HoldoverSessionMiddlewa
     if existing is not None:
         return existing
 
-    def read(session: Any) -> Any:
+    def read() -> Any:
+        session = flask.session._get_current_object()  # type: ignore[attr-defined]
         # dict.get does not mark Flask's cookie session "accessed", which would add
         # "Vary: Cookie" to every response.
         return dict.get(session, key) if isinstance(session, dict) else session.get(key)
 
     def started(sender: Any, **_: Any) -> None:
-        flask.request.environ[_FLASK_START] = read(flask.session)
+        flask.request.environ[_FLASK_START] = read()
 
     def get_session(environ: WSGIEnvironment) -> SessionInfo:
         if not flask.has_request_context():
             return None
         start = environ.get(_FLASK_START)
-        now = read(flask.session)
+        now = read()
         out: list[Any] = []
         if start and start != now:
             out.append((opaque_session_id(str(start)), "end"))
