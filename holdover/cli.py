@@ -180,6 +180,38 @@ def _api_command(command: Command) -> Any:
     return run
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    """Print (and with -f follow) a worker's log file, read directly from state_dir."""
+    cfg = _load(args.config)
+    rev = args.worker.rsplit("-", 1)[0]
+    path = cfg.state_dir / "logs" / rev / f"{args.worker}.log"
+    if not path.exists():
+        known = sorted(p.stem for p in (cfg.state_dir / "logs").glob("*/*.log"))
+        print(f"holdover: no log for worker {args.worker!r} at {path}; known workers: "
+              f"{', '.join(known) or 'none'}", file=sys.stderr)
+        return 1
+    from .supervisor.logs import tail
+
+    print(tail(path, args.lines))
+    if not args.follow:
+        return 0
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        try:
+            while True:
+                data = f.read()
+                if data:
+                    sys.stdout.write(data.decode("utf-8", "replace"))
+                    sys.stdout.flush()
+                elif path.stat().st_size < f.tell():  # rotated: follow the new file
+                    f.close()
+                    f = open(path, "rb")  # noqa: SIM115
+                else:
+                    time.sleep(0.25)
+        except KeyboardInterrupt:
+            return 0
+
+
 def cmd_config_reference(args: argparse.Namespace) -> int:
     sys.stdout.write(config.reference_markdown())
     return 0
@@ -208,11 +240,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dir", default=".holdover-demo", help="folder for the demo's state")
     d.add_argument("-v", "--verbose", action="store_true")
     d.set_defaults(func=cmd_demo)
+    lg = with_config(sub.add_parser("logs", help="print a worker's log (-f to follow)"))
+    lg.add_argument("worker", help="worker id, e.g. v2-1")
+    lg.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    lg.set_defaults(func=cmd_logs)
     for command in COMMANDS:
+        if command.name == "logs":  # the CLI reads log files itself (and can follow them)
+            continue
         sp = with_config(sub.add_parser(command.name, help=command.help))
         for prm in command.params:
             flag = prm.cli or f"--{prm.name}"
-            if prm.type is dict:
+            if not flag.startswith("-"):
+                sp.add_argument(prm.name, type=prm.type, help=prm.help)
+            elif prm.type is dict:
                 sp.add_argument(flag, dest=prm.name, action="append", metavar="K=V", help=prm.help)
             elif prm.type is bool:
                 sp.add_argument(flag, dest=prm.name, action="store_true", default=None,

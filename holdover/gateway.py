@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from time import monotonic
 from typing import Any
@@ -45,7 +46,8 @@ log = logging.getLogger("holdover.gateway")
 INHERIT_ENV = "HOLDOVER_INHERIT"  # what a re-exec hands to the new image (see reload)
 
 # Worker states in which the process that held a session's memory no longer runs.
-_PROCESS_GONE = frozenset({"starting", "backoff", "unhealthy", "stopped", "failed"})
+_PROCESS_GONE = frozenset({"starting", "backoff", "unhealthy", "restarting", "stopped",
+                           "failed"})
 
 
 class Gateway:
@@ -66,6 +68,7 @@ class Gateway:
         self.workers_by_id: dict[str, Worker] = {}
         self.sessions = SessionTable()
         self.sessions_lost = 0
+        self.session_history: deque[tuple[float, dict[str, int]]] = deque(maxlen=720)
         self.sessions_mode = c.app_mode == "sessions"
         self.app_cookie = c.app_session_cookie.encode() or None
         self.keys: Keys = None  # type: ignore[assignment]  # loaded at start
@@ -582,9 +585,11 @@ class Gateway:
                 w.pool.expire(cutoff)
         if self.queue._q:
             self.queue.expire(now)
-        if self.sessions_mode and self.sessions.pins and self._ticks % 5 == 0:
-            for p in self.sessions.idle(now, self.idle_timeout):
-                self.sessions.end(p.key)  # an idle session has ended (rule 3)
+        if self._ticks % 5 == 0:
+            if self.sessions_mode and self.sessions.pins:
+                for p in self.sessions.idle(now, self.idle_timeout):
+                    self.sessions.end(p.key)  # an idle session has ended (rule 3)
+            self.session_history.append((time.time(), dict(self.sessions.per_revision)))
         if not self.closing:
             self.revs.tick(now)
         if self.store is not None and not self._flushing and (

@@ -318,6 +318,74 @@ class RevisionManager:
                               f"never became ready", 422, exc.log_tail) from None
         return rev
 
+    def _revision(self, rid: str) -> Revision:
+        rev = self.revisions.get(rid)
+        if rev is None:
+            raise DeployError(f"no revision {rid!r}; known: {', '.join(self.revisions) or 'none'}",
+                              404)
+        return rev
+
+    async def drain(self, rid: str) -> dict[str, Any]:
+        """Stop giving a revision new sessions; it retires when its sessions end."""
+        rev = self._revision(rid)
+        if rev is self.canary:
+            return await self.rollback()
+        if rev is self.active:
+            raise DeployError(f"revision {rid} is the active one: deploy another revision or "
+                              f"roll back instead of draining it", 409)
+        if rev.state != "draining":
+            raise DeployError(f"revision {rid} is {rev.state}; only an active revision can "
+                              f"start draining", 409)
+        return {"revision": rid, "state": rev.state}
+
+    async def retire(self, rid: str) -> dict[str, Any]:
+        """Retire a draining revision now: its remaining sessions end (counted as lost)."""
+        rev = self._revision(rid)
+        if rev.state != "draining":
+            raise DeployError(f"revision {rid} is {rev.state}; only a draining revision can "
+                              f"be retired", 409)
+        lost = self.gw.end_sessions_of(rid, reason="retired by an operator")
+        await asyncio.gather(*(self._retire_worker(w) for w in rev.running()
+                               if w not in self._stopping))
+        return {"revision": rid, "sessions_ended": lost}
+
+    def worker(self, wid: str) -> Any:
+        for rev in self.revisions.values():
+            for w in rev.workers:
+                if w.id == wid and w.state not in ("stopped", "failed"):
+                    return w
+        raise DeployError(f"no running worker {wid!r}", 404)
+
+    def worker_any(self, wid: str) -> Any:
+        """A worker by id, stopped ones included (their logs are still there)."""
+        for rev in self.revisions.values():
+            for w in reversed(rev.workers):
+                if w.id == wid:
+                    return w
+        raise DeployError(f"no worker {wid!r}", 404)
+
+    async def worker_action(self, wid: str, action: str) -> dict[str, Any]:
+        """restart / disable / enable / standby / unstandby one worker."""
+        w = self.worker(wid)
+        if action == "restart":
+            lost = self.gw.sessions.per_worker.get(w.id, 0)
+            w.restart()
+            await self.gw.record_event("worker-restart", f"worker {wid} restarted by an "
+                                       f"operator ({lost} session(s) lost)", w.spec.revision,
+                                       wid)
+            return {"worker": wid, "action": action, "sessions_lost": lost}
+        if action in ("disable", "enable"):
+            w.set_disabled(action == "disable")
+        elif action in ("standby", "unstandby"):
+            w.standby = action == "standby"
+        else:
+            raise DeployError(f"unknown worker action {action!r}", 400)
+        self.gw.routing_changed()
+        await self.gw.record_event(f"worker-{action}", f"worker {wid}: {action}",
+                                   w.spec.revision, wid)
+        return {"worker": wid, "action": action, "state": w.state, "disabled": w.disabled,
+                "standby": w.standby}
+
     # -- draining ------------------------------------------------------------------
 
     def _judge_canary(self, now: float) -> None:

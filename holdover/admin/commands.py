@@ -34,7 +34,7 @@ class Param:
     type: type  # str, int, float, bool, dict (str -> str)
     help: str
     required: bool = False
-    cli: str | None = None  # the CLI flag, e.g. "--from"
+    cli: str | None = None  # the CLI flag, e.g. "--from"; without dashes: positional
     is_path: bool = False  # the CLI makes it absolute (the gateway may run elsewhere)
 
     def check(self, value: Any) -> Any:
@@ -109,6 +109,38 @@ async def _promote(gw: Gateway, args: dict[str, Any]) -> Any:
     return await gw.revs.promote()
 
 
+async def _workers(gw: Gateway, args: dict[str, Any]) -> Any:
+    return {"workers": [{"revision": r["id"], **w} for r in gw.revs.status()["revisions"]
+                        for w in r["workers"]]}
+
+
+async def _sessions(gw: Gateway, args: dict[str, Any]) -> Any:
+    return {"total": len(gw.sessions), "lost": gw.sessions_lost,
+            "by_revision": dict(gw.sessions.per_revision),
+            "history": [{"ts": ts, "by_revision": counts} for ts, counts in gw.session_history]}
+
+
+async def _drain(gw: Gateway, args: dict[str, Any]) -> Any:
+    return await gw.revs.drain(args["revision"])
+
+
+async def _retire(gw: Gateway, args: dict[str, Any]) -> Any:
+    return await gw.revs.retire(args["revision"])
+
+
+def _worker_command(action: str) -> Handler:
+    async def run(gw: Gateway, args: dict[str, Any]) -> Any:
+        return await gw.revs.worker_action(args["worker"], action)
+
+    return run
+
+
+async def _logs(gw: Gateway, args: dict[str, Any]) -> Any:
+    w = gw.revs.worker_any(args["worker"])
+    n = min(max(args.get("lines", 100), 1), 5000)
+    return {"worker": w.id, "path": str(w.log_path), "lines": w.log_tail(n).splitlines()}
+
+
 async def _reload(gw: Gateway, args: dict[str, Any]) -> Any:
     # Answer first: the reload stops this admin server on its way.
     gw.loop.call_later(0.2, gw.schedule_reload)
@@ -141,6 +173,23 @@ COMMANDS: tuple[Command, ...] = (
     Command("rollback", "POST", "make the previous revision active again (or abort a canary)",
             _rollback, long_running=True),
     Command("promote", "POST", "make the canary the active revision", _promote),
+    Command("workers", "GET", "every worker with its state, load and sessions", _workers),
+    Command("sessions", "GET", "live sessions per revision, and their history", _sessions),
+    Command("drain", "POST", "stop giving a revision new sessions (a canary: abort it)",
+            _drain, (Param("revision", str, "revision id", required=True, cli="revision"),)),
+    Command("retire", "POST", "retire a draining revision now (its sessions are lost)",
+            _retire, (Param("revision", str, "revision id", required=True, cli="revision"),)),
+    *(Command(f"worker-{action}", "POST", help_, _worker_command(action),
+              (Param("worker", str, "worker id, e.g. v2-1", required=True, cli="worker"),))
+      for action, help_ in (
+          ("restart", "replace a worker's process (its sessions are lost)"),
+          ("disable", "no new sessions for a worker (its pinned sessions are still served)"),
+          ("enable", "put a disabled worker back in rotation"),
+          ("standby", "make a worker a hot standby (used only when no other is ready)"),
+          ("unstandby", "make a standby worker an ordinary one"))),
+    Command("logs", "GET", "the last lines of a worker's log", _logs, (
+        Param("worker", str, "worker id, e.g. v2-1", required=True, cli="worker"),
+        Param("lines", int, "how many lines (default 100)", cli="--lines"))),
     Command("reload", "POST", "re-execute the gateway program in place: workers, sessions "
             "and the listening socket are kept (use after upgrading holdover)", _reload),
     Command("events", "GET", "recent events (deploys, crashes, retirements, lost sessions)",

@@ -86,9 +86,14 @@ def for_flask(app: Any, key: str = FLASK_SESSION_KEY) -> HoldoverSessionMiddlewa
         return existing
 
     def read() -> Any:
-        session = flask.session._get_current_object()  # type: ignore[attr-defined]
-        # dict.get does not mark Flask's cookie session "accessed", which would add
-        # "Vary: Cookie" to every response.
+        # Reading must not mark the session "accessed": Flask would add "Vary: Cookie" to
+        # every response.  Since Flask 3.1.3 the public ``session`` marks it on any use, so
+        # the request context's own attribute is read where it exists; and ``dict.get``
+        # skips SecureCookieSession.get, which marks it too.
+        ctx = getattr(flask.globals, "request_ctx", None)
+        session = getattr(ctx, "__dict__", {}).get("_session") if ctx is not None else None
+        if session is None:
+            session = flask.session._get_current_object()  # type: ignore[attr-defined]
         return dict.get(session, key) if isinstance(session, dict) else session.get(key)
 
     def started(sender: Any, **_: Any) -> None:

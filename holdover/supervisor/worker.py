@@ -165,6 +165,7 @@ class Worker:
     requests: int = 0  # answered requests, and those answered 5xx (metrics, canary budget)
     errors: int = 0
     routable: bool = False
+    disabled: bool = False  # an operator took it out of rotation (pinned sessions still served)
     started_at: float = 0.0
     ready_at: float = 0.0
     last_exit: int | None = None
@@ -179,6 +180,7 @@ class Worker:
     _restart_times: deque[float] = field(default_factory=deque, repr=False)
     _log: RotatingLog | None = field(default=None, repr=False)
     _out_fd: int = field(default=-1, repr=False)
+    _restart_requested: bool = field(default=False, repr=False)
 
     @property
     def log_path(self) -> Path:
@@ -189,9 +191,22 @@ class Worker:
 
     def _set(self, state: str) -> None:
         self.state = state
-        self.routable = state == "ready"
+        self.routable = state == "ready" and not self.disabled
         if self.on_state is not None:
             self.on_state(self)
+
+    def set_disabled(self, disabled: bool) -> None:
+        """Take this worker out of rotation for new sessions, or put it back."""
+        self.disabled = disabled
+        self.routable = self.state == "ready" and not disabled
+        if self.on_state is not None:
+            self.on_state(self)
+
+    def restart(self) -> None:
+        """Replace the process (the health loop ends, the life loop starts a new one)."""
+        if self._proc is not None and self._proc.returncode is None and not self._stopping:
+            self._restart_requested = True
+            self._wake.set()
 
     def suspect(self) -> None:
         """The proxy could not connect: leave rotation and get checked at once."""
@@ -224,6 +239,9 @@ class Worker:
                         return
                 if self._stopping:
                     break
+                if self.state == "restarting":  # asked for: no crash, no back-off
+                    self.restarts += 1
+                    continue
                 now = time.monotonic()
                 if self.ready_at and now - self.ready_at > self.spec.crash_loop_window:
                     failures = 0
@@ -363,9 +381,14 @@ class Worker:
                 wake.cancel()
                 if wait in done or self._stopping:
                     return
+                if self._restart_requested:
+                    self._restart_requested = False
+                    log.info("worker %s: restart requested", self.id)
+                    self._set("restarting")
+                    return
                 if await self.check():
                     failures = 0
-                    if self.state == "ready" and not self.routable:
+                    if self.state == "ready" and not self.routable and not self.disabled:
                         self.routable = True
                         if self.on_state:
                             self.on_state(self)
