@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import time
+from bisect import bisect_left
 from collections import deque
 from pathlib import Path
 from time import monotonic
@@ -39,7 +40,7 @@ from .routing.balancer import Balancer, WaitQueue
 from .routing.sessions import Pin, SessionTable
 from .state import PinRecord, RevisionRecord, StateStore, StoreError, open_store
 from .supervisor.supervisor import Revision, RevisionFailed, Supervisor
-from .supervisor.worker import Adoption, Worker
+from .supervisor.worker import LATENCY_BOUNDS, Adoption, Worker
 
 log = logging.getLogger("holdover.gateway")
 
@@ -232,13 +233,19 @@ class Gateway:
             up.transport.close()
 
     def exchange_done(self, ex: Exchange, note: str | None = None) -> None:
-        """Account for a finished exchange: free its worker slot, log it."""
+        """Account for a finished exchange: free its worker slot, count it, log it."""
         w = ex.worker
+        duration = monotonic() - ex.t0
         if w is not None:
             w.inflight -= 1
             w.requests += 1
-            if ex.status >= 500:
+            status = ex.status
+            if status >= 500:
                 w.errors += 1
+            w.status_classes[status // 100 if 0 < status < 600 else 0] += 1
+            w.bytes_out += ex.resp_bytes
+            w.latency_counts[bisect_left(LATENCY_BOUNDS, duration)] += 1
+            w.latency_sum += duration
             ex.worker = None
             if self.queue._q:
                 self.queue.release(self.balancer)
@@ -249,7 +256,7 @@ class Gateway:
             pin.last_seen = monotonic()
         if self.access_log is not None:
             self.access_log.log(ex.conn.client_ip, ex.method, ex.url, ex.status, ex.resp_bytes,
-                                monotonic() - ex.t0, w.id if w is not None else "-",
+                                duration, w.id if w is not None else "-",
                                 w.spec.revision if w is not None else "-", note)
 
     def tunnel_opened(self, ex: Exchange) -> None:

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("holdover.supervisor")
 
+# Upper bounds (seconds) of the request latency histogram buckets.
+LATENCY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
 _SHELL_CHARS = set("|&;<>()$`\\\"'*?[]#~=%{}\n")
 _PR_SET_PDEATHSIG = 1
 try:
@@ -164,6 +167,12 @@ class Worker:
     inflight: int = 0
     requests: int = 0  # answered requests, and those answered 5xx (metrics, canary budget)
     errors: int = 0
+    # Metrics, updated by the gateway per request: counts by status class (index =
+    # status // 100), body bytes sent, and a latency histogram over LATENCY_BOUNDS.
+    status_classes: list[int] = field(default_factory=lambda: [0] * 6)
+    bytes_out: int = 0
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
+    latency_sum: float = 0.0
     routable: bool = False
     disabled: bool = False  # an operator took it out of rotation (pinned sessions still served)
     started_at: float = 0.0
