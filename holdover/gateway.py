@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -105,6 +106,7 @@ class Gateway:
         self._flushing = False
         self.bound: tuple[str, int] | None = None
         self.admin: AdminServer | None = None
+        self._lock_fd = -1
 
     # -- routing ---------------------------------------------------------------------
 
@@ -572,8 +574,9 @@ class Gateway:
         await self.store.close()
         if self.access_log is not None:
             self.access_log.close()
+        os.set_inheritable(self._lock_fd, True)
         inherit = {"listen_fd": listen_fd, "guard_pid": guard_pid, "guard_fd": guard_fd,
-                   "workers": workers}
+                   "lock_fd": self._lock_fd, "workers": workers}
         env = dict(os.environ, **{INHERIT_ENV: json.dumps(inherit)})
         sys.stdout.flush()
         sys.stderr.flush()
@@ -613,12 +616,16 @@ class Gateway:
         self.loop = asyncio.get_running_loop()
         c = self.config
         c.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.keys = Keys.load_or_create(c.state_dir / "secret.json")
-        self.store = open_store(c.state_dir / "state.db")
-        await self.store.open()
         inherit = None
         if INHERIT_ENV in os.environ:
             inherit = json.loads(os.environ.pop(INHERIT_ENV))
+            self._lock_fd = inherit["lock_fd"]
+        else:
+            self._lock_fd = self._lock_state_dir()
+        self.keys = Keys.load_or_create(c.state_dir / "secret.json")
+        self.store = open_store(c.state_dir / "state.db")
+        await self.store.open()
+        if inherit is not None:
             await self.supervisor.guard.adopt(inherit["guard_pid"], inherit["guard_fd"])
         else:
             await self.supervisor.guard.start()
@@ -650,6 +657,21 @@ class Gateway:
         log.info("listening on http://%s:%d/ (revision %s, %d workers, mode %s)", host,
                  self.bound[1], active.id if active else "-",
                  len(active.workers) if active else 0, c.app_mode)
+
+    def _lock_state_dir(self) -> int:
+        """One gateway per state_dir: two would fight over the same workers and pins."""
+        path = self.config.state_dir / "gateway.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ValueError(f"another holdover gateway (pid {other}) is already running with "
+                             f"state_dir {self.config.state_dir}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
 
     async def shutdown(self) -> None:
         """Stop accepting, let work finish up to shutdown_timeout, then stop workers."""
