@@ -82,6 +82,10 @@ def parse_address(value: Any) -> tuple[str, int]:
     return m.group(1), port
 
 
+def _optional_address(value: Any) -> tuple[str, int] | None:
+    return None if value == "" else parse_address(value)
+
+
 def _int_at_least(low: int) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -177,6 +181,13 @@ SETTINGS: tuple[Setting, ...] = (
     # [gateway]
     Setting("gateway", "listen", parse_address, "127.0.0.1:8080",
             "Public address (host:port) the proxy listens on."),
+    Setting("gateway", "tls_cert", _string, "",
+            "PEM certificate (chain) for TLS on the public side; \"\" = plain HTTP."),
+    Setting("gateway", "tls_key", _string, "",
+            "PEM private key for tls_cert."),
+    Setting("gateway", "redirect_listen", _optional_address, "",
+            "With TLS: a plain-HTTP address whose requests are redirected (308) to HTTPS; "
+            "\"\" = none."),
     Setting("gateway", "admin_listen", parse_address, "127.0.0.1:8081",
             "Address of the admin page, JSON API and metrics; keep it on loopback."),
     Setting("gateway", "state_dir", _string, ".holdover",
@@ -385,7 +396,18 @@ def from_dict(data: dict[str, Any], path: Path, text: str = "",
             values[attr] = s.parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{origin}: {exc}") from None
-    return Config(path=path, values=values)
+    cfg = Config(path=path, values=values)
+    if bool(values["gateway_tls_cert"]) != bool(values["gateway_tls_key"]):
+        raise ConfigError(f"{where('gateway', 'tls_cert')}: tls_cert and tls_key go together: "
+                          f"set both or neither")
+    for key in ("tls_cert", "tls_key"):
+        name = values[f"gateway_{key}"]
+        if name and not (cfg.base_dir / name).is_file():
+            raise ConfigError(f"{where('gateway', key)}: no such file {name!r}")
+    if values["gateway_redirect_listen"] is not None and not values["gateway_tls_cert"]:
+        raise ConfigError(f"{where('gateway', 'redirect_listen')}: redirecting to HTTPS needs "
+                          f"tls_cert and tls_key")
+    return cfg
 
 
 def reference_markdown() -> str:

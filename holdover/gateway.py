@@ -22,6 +22,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import sys
 import time
 from bisect import bisect_left
@@ -33,6 +34,7 @@ from typing import Any
 from .accesslog import AccessLog
 from .admin.server import AdminServer, load_or_create_token
 from .config import Config
+from .proxy.redirect import RedirectToHttps
 from .proxy.server import ClientConnection, Exchange
 from .proxy.upstream import UpstreamConnection, UpstreamPool
 from .revisions import DeployError, RevisionManager
@@ -107,6 +109,7 @@ class Gateway:
         self.bound: tuple[str, int] | None = None
         self.admin: AdminServer | None = None
         self._lock_fd = -1
+        self.redirect_server: asyncio.AbstractServer | None = None
 
     # -- routing ---------------------------------------------------------------------
 
@@ -643,8 +646,18 @@ class Gateway:
             sock.bind((host, port))
         self.bound = sock.getsockname()[:2]
         self.listen_host = f"{host}:{self.bound[1]}".encode()
+        ssl_ctx = None
+        if c.gateway_tls_cert:
+            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_ctx.load_cert_chain(c.base_dir / c.gateway_tls_cert, c.base_dir / c.gateway_tls_key)
+            self.proto = b"https"
+            self.cookie_attrs += b"; Secure"
         self.server = await self.loop.create_server(lambda: ClientConnection(self), sock=sock,
-                                                    backlog=4096)
+                                                    backlog=4096, ssl=ssl_ctx)
+        if c.gateway_redirect_listen is not None:
+            rhost, rport = c.gateway_redirect_listen
+            self.redirect_server = await self.loop.create_server(
+                lambda: RedirectToHttps(self.bound[1]), rhost, rport, reuse_address=True)
         self._sweeper = self.loop.call_later(1.0, self._sweep)
         token, created = load_or_create_token(c.state_dir)
         self.admin = AdminServer(self, token)
@@ -703,6 +716,8 @@ class Gateway:
         self.closing = True
         if self.server is not None:
             self.server.close()
+        if self.redirect_server is not None:
+            self.redirect_server.close()
         for conn in list(self.connections):
             conn.sweep(monotonic())  # closes idle keep-alive connections now
         deadline = monotonic() + timeout
@@ -735,8 +750,8 @@ class Gateway:
                 log.error("cannot listen on %s: %s", self.config.gateway_listen, exc)
                 await self.shutdown()
                 return 1
-            print(f"holdover: serving http://{self.listen_host.decode()}/", file=sys.stderr,
-                  flush=True)
+            print(f"holdover: serving {self.proto.decode()}://{self.listen_host.decode()}/",
+                  file=sys.stderr, flush=True)
             await stop.wait()
             # A second signal during shutdown stops at once.
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -165,3 +165,10 @@ def status_of(response: bytes) -> int:
     m = re.match(rb"HTTP/1\.[01] (\d{3})", response)
     assert m, f"not an HTTP response: {response[:200]!r}"
     return int(m.group(1))
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (for a listener the test names itself)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
