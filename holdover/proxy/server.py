@@ -40,13 +40,17 @@ from .upstream import WRITE_HIGH_WATER, UpstreamConnection
 if TYPE_CHECKING:
     from ..gateway import Gateway
 
-_HOST = b"host"
-_COOKIE = b"cookie"
-_ACCEPT = b"accept"
-_CONNECTION = b"connection"
-_CONTENT_LENGTH = b"content-length"
-_TRANSFER_ENCODING = b"transfer-encoding"
-_UPGRADE = b"upgrade"
+
+# Request headers that need more than passing through, by lower-cased name.  Codes below
+# _H_HOST are dropped from what the worker receives (hop-by-hop, framing, forwarding).
+(_H_CONTENT_LENGTH, _H_TRANSFER_ENCODING, _H_CONNECTION, _H_UPGRADE, _H_XFF, _H_FORWARDED,
+ _H_OTHER_DROPPED, _H_HOST, _H_COOKIE, _H_ACCEPT) = range(10)
+_SPECIAL: dict[bytes, int] = {
+    **{h: _H_OTHER_DROPPED for h in HOP_BY_HOP | FORWARDING},
+    b"content-length": _H_CONTENT_LENGTH, b"transfer-encoding": _H_TRANSFER_ENCODING,
+    b"connection": _H_CONNECTION, b"upgrade": _H_UPGRADE, b"x-forwarded-for": _H_XFF,
+    b"forwarded": _H_FORWARDED, b"host": _H_HOST, b"cookie": _H_COOKIE, b"accept": _H_ACCEPT,
+}
 
 # Reasons to stop reading from the client (bits of ClientConnection.paused).
 PAUSE_PIPELINE = 1  # a pipelined request waits for the one before it
@@ -330,38 +334,40 @@ class ClientConnection(asyncio.Protocol):
             return  # a trailer field of a chunked body: not forwarded (bodies are re-framed)
         self._hdr_count += 1
         self._head_bytes += len(name) + len(value) + 4
-        if self._hdr_count > self.gw.max_headers or self._head_bytes > self.gw.max_header_size:
+        gw = self.gw
+        if self._hdr_count > gw.max_headers or self._head_bytes > gw.max_header_size:
             raise RequestRejected(431, "request headers too large")
-        lname = name.lower()
-        if lname in HOP_BY_HOP:
-            if lname == _CONTENT_LENGTH:
+        kind = _SPECIAL.get(name.lower())
+        if kind is None:  # the common case: passed through as it came
+            self._lines.append(name + b": " + value + b"\r\n")
+            return
+        if kind < _H_HOST:  # hop-by-hop and forwarding headers: not passed on
+            if kind == _H_CONTENT_LENGTH:
                 self._cl = value
-            elif lname == _TRANSFER_ENCODING:
+            elif kind == _H_TRANSFER_ENCODING:
                 check_transfer_encoding(value)
                 self._te = value
-            elif lname == _CONNECTION:
+            elif kind == _H_CONNECTION:
                 self._conn_tokens = value if self._conn_tokens is None else \
                     self._conn_tokens + b"," + value
-            elif lname == _UPGRADE:
+            elif kind == _H_UPGRADE:
                 self._upgrade_value = value
-            return
-        if lname in FORWARDING:
-            if self.gw.append_forwarded:
-                if lname == b"x-forwarded-for":
+            elif gw.append_forwarded:
+                if kind == _H_XFF:
                     prior = self._prior_xff
                     self._prior_xff = value if prior is None else prior + b", " + value
-                elif lname == b"forwarded":
+                elif kind == _H_FORWARDED:
                     prior = self._prior_fwd
                     self._prior_fwd = value if prior is None else prior + b", " + value
             return
         ex = self.parsing
-        if lname == _HOST:
+        if kind == _H_HOST:
             if ex.host is not None:
                 raise RequestRejected(400, "more than one Host header")
             ex.host = value
-        elif lname == _COOKIE:
+        elif kind == _H_COOKIE:
             ex.cookie = value if ex.cookie is None else ex.cookie + b"; " + value
-        elif lname == _ACCEPT:
+        else:
             ex.accept = value
         self._lines.append(name + b": " + value + b"\r\n")
 

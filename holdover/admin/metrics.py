@@ -1,0 +1,193 @@
+"""Prometheus metrics, read from the gateway's own state when scraped.
+
+The proxy's hot path keeps plain integer counters on each ``Worker`` (requests by status
+class, body bytes, a latency histogram over ``LATENCY_BOUNDS``); nothing here runs per
+request.  At scrape time ``GatewayCollector`` sums those counters per revision and turns
+them, with the session table and the revision states, into metric families that
+``prometheus_client`` renders in the exposition format.
+
+Counters stay monotonic while workers come and go: a worker object that leaves its
+revision's list (restarting a retired revision prunes stopped workers) has its final
+counts folded into a per-revision remainder, so a revision's totals never go down.
+Only a restart of the gateway process itself resets them, which Prometheus expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from ..supervisor.worker import LATENCY_BOUNDS
+
+if TYPE_CHECKING:
+    from ..gateway import Gateway
+
+# Index of Worker.status_classes -> the ``class`` label (index 0: no valid status, e.g.
+# the client went away before an answer).
+STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
+WORKER_STATES = ("starting", "ready", "unhealthy", "crashed", "backoff", "stopping",
+                 "stopped", "failed")
+
+__all__ = ["CONTENT_TYPE_LATEST", "GatewayCollector", "Totals", "metrics_registry", "render"]
+
+
+@dataclass
+class Totals:
+    """Counters of one revision (or the remainder of its departed workers)."""
+
+    requests: int = 0
+    classes: list[int] = field(default_factory=lambda: [0] * len(STATUS_CLASSES))
+    bytes_out: int = 0
+    latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
+    latency_sum: float = 0.0
+
+    def add(self, w: Any) -> None:
+        self.requests += w.requests
+        for i, n in enumerate(w.status_classes[:len(self.classes)]):
+            self.classes[i] += n
+        self.bytes_out += w.bytes_out
+        for i, n in enumerate(w.latency_counts[:len(self.latency)]):
+            self.latency[i] += n
+        self.latency_sum += w.latency_sum
+
+    def plus(self, other: Totals) -> Totals:
+        out = Totals(self.requests, list(self.classes), self.bytes_out, list(self.latency),
+                     self.latency_sum)
+        out.requests += other.requests
+        out.classes = [a + b for a, b in zip(out.classes, other.classes, strict=True)]
+        out.bytes_out += other.bytes_out
+        out.latency = [a + b for a, b in zip(out.latency, other.latency, strict=True)]
+        out.latency_sum += other.latency_sum
+        return out
+
+
+class GatewayCollector(Collector):
+    """Everything ``/metrics`` shows, computed from ``gw`` at each scrape."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        # Workers seen at the last scrape, per revision, by identity; and the counts of
+        # those that have left their revision's list since.
+        self._seen: dict[str, dict[int, Any]] = {}
+        self._gone: dict[str, Totals] = {}
+        self._gone_restarts: dict[tuple[str, str], int] = {}
+
+    def _fold_departed(self, rid: str, workers: list[Any]) -> None:
+        current = {id(w): w for w in workers}
+        for key, w in self._seen.get(rid, {}).items():
+            if key not in current:
+                self._gone.setdefault(rid, Totals()).add(w)
+                k = (rid, w.id)
+                self._gone_restarts[k] = self._gone_restarts.get(k, 0) + w.restarts
+        self._seen[rid] = current
+
+    def collect(self) -> Iterator[Metric]:
+        gw = self.gw
+        rm = gw.revs
+        revisions = list(rm.revisions.values())
+        per_rev: dict[str, Totals] = {}
+        for rev in revisions:
+            self._fold_departed(rev.id, rev.workers)
+            t = Totals()
+            for w in rev.workers:
+                t.add(w)
+            per_rev[rev.id] = t.plus(self._gone[rev.id]) if rev.id in self._gone else t
+
+        requests = CounterMetricFamily(
+            "holdover_requests", "Requests answered through the gateway, by revision and "
+            "status class", labels=["revision", "class"])
+        nbytes = CounterMetricFamily(
+            "holdover_response_bytes", "Response body bytes sent to clients",
+            labels=["revision"])
+        latency = HistogramMetricFamily(
+            "holdover_request_duration_seconds", "Time from a request's arrival to the end "
+            "of its response", labels=["revision"])
+        for rid, t in per_rev.items():
+            for name, n in zip(STATUS_CLASSES, t.classes, strict=True):
+                requests.add_metric([rid, name], n)
+            nbytes.add_metric([rid], t.bytes_out)
+            buckets, total = [], 0
+            for bound, n in zip((*LATENCY_BOUNDS, float("inf")), t.latency, strict=True):
+                total += n
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
+            latency.add_metric([rid], buckets, t.latency_sum)
+        yield requests
+        yield nbytes
+        yield latency
+
+        sessions = GaugeMetricFamily("holdover_sessions", "Live sessions pinned to a "
+                                     "revision", labels=["revision"])
+        per_revision = gw.sessions.per_revision
+        for rev in revisions:
+            sessions.add_metric([rev.id], per_revision.get(rev.id, 0))
+        for rid, n in per_revision.items():  # pins of a revision no longer known
+            if rid not in rm.revisions:
+                sessions.add_metric([rid], n)
+        yield sessions
+        yield CounterMetricFamily("holdover_sessions_lost", "Sessions whose worker process "
+                                  "went away (restart, crash, retire, max_drain)",
+                                  value=gw.sessions_lost)
+
+        workers = GaugeMetricFamily("holdover_workers", "Worker processes by revision and "
+                                    "state", labels=["revision", "state"])
+        restarts = CounterMetricFamily("holdover_worker_restarts", "Restarts of a worker",
+                                       labels=["revision", "worker"])
+        inflight = GaugeMetricFamily("holdover_requests_in_flight", "Requests (and open "
+                                     "WebSockets) being served", labels=["revision"])
+        info = InfoMetricFamily("holdover_revision", "A revision and its state",
+                                labels=["revision"])
+        canary = GaugeMetricFamily("holdover_canary_percent", "Percentage of new sessions "
+                                   "sent to the canary revision", labels=["revision"])
+        for rev in revisions:
+            counts: dict[str, int] = dict.fromkeys(WORKER_STATES, 0)
+            per_worker: dict[str, int] = {}
+            busy = 0
+            for w in rev.workers:
+                counts[w.state] = counts.get(w.state, 0) + 1
+                per_worker[w.id] = per_worker.get(w.id, 0) + w.restarts
+                busy += w.inflight
+            for (rid, wid), n in self._gone_restarts.items():
+                if rid == rev.id:
+                    per_worker[wid] = per_worker.get(wid, 0) + n
+            for state, n in counts.items():
+                workers.add_metric([rev.id, state], n)
+            for wid, n in per_worker.items():
+                restarts.add_metric([rev.id, wid], n)
+            inflight.add_metric([rev.id], busy)
+            info.add_metric([rev.id], {"state": rev.state})
+            canary.add_metric([rev.id], rev.canary_percent if rev is rm.canary else 0.0)
+        yield workers
+        yield restarts
+        yield inflight
+        yield info
+        yield canary
+
+        yield CounterMetricFamily("holdover_deploys", "Deploys that made a revision active "
+                                  "or canary", value=rm.deploys)
+        yield GaugeMetricFamily("holdover_queue_length", "Requests waiting for a ready "
+                                "worker", value=len(gw.queue))
+        yield GaugeMetricFamily("holdover_connections", "Open client connections",
+                                value=len(gw.connections))
+
+
+def metrics_registry(gw: Gateway) -> CollectorRegistry:
+    """A private registry holding only the gateway's collector (no process defaults)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GatewayCollector(gw))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text exposition of ``registry``."""
+    return generate_latest(registry)
