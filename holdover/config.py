@@ -103,6 +103,12 @@ def _ratio(value: Any) -> float:
     return float(value)
 
 
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
 def _string(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {value!r}")
@@ -266,6 +272,10 @@ SETTINGS: tuple[Setting, ...] = (
             "\"sessions\": pin each session to its worker; \"stateless\": balance freely."),
     Setting("app", "session_cookie", _cookie_name, "",
             "The app's own session cookie; \"\" = holdover pins clients with its own cookie."),
+    Setting("app", "pin_clients", _bool, True,
+            "Without session_cookie: pin every client with holdover's own cookie. Turn off "
+            "when the app uses the explicit session protocol (it also stops by itself once "
+            "the app sends X-Holdover-Session)."),
     Setting("app", "session_idle_timeout", parse_duration, "30m",
             "A session with no request for this long has ended."),
     Setting("app", "strategy", _choice("replace", "rolling"), "replace",

@@ -75,6 +75,10 @@ class Gateway:
         self.session_history: deque[tuple[float, dict[str, int]]] = deque(maxlen=720)
         self.sessions_mode = c.app_mode == "sessions"
         self.app_cookie = c.app_session_cookie.encode() or None
+        # Without an app cookie, each client is pinned by holdover's own cookie — unless
+        # configured off, or the app speaks the explicit session protocol.
+        self.pin_clients = self.app_cookie is None and c.app_pin_clients
+        self.protocol_seen = False
         self.keys: Keys = None  # type: ignore[assignment]  # loaded at start
         self.store: StateStore = None  # type: ignore[assignment]
         self.latest_header = b""
@@ -297,15 +301,21 @@ class Gateway:
             ex.session_event = b"new"
 
     def on_session_header(self, ex: Exchange, value: bytes) -> None:
-        """The explicit session protocol: ``X-Holdover-Session: <id>; max-age=N | end``."""
+        """The explicit session protocol: ``X-Holdover-Session: <id>; max-age=N | end``.
+
+        A bare ``end`` ends the session the request was pinned to."""
         if not self.sessions_mode:
             return
+        self.protocol_seen = True  # the app tells its sessions: stop pinning anonymous clients
         sid, _, params = value.partition(b";")
         sid = sid.strip()
-        if not sid:
+        params = params.strip().lower()
+        if not sid or (sid.lower() == b"end" and not params):
+            if ex.pin is not None:
+                self.sessions.end(ex.pin.key)
+                ex.session_event = b"end-pin"
             return
         key = self.keys.session_key(b"sp", sid)
-        params = params.strip().lower()
         if params.startswith(b"end"):
             self.sessions.end(key)
             ex.session_event = b"end-pin"
@@ -313,9 +323,11 @@ class Gateway:
         expires = None
         if params.startswith(b"max-age="):
             try:
-                expires = monotonic() + max(0, int(params[8:].split(b";")[0]))
+                expires = monotonic() + max(0.0, float(params[8:].split(b";")[0]))
             except ValueError:
                 expires = None
+        if ex.pin is not None and ex.pin.key != key:
+            self.sessions.end(ex.pin.key)  # a new id for this client replaces the old one
         self._pin_here(ex, key, expires)
         ex.session_event = b"pin:" + key.encode()
 
@@ -331,8 +343,8 @@ class Gateway:
                        + self.cookie_attrs + b"\r\n")
             elif event == b"end-pin":
                 out = b"Set-Cookie: " + PIN_COOKIE + b"=; Max-Age=0" + self.cookie_attrs + b"\r\n"
-        elif self.app_cookie is None and ex.pin is None and ex.worker is not None \
-                and ex.status < 500:
+        elif self.pin_clients and not self.protocol_seen and ex.pin is None \
+                and ex.worker is not None and ex.status < 500:
             # No app cookie configured: holdover pins each client with its own cookie.
             key = self.keys.new_key()
             if self._pin_here(ex, key) is not None:

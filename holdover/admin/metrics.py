@@ -14,6 +14,7 @@ Only a restart of the gateway process itself resets them, which Prometheus expec
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,8 @@ STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 WORKER_STATES = ("starting", "ready", "unhealthy", "crashed", "backoff", "stopping",
                  "stopped", "failed")
 
-__all__ = ["CONTENT_TYPE_LATEST", "GatewayCollector", "Totals", "metrics_registry", "render"]
+__all__ = ["CONTENT_TYPE_LATEST", "GatewayCollector", "ProcessStats", "Totals",
+           "metrics_registry", "overview", "render"]
 
 
 @dataclass
@@ -191,3 +193,84 @@ def metrics_registry(gw: Gateway) -> CollectorRegistry:
 def render(registry: CollectorRegistry) -> bytes:
     """The Prometheus text exposition of ``registry``."""
     return generate_latest(registry)
+
+
+# -- the admin page's live view ---------------------------------------------------------
+
+_LIVE_STATES = frozenset({"starting", "ready", "unhealthy", "stopping"})
+
+
+class ProcessStats:
+    """Memory (RSS) and CPU use of worker processes, with their children (a shell
+    command's real program is its child), sampled with psutil at most once a second."""
+
+    def __init__(self, min_interval: float = 0.9) -> None:
+        try:
+            import psutil
+        except ImportError:  # pragma: no cover - psutil is a dependency
+            psutil = None  # type: ignore[assignment]
+        self._psutil = psutil
+        self._procs: dict[int, Any] = {}  # pid -> psutil.Process (keeps cpu_percent state)
+        self._cache: dict[int, tuple[int, float]] = {}
+        self._at = 0.0
+        self._min_interval = min_interval
+
+    def _one(self, pid: int) -> Any:
+        p = self._procs.get(pid)
+        if p is None:
+            p = self._psutil.Process(pid)
+            p.cpu_percent(None)  # the first call only starts the measurement
+            self._procs[pid] = p
+        return p
+
+    def sample(self, pids: list[int]) -> dict[int, tuple[int, float]]:
+        """{pid: (rss bytes, cpu percent)} of each pid's process tree."""
+        now = time.monotonic()
+        if self._psutil is None:
+            return {}
+        if now - self._at < self._min_interval and all(p in self._cache for p in pids):
+            return self._cache
+        ps = self._psutil
+        out: dict[int, tuple[int, float]] = {}
+        seen: set[int] = set()
+        for pid in pids:
+            try:
+                root = self._one(pid)
+                tree = [root, *(self._one(c.pid) for c in root.children(recursive=True))]
+            except (ps.NoSuchProcess, ps.AccessDenied, ProcessLookupError):
+                continue
+            rss, cpu = 0, 0.0
+            for p in tree:
+                try:
+                    rss += p.memory_info().rss
+                    cpu += p.cpu_percent(None)
+                    seen.add(p.pid)
+                except (ps.NoSuchProcess, ps.AccessDenied):
+                    pass
+            out[pid] = (rss, round(cpu, 1))
+        for pid in list(self._procs):
+            if pid not in seen:
+                del self._procs[pid]
+        self._cache, self._at = out, now
+        return out
+
+
+def overview(gw: Gateway, procs: ProcessStats | None = None) -> dict[str, Any]:
+    """What the admin page shows, in one JSON-able snapshot: ``status()`` with each
+    worker's standby/disabled flags and its memory and CPU, plus gateway totals."""
+    rm = gw.revs
+    st = rm.status()
+    revs = list(rm.revisions.values())
+    live = [w.pid for r in revs for w in r.workers if w.pid and w.state in _LIVE_STATES]
+    usage = procs.sample(live) if procs is not None else {}
+    # status() lists revisions and their workers in this same order.
+    for rd, rev in zip(st["revisions"], revs, strict=False):
+        for wd, w in zip(rd["workers"], rev.workers, strict=False):
+            rss, cpu = usage.get(w.pid, (None, None)) if w.state in _LIVE_STATES else (
+                None, None)
+            wd.update(standby=w.standby, disabled=w.disabled, requests=w.requests,
+                      errors=w.errors, rss=rss, cpu=cpu)
+    return {"ts": time.time(), "status": st,
+            "sessions": {"total": len(gw.sessions), "lost": gw.sessions_lost,
+                         "by_revision": dict(gw.sessions.per_revision)},
+            "deploys": rm.deploys, "queue": len(gw.queue), "connections": len(gw.connections)}

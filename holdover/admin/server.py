@@ -9,6 +9,7 @@ its own listener; nothing of it is reachable through the public port.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -21,11 +22,16 @@ from aiohttp import web
 
 from ..revisions import DeployError
 from .commands import BY_NAME, COMMANDS, Command, CommandError
+from .metrics import CONTENT_TYPE_LATEST, ProcessStats, metrics_registry, overview, render
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
 
 log = logging.getLogger("holdover.admin")
+
+STATIC_DIR = Path(__file__).parent / "static"
+STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+                ".svg": "image/svg+xml", ".html": "text/html; charset=utf-8"}
 
 TOKEN_FILE = "admin.token"
 SECURITY_HEADERS = {
@@ -112,7 +118,14 @@ class AdminServer:
         app.router.add_get("/api/openapi.json", self._openapi)
         for c in COMMANDS:
             app.router.add_route(c.method, c.path, self._handler(c))
+        # The admin page, its live stream and the Prometheus metrics (see "page" below).
         app.router.add_get("/", self._index)
+        app.router.add_get("/static/{name}", self._static)
+        app.router.add_get("/api/stream", self._stream)
+        app.router.add_get("/metrics", self._metrics)
+        self._registry = metrics_registry(gw)
+        self._procs = ProcessStats()
+        self._closing = asyncio.Event()
         self.app = app
 
     @web.middleware
@@ -139,10 +152,6 @@ class AdminServer:
 
     async def _openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi())
-
-    async def _index(self, request: web.Request) -> web.Response:
-        return web.Response(text="holdover admin: the JSON API is under /api/ "
-                                 "(see /api/openapi.json)\n", content_type="text/plain")
 
     def _handler(self, command: Command) -> Any:
         async def handle(request: web.Request) -> web.Response:
@@ -180,6 +189,83 @@ class AdminServer:
 
         return handle
 
+    # -- page: the admin page, its live stream, the Prometheus metrics ------------------
+
+    async def _index(self, request: web.Request) -> web.Response:
+        try:
+            page = (STATIC_DIR / "index.html").read_bytes()
+        except OSError:
+            return web.Response(text="holdover admin: the JSON API is under /api/ "
+                                     "(see /api/openapi.json)\n", content_type="text/plain")
+        return web.Response(body=page, content_type="text/html", charset="utf-8")
+
+    async def _static(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        ctype = STATIC_TYPES.get(Path(name).suffix)
+        # Only plain names of files shipped in admin/static/: no paths, no dotfiles.
+        if ctype is None or "/" in name or name.startswith(".") or \
+                not (STATIC_DIR / name).is_file():
+            return _error(404, f"no static file {name!r}")
+        return web.Response(body=(STATIC_DIR / name).read_bytes(),
+                            headers={"Content-Type": ctype})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=render(self._registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        """Server-Sent Events: a ``status`` event with ``overview()`` every second.
+
+        ``?after=N`` sends only events with a higher id (else the last 50 first);
+        ``?once=1`` answers one snapshot as plain JSON instead (for polling)."""
+        after, once = 0, False
+        for key, value in request.query.items():
+            if key == "after":
+                try:
+                    after = int(value)
+                except ValueError:
+                    after = -1
+                if not 0 <= after < 1 << 63:
+                    return _error(400, f"after: expected an event id, got {value!r}", "after")
+            elif key == "once":
+                once = value in ("1", "true", "yes")
+            else:
+                return _error(400, f"{key}: unknown field; expected one of after, once", key)
+        gw = self.gw
+
+        async def snapshot() -> dict[str, Any]:
+            nonlocal after
+            data = overview(gw, self._procs)
+            events = []
+            if gw.store is not None:
+                events = await gw.store.events(limit=50 if not after else 500,
+                                               after_id=after)
+            if events:
+                after = events[-1].id
+            data["events"] = [{"id": e.id, "ts": e.ts, "kind": e.kind, "revision": e.revision,
+                               "worker": e.worker, "message": e.message, "data": e.data}
+                              for e in events]
+            return data
+
+        if once:
+            return web.json_response(await snapshot())
+        resp = web.StreamResponse(headers={**SECURITY_HEADERS,
+                                           "Content-Type": "text/event-stream",
+                                           "X-Accel-Buffering": "no"})
+        await resp.prepare(request)
+        try:
+            await resp.write(b"retry: 2000\n\n")
+            while not self._closing.is_set():
+                data = json.dumps(await snapshot(), separators=(",", ":"))
+                await resp.write(f"event: status\ndata: {data}\n\n".encode())
+                try:
+                    await asyncio.wait_for(self._closing.wait(), 1.0)
+                except TimeoutError:
+                    pass
+        except (ConnectionError, RuntimeError):  # the client went away
+            pass
+        return resp
+
     async def start(self, host: str, port: int) -> None:
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self.runner.setup()
@@ -189,6 +275,7 @@ class AdminServer:
         self.bound = server.sockets[0].getsockname()[:2]
 
     async def stop(self) -> None:
+        self._closing.set()  # ends open /api/stream responses, or cleanup waits for them
         if self.runner is not None:
             await self.runner.cleanup()
 

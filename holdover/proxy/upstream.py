@@ -231,6 +231,9 @@ class UpstreamConnection(asyncio.Protocol):
             if status == 101 and not (ex.upgrade and self._upgrade is not None):
                 raise ValueError("101 Switching Protocols to a request that asked for none")
             if status == 101:
+                extra = ex.conn.gw.response_extra_headers(ex)  # a WebSocket can start a session
+                if extra:
+                    head.append(extra)
                 head.append(b"Connection: upgrade\r\nUpgrade: " + self._upgrade + b"\r\n\r\n")
                 ex.resp_started = True
             else:  # 100 Continue, 103 Early Hints: pass on, the final answer follows
