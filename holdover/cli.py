@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -21,20 +20,26 @@ from . import __version__, config
 from .admin.commands import COMMANDS, Command
 
 DEMO_CONFIG = """\
-# Written by `holdover demo`: the gateway in front of the bundled sample app.
+# Written by `holdover demo`: the gateway in front of the bundled demo app.
+# `holdover demo next` deploys the next bundled revision; by hand, that is
+#   holdover deploy -c THIS_FILE --revision v2 --from {releases}/v2
 [gateway]
 listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin_port}"
 state_dir = "state"
+shutdown_timeout = "5s"
 
 [app]
-command = "{python} -m holdover.demo.app --port {{port}}"
+command = {command}
+cwd = {cwd}  # revision v1; a deploy --from DIR runs in a snapshot of DIR
+env = {{ PYTHONPATH = {pythonpath} }}
 workers = 2
 health_path = "/healthz"
+health_interval = "2s"
 mode = "sessions"
-session_cookie = "session"
-session_idle_timeout = "2m"
-stop_grace = "5s"
+session_cookie = "session"  # the app's own: login pins a session, logout ends it
+session_idle_timeout = "{idle_timeout}"  # short, so an abandoned session frees v1 soon
+stop_grace = "3s"
 """
 
 
@@ -77,16 +82,48 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``holdover demo`` (serve), ``demo next`` (deploy the next revision), ``--tour``."""
+    from .demo import launch
+
+    if args.tour:
+        from .demo.tour import run_tour
+
+        return run_tour(DEMO_CONFIG, verbose=args.verbose)
     home = Path(args.dir).resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    path = home / "holdover.toml"
-    path.write_text(DEMO_CONFIG.format(port=args.port, admin_port=args.port + 1,
-                                       python=shlex.quote(sys.executable)))
+    if args.action == "next":
+        return launch.deploy_next(home)
+    from .gateway import INHERIT_ENV
+
+    # A fresh demo each time; but not when `holdover reload` re-executes this one.
+    busy = launch.fresh_state(home) if INHERIT_ENV not in os.environ else None
+    if busy:
+        print(f"holdover demo: {busy}", file=sys.stderr)
+        return 1
+    admin_port = args.admin_port if args.admin_port is not None else (
+        args.port + 1 if args.port else 0)
+    path = launch.write_config(DEMO_CONFIG, home, args.port, admin_port, args.idle_timeout)
     cfg = _load(str(path))
     _setup_logging(args.verbose)
-    print(f"holdover demo: open http://127.0.0.1:{args.port}/ (config: {path})",
-          file=sys.stderr, flush=True)
-    return _serve(cfg)
+
+    import uvloop
+
+    from .gateway import Gateway
+
+    gw = Gateway(cfg)
+    start = gw.start
+
+    async def start_then_tell() -> None:
+        await start()
+        host, port = cfg.gateway_listen[0], gw.bound[1] if gw.bound else cfg.gateway_listen[1]
+        admin_url = (cfg.state_dir / "admin.url").read_text().strip()
+        token = (cfg.state_dir / "admin.token").read_text().strip()
+        nxt = launch.next_revision(gw.revs.status())
+        rid, folder = nxt if nxt else ("v2", launch.RELEASES / "v2")
+        print(launch.banner(path, f"http://{host}:{port}/", admin_url, token,
+                            args.idle_timeout, rid, folder), flush=True)
+
+    gw.start = start_then_tell  # type: ignore[method-assign]
+    return uvloop.run(gw.run())
 
 
 def _print_status(st: dict[str, Any]) -> None:
@@ -235,9 +272,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
     ck = with_config(sub.add_parser("check", help="validate the configuration file"))
     ck.set_defaults(func=cmd_check)
-    d = sub.add_parser("demo", help="run the gateway in front of the bundled demo app")
-    d.add_argument("--port", type=int, default=8080, help="public port (admin: port+1)")
-    d.add_argument("--dir", default=".holdover-demo", help="folder for the demo's state")
+    d = sub.add_parser("demo", help="run the gateway in front of the bundled demo app",
+                       description="Start the gateway in front of a small notes app and "
+                       "print what to open and try. `holdover demo next` deploys the next "
+                       "bundled revision of the running demo; `holdover demo --tour` shows "
+                       "a deploy unattended, with simulated users.")
+    d.add_argument("action", nargs="?", choices=["next"],
+                   help="next: deploy the next bundled revision to the running demo")
+    d.add_argument("--port", type=int, default=8080,
+                   help="public port (default 8080; 0 = any free port)")
+    d.add_argument("--admin-port", type=int, default=None,
+                   help="admin port (default: port+1, or any free port with --port 0)")
+    d.add_argument("--dir", default=".holdover-demo",
+                   help="folder for the demo's config and state (default .holdover-demo)")
+    d.add_argument("--idle-timeout", default="60s",
+                   help="session_idle_timeout of the demo (default 60s)")
+    d.add_argument("--tour", action="store_true",
+                   help="run a scripted deploy with simulated users and print what happens")
     d.add_argument("-v", "--verbose", action="store_true")
     d.set_defaults(func=cmd_demo)
     lg = with_config(sub.add_parser("logs", help="print a worker's log (-f to follow)"))

@@ -406,12 +406,12 @@ class Gateway:
         stopping = rm._stopping
         workers = []
         if rm.active is not None:
-            workers += [w for w in rm.active.workers if w not in stopping]
+            workers += [w for w in rm.active.running() if w not in stopping]
         if self.rolling is not None:
-            workers += [w for w in self.rolling.workers if w not in stopping]
+            workers += [w for w in self.rolling.running() if w not in stopping]
         self.balancer.workers = workers
         if rm.canary is not None:
-            self.canary_balancer.workers = list(rm.canary.workers)
+            self.canary_balancer.workers = rm.canary.running()
             self.canary_percent = rm.canary.canary_percent
         else:
             self.canary_balancer.workers = []

@@ -232,13 +232,21 @@ class RevisionManager:
         """Stateless rolling deploy: one new worker in, one old worker out, repeated."""
         old = self.active
         assert old is not None
-        for _ in range(size):
-            await self.supervisor.start_workers(rev, 1)
-            self.gw.rolling = rev
+        try:
+            for _ in range(size):
+                await self.supervisor.start_workers(rev, 1)
+                self.gw.rolling = rev
+                self.gw.routing_changed()
+                victims = [w for w in old.running() if w not in self._stopping]
+                if victims:
+                    await self._retire_worker(victims[0], wait=True)
+        except RevisionFailed:
+            # Undo: the new revision's workers go, the old one is brought back to size.
+            self.gw.rolling = None
             self.gw.routing_changed()
-            victims = [w for w in old.running() if w not in self._stopping]
-            if victims:
-                await self._retire_worker(victims[0], wait=True)
+            await asyncio.gather(*(w.stop() for w in rev.running()))
+            await self._top_up(old)
+            raise
         for w in old.running():
             await self._retire_worker(w, wait=True)
         self.gw.rolling = None
@@ -293,7 +301,8 @@ class RevisionManager:
                 self._activate(restarted)
                 prev = restarted
             else:
-                self._activate(prev)
+                self._activate(prev)  # at once: its sessions never noticed
+                await self._top_up(prev)
             await self.gw.record_event(
                 "rollback", f"revision {prev.id} is active again" + (
                     f"; {current.id} is draining" if current else ""), prev.id)
@@ -301,6 +310,23 @@ class RevisionManager:
             return {"revision": prev.id, "previous": current.id if current else None}
         finally:
             self._busy = None
+
+    async def _top_up(self, rev: Revision) -> None:
+        """Start the workers a draining revision already let go, back up to its size."""
+        live = [w for w in rev.running() if w not in self._stopping]
+        missing = rev.size - len([w for w in live if not w.standby])
+        try:
+            if missing > 0:
+                await self.supervisor.start_workers(rev, missing)
+            if self.config.app_standby > len([w for w in live if w.standby]):
+                await self.supervisor.start_workers(
+                    rev, self.config.app_standby - len([w for w in live if w.standby]),
+                    standby=True)
+        except RevisionFailed as exc:
+            await self.gw.record_event("failed", f"revision {rev.id}: could not start worker "
+                                       f"{exc.worker} again; it serves with fewer", rev.id,
+                                       exc.worker, {"log_tail": exc.log_tail})
+        self.gw.routing_changed()
 
     async def _restart_retired(self, rev: Revision) -> Revision:
         """Start a retired revision again from its release folder (same id)."""

@@ -148,7 +148,12 @@ async def _reload(gw: Gateway, args: dict[str, Any]) -> Any:
 
 
 async def _events(gw: Gateway, args: dict[str, Any]) -> Any:
-    events = await gw.store.events(limit=args.get("limit", 50), after_id=args.get("after", 0))
+    limit, after = args.get("limit", 50), args.get("after", 0)
+    if not 0 <= limit <= 10000:
+        raise CommandError(f"limit: expected 0 to 10000, got {limit}", 400, "limit")
+    if not 0 <= after < 1 << 63:
+        raise CommandError(f"after: expected an event id (>= 0), got {after}", 400, "after")
+    events = await gw.store.events(limit=limit, after_id=after)
     return {"events": [{"id": e.id, "ts": e.ts, "kind": e.kind, "revision": e.revision,
                         "worker": e.worker, "message": e.message, "data": e.data}
                        for e in events]}

@@ -14,6 +14,7 @@ Only a restart of the gateway process itself resets them, which Prometheus expec
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -202,7 +203,12 @@ _LIVE_STATES = frozenset({"starting", "ready", "unhealthy", "stopping"})
 
 class ProcessStats:
     """Memory (RSS) and CPU use of worker processes, with their children (a shell
-    command's real program is its child), sampled with psutil at most once a second."""
+    command's real program is its child), sampled with psutil at most once a second.
+
+    Only the admin page's stream asks for it.  Finding children scans every process
+    on the machine, so each worker's list of children is refreshed every 10 s only."""
+
+    CHILDREN_EVERY = 10.0
 
     def __init__(self, min_interval: float = 0.9) -> None:
         try:
@@ -212,6 +218,7 @@ class ProcessStats:
         self._psutil = psutil
         self._procs: dict[int, Any] = {}  # pid -> psutil.Process (keeps cpu_percent state)
         self._cache: dict[int, tuple[int, float]] = {}
+        self._kids: dict[int, tuple[float, list[int]]] = {}  # pid -> (when, child pids)
         self._at = 0.0
         self._min_interval = min_interval
 
@@ -233,10 +240,18 @@ class ProcessStats:
         ps = self._psutil
         out: dict[int, tuple[int, float]] = {}
         seen: set[int] = set()
+        kids_seen: dict[int, tuple[float, list[int]]] = {}
         for pid in pids:
             try:
                 root = self._one(pid)
-                tree = [root, *(self._one(c.pid) for c in root.children(recursive=True))]
+                when, kids = self._kids.get(pid, (0.0, []))
+                if now - when > self.CHILDREN_EVERY:
+                    when, kids = now, [c.pid for c in root.children(recursive=True)]
+                kids_seen[pid] = (when, kids)
+                tree = [root]
+                for k in kids:
+                    with contextlib.suppress(ps.NoSuchProcess, ps.AccessDenied):
+                        tree.append(self._one(k))
             except (ps.NoSuchProcess, ps.AccessDenied, ProcessLookupError):
                 continue
             rss, cpu = 0, 0.0
@@ -251,7 +266,7 @@ class ProcessStats:
         for pid in list(self._procs):
             if pid not in seen:
                 del self._procs[pid]
-        self._cache, self._at = out, now
+        self._cache, self._at, self._kids = out, now, kids_seen
         return out
 
 

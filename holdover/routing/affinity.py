@@ -109,24 +109,26 @@ def parse_set_cookie(value: bytes) -> tuple[bytes, bytes, bool]:
     """``(name, value, deleted)`` of a Set-Cookie header.
 
     A cookie counts as deleted (the app logged the user out) when it is set empty, with
-    ``Max-Age`` <= 0, or with an ``Expires`` date in the past.
+    ``Max-Age`` <= 0, or — without a Max-Age, which wins (RFC 6265 5.3) — with an
+    ``Expires`` date in the past.
     """
     first, _, attrs = value.partition(b";")
     name, _, val = first.partition(b"=")
     name, val = name.strip(), val.strip()
-    deleted = not val or val == b'""'
+    max_age: int | None = None
+    expired = False
     for attr in attrs.split(b";"):
-        k, _, v = attr.strip().partition(b"=")
-        k = k.lower()
+        k, _, v = attr.partition(b"=")
+        k, v = k.strip().lower(), v.strip()
         if k == b"max-age":
             try:
-                deleted = deleted or int(v) <= 0
+                max_age = int(v)
             except ValueError:
                 pass
         elif k == b"expires":
             try:
-                deleted = deleted or parsedate_to_datetime(v.decode("latin-1")).timestamp() \
-                    < time.time()
-            except (ValueError, TypeError):
+                expired = parsedate_to_datetime(v.decode("latin-1")).timestamp() < time.time()
+            except (ValueError, TypeError, IndexError, OverflowError):
                 pass
+    deleted = not val or val == b'""' or (max_age <= 0 if max_age is not None else expired)
     return name, val, deleted

@@ -117,8 +117,11 @@ async function api(method, path, body, signal) {
 }
 
 // -- notices ------------------------------------------------------------------------------
+let noticeTimer = null;
 function notify(kind, title, message, logTail) {
   const box = $("notice");
+  clearTimeout(noticeTimer);
+  if (kind === "ok") noticeTimer = setTimeout(() => { box.hidden = true; }, 8000);
   box.className = `notice ${kind}`;
   $("notice-title").textContent = title;
   $("notice-msg").textContent = message || "";
@@ -332,10 +335,13 @@ function niceMax(v) {
 function renderChart() {
   const box = $("chart");
   const W = Math.max(box.clientWidth, 300);
-  const H = 220;
+  const H = Math.max(box.clientHeight, 200);
   const pad = {l: 36, r: 56, t: 10, b: 24};
   const now = state.snap ? state.snap.ts : Date.now() / 1000;
-  const t0 = now - state.windowSec;
+  // The window, or less when the history is shorter (at least a minute).
+  const first = state.history.length ? state.history[0].ts : now;
+  const t0 = Math.min(Math.max(now - state.windowSec, first), now - 60);
+  const span = now - t0;
   const pts = state.history.filter((p) => p.ts >= t0 - 10);
   const ids = [];
   const known = state.snap ? state.snap.status.revisions : [];
@@ -346,7 +352,7 @@ function renderChart() {
   let max = 0;
   for (const p of pts) for (const rid of ids) max = Math.max(max, p.by_revision[rid] || 0);
   max = niceMax(max);
-  const x = (ts) => pad.l + ((ts - t0) / state.windowSec) * (W - pad.l - pad.r);
+  const x = (ts) => pad.l + ((ts - t0) / span) * (W - pad.l - pad.r);
   const y = (v) => pad.t + (1 - v / max) * (H - pad.t - pad.b);
   const root = svg("svg", {viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img",
                            "aria-label": "sessions per revision over time"});
@@ -357,10 +363,10 @@ function renderChart() {
     label.textContent = Number.isInteger(v) ? v : v.toFixed(1);
     root.append(label);
   }
-  const step = state.windowSec <= 300 ? 60 : state.windowSec <= 900 ? 180 : 600;
+  const step = [10, 15, 30, 60, 120, 300, 600, 900].find((s) => span / s <= 7) || 1800;
   for (let t = Math.ceil(t0 / step) * step; t <= now; t += step) {
     const label = svg("text", {x: x(t), y: H - 6, class: "axis", "text-anchor": "middle"});
-    label.textContent = fmtTime(t).slice(0, 5);
+    label.textContent = step < 60 ? fmtTime(t) : fmtTime(t).slice(0, 5);
     root.append(label);
     root.append(svg("line", {x1: x(t), x2: x(t), y1: H - pad.b, y2: H - pad.b + 4, class: "tick"}));
   }
@@ -370,12 +376,17 @@ function renderChart() {
   const legend = [];
   for (const rid of ids) {
     const color = colorOf(rid);
-    const series = pts.map((p) => [x(p.ts), y(p.by_revision[rid] || 0)]);
+    const rev = known.find((r) => r.id === rid);
+    const born = rev && rev.created_at ? rev.created_at - 5 : 0;  // no line before it existed
+    const series = pts.filter((p) => p.ts >= born || p.by_revision[rid])
+      .map((p) => [x(p.ts), y(p.by_revision[rid] || 0)]);
     const last = pts.length ? (pts[pts.length - 1].by_revision[rid] || 0) : 0;
     legend.push(h("span.item", {dataset: {series: rid}}, h("span.swatch", {style: `background:${color}`}),
       `${rid} `, h("b", {}, last)));
     if (!series.length) continue;
-    const line = series.map(([a, b], i) => `${i ? "L" : "M"}${a.toFixed(1)},${b.toFixed(1)}`).join("");
+    // Session counts change in steps: hold each value until the next sample.
+    const line = series.map(([a, b], i) => i ? `H${a.toFixed(1)}V${b.toFixed(1)}`
+      : `M${a.toFixed(1)},${b.toFixed(1)}`).join("");
     const area = `${line}L${series[series.length - 1][0].toFixed(1)},${y(0)}L${series[0][0].toFixed(1)},${y(0)}Z`;
     root.append(svg("path", {d: area, fill: color, class: "area", "clip-path": "url(#plot)"}));
     root.append(svg("path", {d: line, stroke: color, class: "line", "clip-path": "url(#plot)",

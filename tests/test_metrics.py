@@ -1,0 +1,290 @@
+"""Prometheus metrics at ``/metrics`` on the admin side.
+
+Unit tests drive ``GatewayCollector`` with a stand-in gateway (no processes); the end to
+end tests scrape a real sessions-mode gateway while traffic, 5xx answers and a deploy
+go through it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import psutil
+import pytest
+from conftest import GatewayProcess, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+
+from holdover.admin.metrics import STATUS_CLASSES, metrics_registry, render
+from holdover.supervisor.worker import LATENCY_BOUNDS
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """Sum of ``name`` over every label set that includes ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+# -- the collector, without processes ------------------------------------------------------
+
+
+def fake_worker(wid: str, **kw: Any) -> SimpleNamespace:
+    base = dict(id=wid, state="ready", requests=0, errors=0, status_classes=[0] * 6,
+                bytes_out=0, latency_counts=[0] * (len(LATENCY_BOUNDS) + 1), latency_sum=0.0,
+                restarts=0, inflight=0, standby=False, disabled=False, pid=0)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def fake_gateway() -> SimpleNamespace:
+    w1 = fake_worker("v1-1", requests=5, status_classes=[1, 0, 3, 0, 0, 1], bytes_out=500,
+                     latency_counts=[2, 2] + [0] * (len(LATENCY_BOUNDS) - 2) + [1],
+                     latency_sum=30.5, restarts=2, inflight=1)
+    w2 = fake_worker("v1-2", requests=1, status_classes=[0, 0, 1, 0, 0, 0], bytes_out=20,
+                     latency_counts=[1] + [0] * len(LATENCY_BOUNDS), latency_sum=0.0005)
+    v1 = SimpleNamespace(id="v1", state="active", workers=[w1, w2], canary_percent=0.0)
+    v2 = SimpleNamespace(id="v2", state="active", workers=[fake_worker("v2-1")],
+                         canary_percent=10.0)
+    revs = SimpleNamespace(revisions={"v1": v1, "v2": v2}, canary=v2, active=v1, deploys=3)
+    return SimpleNamespace(revs=revs, sessions=SimpleNamespace(per_revision={"v1": 4, "v2": 1}),
+                           sessions_lost=2, queue=[object()], connections={1, 2, 3})
+
+
+def test_collector_reads_the_gateway_state() -> None:
+    gw = fake_gateway()
+    s = parse(render(metrics_registry(gw)).decode())  # type: ignore[arg-type]
+    assert value(s, "holdover_requests_total", revision="v1", **{"class": "2xx"}) == 4
+    assert value(s, "holdover_requests_total", revision="v1", **{"class": "5xx"}) == 1
+    assert value(s, "holdover_requests_total", revision="v1", **{"class": "other"}) == 1
+    assert {ls for (n, ls) in s if n == "holdover_requests_total" and ("revision", "v2") in ls} \
+        == {frozenset({("revision", "v2"), ("class", c)}) for c in STATUS_CLASSES}
+    assert value(s, "holdover_response_bytes_total", revision="v1") == 520
+    # The histogram: cumulative buckets over LATENCY_BOUNDS, +Inf = count, and the sum.
+    assert value(s, "holdover_request_duration_seconds_bucket", revision="v1", le="0.001") == 3
+    assert value(s, "holdover_request_duration_seconds_bucket", revision="v1", le="0.0025") == 5
+    assert value(s, "holdover_request_duration_seconds_bucket", revision="v1", le="10.0") == 5
+    assert value(s, "holdover_request_duration_seconds_bucket", revision="v1", le="+Inf") == 6
+    assert value(s, "holdover_request_duration_seconds_count", revision="v1") == 6
+    assert value(s, "holdover_request_duration_seconds_sum", revision="v1") == pytest.approx(30.5005)
+    assert value(s, "holdover_sessions", revision="v1") == 4
+    assert value(s, "holdover_sessions_lost_total") == 2
+    assert value(s, "holdover_workers", revision="v1", state="ready") == 2
+    assert value(s, "holdover_workers", revision="v1", state="stopped") == 0
+    assert value(s, "holdover_worker_restarts_total", revision="v1", worker="v1-1") == 2
+    assert value(s, "holdover_requests_in_flight", revision="v1") == 1
+    assert value(s, "holdover_deploys_total") == 3
+    assert value(s, "holdover_queue_length") == 1
+    assert value(s, "holdover_revision_info", revision="v2", state="active") == 1
+    assert value(s, "holdover_canary_percent", revision="v2") == 10
+
+
+def test_counters_survive_workers_leaving() -> None:
+    """A revision's counters never go down when its workers are replaced."""
+    gw = fake_gateway()
+    registry = metrics_registry(gw)  # type: ignore[arg-type]
+    before = parse(render(registry).decode())
+    v1 = gw.revs.revisions["v1"]
+    gone = v1.workers[0]
+    gone.requests += 1  # served one more request after the last scrape, then stopped
+    gone.status_classes[2] += 1
+    gone.bytes_out += 7
+    gone.latency_counts[0] += 1
+    gone.restarts += 1
+    v1.workers = [v1.workers[1], fake_worker("v1-1", requests=1, restarts=0,
+                                             status_classes=[0, 0, 1, 0, 0, 0],
+                                             latency_counts=[1] + [0] * len(LATENCY_BOUNDS))]
+    after = parse(render(registry).decode())
+    cls = {"class": "2xx"}
+    assert value(after, "holdover_requests_total", revision="v1", **cls) == \
+        value(before, "holdover_requests_total", revision="v1", **cls) + 2
+    assert value(after, "holdover_response_bytes_total", revision="v1") == 527
+    assert value(after, "holdover_request_duration_seconds_count", revision="v1") == 8
+    assert value(after, "holdover_worker_restarts_total", revision="v1", worker="v1-1") == 3
+    for (name, labels), v in before.items():
+        if name.endswith(("_total", "_count", "_bucket", "_sum")):
+            assert after[(name, labels)] >= v, (name, labels)
+
+
+# -- a real gateway --------------------------------------------------------------------------
+
+
+class Admin:
+    def __init__(self, gw: GatewayProcess) -> None:
+        state = gw.dir / "state"
+        base = (state / "admin.url").read_text().strip().rstrip("/")
+        host, port = base.split("//")[1].split(":")
+        self.addr = (host, int(port))
+        self.token = (state / "admin.token").read_text().strip()
+
+    def request(self, method: str, path: str, body: Any = None, token: str | None = None
+                ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection(*self.addr, timeout=60)
+        headers = {"Authorization": f"Bearer {token or self.token}"}
+        data = None if body is None else json.dumps(body).encode()
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            r = conn.getresponse()
+            return r.status, dict(r.headers), r.read()
+        finally:
+            conn.close()
+
+    def scrape(self) -> Samples:
+        code, headers, body = self.request("GET", "/metrics")
+        assert code == 200, body
+        assert headers["Content-Type"].startswith("text/plain"), headers
+        return parse(body.decode())
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    # Sessions mode without an app cookie: holdover pins each new client itself.
+    g = GatewayProcess(tmp_path_factory.mktemp("metrics"), workers=1,
+                       mode="sessions").wait_ready()
+    yield g
+    kids = g.all_descendants()
+    g.stop()
+    _gone, alive = psutil.wait_procs(kids, timeout=15)
+    for p in alive:
+        p.kill()
+    assert not alive, f"processes outlived the gateway: {alive}"
+
+
+@pytest.fixture(scope="module")
+def admin(gw: GatewayProcess) -> Admin:
+    return Admin(gw)
+
+
+def get(port: int, path: str, cookie: str | None = None) -> tuple[int, bytes, str | None]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    try:
+        conn.request("GET", path, headers={"Cookie": cookie} if cookie else {})
+        r = conn.getresponse()
+        body = r.read()
+        return r.status, body, r.getheader("Set-Cookie")
+    finally:
+        conn.close()
+
+
+def test_metrics_need_the_token(admin: Admin) -> None:
+    code, headers, body = admin.request("GET", "/metrics", token="wrong")
+    assert code == 401 and headers["WWW-Authenticate"].startswith("Bearer")
+    assert b"holdover_" not in body
+
+
+def test_counters_follow_traffic(gw: GatewayProcess, admin: Admin) -> None:
+    before = admin.scrape()
+    sent = 0
+    cookies = []
+    for i in range(5):
+        code, body, cookie = get(gw.port, f"/echo?n={i}")
+        assert code == 200
+        sent += len(body)
+        cookies.append(cookie)
+    assert all(c and c.startswith("holdover_pin=") for c in cookies), cookies
+    for _ in range(3):
+        code, body, _ = get(gw.port, "/status/503")
+        assert code == 503
+        sent += len(body)
+    code, _, _ = get(gw.port, "/status/404")
+    assert code == 404
+
+    def moved() -> Samples | None:
+        s = admin.scrape()
+        done = total(s, "holdover_requests_total") - total(before, "holdover_requests_total")
+        return s if done >= 9 else None
+
+    after: Samples = wait_for(moved, 10, what="9 more requests counted")  # type: ignore[assignment]
+    rev = {"revision": "v1"}
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **rev, **labels) - value(before, name, **rev, **labels)
+
+    assert delta("holdover_requests_total", **{"class": "2xx"}) == 5
+    assert delta("holdover_requests_total", **{"class": "5xx"}) == 3
+    assert delta("holdover_requests_total", **{"class": "4xx"}) == 1
+    assert delta("holdover_response_bytes_total") >= sent
+    assert delta("holdover_request_duration_seconds_count") == 9
+    assert delta("holdover_request_duration_seconds_sum") > 0
+    # The histogram is cumulative and ends at +Inf = count.
+    bounds = [*(repr(b) for b in LATENCY_BOUNDS), "+Inf"]
+    buckets = [value(after, "holdover_request_duration_seconds_bucket", **rev, le=b)
+               for b in bounds]
+    assert buckets == sorted(buckets)
+    assert buckets[-1] == value(after, "holdover_request_duration_seconds_count", **rev)
+    assert buckets[-1] == total(after, "holdover_requests_total", **rev)
+    # Every request without a pin started a session (holdover's own cookie).
+    assert value(after, "holdover_sessions", **rev) >= value(before, "holdover_sessions",
+                                                             **rev) + 5
+    code, _, st = admin.request("GET", "/api/sessions")
+    assert value(after, "holdover_sessions", **rev) <= json.loads(st)["total"]
+    assert value(after, "holdover_requests_in_flight", **rev) == 0
+    assert value(after, "holdover_workers", state="ready", **rev) == 1
+    assert value(after, "holdover_revision_info", state="active", **rev) == 1
+    assert value(after, "holdover_queue_length") == 0
+    # A pinned client does not start another session.
+    n = value(after, "holdover_sessions", **rev)
+    pin = cookies[0].split(";")[0]
+    assert get(gw.port, "/echo", cookie=pin)[0] == 200
+    assert value(admin.scrape(), "holdover_sessions", **rev) == n
+
+
+def test_deploy_is_counted(gw: GatewayProcess, admin: Admin) -> None:
+    before = admin.scrape()
+    code, _, body = admin.request("POST", "/api/deploy", {"revision": "v2"})
+    assert code == 200, body
+    after = admin.scrape()
+    assert value(after, "holdover_deploys_total") == value(before, "holdover_deploys_total") + 1
+    assert value(after, "holdover_revision_info", revision="v2", state="active") == 1
+    assert value(after, "holdover_revision_info", revision="v1", state="active") == 0
+    assert value(after, "holdover_workers", revision="v2", state="ready") == 1
+    # New traffic is counted on v2; v1's counters are kept, never reset.
+    code, _, _ = get(gw.port, "/echo")
+    assert code == 200
+    later = wait_for(lambda: (s := admin.scrape()) and value(
+        s, "holdover_requests_total", revision="v2", **{"class": "2xx"}) >= 1 and s, 10,
+        what="v2's request counted")
+    for (name, labels), v in before.items():
+        if name.endswith(("_total", "_count", "_bucket")) and ("revision", "v1") in labels:
+            assert later[(name, labels)] >= v, (name, labels)  # type: ignore[index]
+
+
+def test_process_stats_follow_children() -> None:
+    import subprocess
+    import sys
+
+    from holdover.admin.metrics import ProcessStats
+
+    stats = ProcessStats(min_interval=0)
+    sh = subprocess.Popen(["/bin/sh", "-c", f"{sys.executable} -c 'import time; "
+                           f"x = bytearray(64 << 20); time.sleep(30)' & wait"])
+    try:
+        def grown() -> bool:
+            stats._kids.clear()  # look for the child again
+            rss, cpu = stats.sample([sh.pid])[sh.pid]
+            return rss > 64 << 20 and cpu >= 0
+        wait_for(grown, 10, what="the shell's child to be counted")
+        assert stats.sample([sh.pid, 999_999_999]).keys() == {sh.pid}  # gone pids: skipped
+    finally:
+        for child in psutil.Process(sh.pid).children(recursive=True):
+            child.kill()
+        sh.kill()
+        sh.wait()
