@@ -210,6 +210,9 @@ class Gateway:
         if w is not None:
             w.inflight -= 1
             ex.worker = None
+        if ex.pin is not None:  # routed again, it may be pinned again
+            ex.pin.active -= 1
+            ex.pin = None
         return w
 
     def retry(self, ex: Exchange) -> bool:
@@ -236,7 +239,7 @@ class Gateway:
 
     def release_upstream(self, up: UpstreamConnection, reusable: bool) -> None:
         w = up.pool.worker
-        if reusable and not self.closing and w.pool is up.pool and w.routable:  # type: ignore[attr-defined]
+        if reusable and not self.closing and w.pool is up.pool and w.state == "ready":  # type: ignore[attr-defined]
             up.pool.put(up, monotonic())
         else:
             up.transport.close()
