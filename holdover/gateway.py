@@ -428,7 +428,8 @@ class Gateway:
 
     def worker_status(self, w: Worker) -> dict[str, Any]:
         return {"id": w.id, "pid": w.pid, "port": w.port, "state": w.state,
-                "inflight": w.inflight, "restarts": w.restarts,
+                "inflight": w.inflight, "restarts": w.restarts, "standby": w.standby,
+                "disabled": w.disabled, "requests": w.requests, "errors": w.errors,
                 "sessions": self.sessions.per_worker.get(w.id, 0),
                 "uptime": round(monotonic() - w.ready_at, 1) if w.ready_at and
                 w.state == "ready" else 0.0, "crash_loop": w.crash_loop}

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..revisions import DeployError
+from ..state import StoreError
 from .commands import BY_NAME, COMMANDS, Command, CommandError
 from .metrics import CONTENT_TYPE_LATEST, ProcessStats, metrics_registry, overview, render
 
@@ -238,8 +239,11 @@ class AdminServer:
             data = overview(gw, self._procs)
             events = []
             if gw.store is not None:
-                events = await gw.store.events(limit=50 if not after else 500,
-                                               after_id=after)
+                try:
+                    events = await gw.store.events(limit=50 if not after else 500,
+                                                   after_id=after)
+                except StoreError as exc:  # e.g. closed by a reload under way
+                    log.warning("admin stream: cannot read events: %s", exc)
             if events:
                 after = events[-1].id
             data["events"] = [{"id": e.id, "ts": e.ts, "kind": e.kind, "revision": e.revision,
