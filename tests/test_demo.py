@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import os
 import re
 import shlex
 import signal
@@ -273,8 +274,10 @@ def test_demo_next_without_a_demo(tmp_path):
     assert out.returncode == 3 and "no demo in" in out.stderr
 
 
-def test_tour_reports_no_failed_request_and_no_lost_session():
-    out = holdover("demo", "--tour", timeout=120)
+def test_tour_reports_no_failed_request_and_no_lost_session(tmp_path):
+    # The tour makes its folder under TMPDIR: here, so that its processes are known.
+    out = subprocess.run([*HOLDOVER, "demo", "--tour"], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "TMPDIR": str(tmp_path)})
     assert out.returncode == 0, out.stdout + out.stderr
     text = out.stdout
     assert re.search(r"^\s+requests\s+\d+ made, 0 failed$", text, re.M), text
@@ -282,7 +285,13 @@ def test_tour_reports_no_failed_request_and_no_lost_session():
     assert re.search(r"^\s+sessions kept through the deploy\s+3 of 3", text, re.M), text
     assert re.search(r"^\s+time to retire v1\s+[\d.]+ s after the deploy$", text, re.M), text
     assert "PASS" in text
-    leftovers = [p for p in psutil.process_iter(["cmdline"])
-                 if "holdover-tour-" in " ".join(p.info["cmdline"] or [])]
-    assert not leftovers, leftovers
+    assert not list(tmp_path.glob("holdover-tour-*")), "the tour left its folder behind"
 
+    def ours(p: psutil.Process) -> bool:
+        try:
+            return str(tmp_path) in " ".join(p.cmdline()) or p.cwd().startswith(str(tmp_path))
+        except (psutil.Error, OSError):
+            return False
+
+    leftovers = [p for p in psutil.process_iter() if ours(p)]
+    assert not leftovers, leftovers

@@ -10,8 +10,10 @@ keeps, by sending every request of a session to the process that holds it.
 Routes: ``/`` (the login page, or your notes), ``POST /login``, ``POST /logout``,
 ``POST /notes``, ``POST /notes/{id}/delete``, ``POST /notes/{id}/pin`` (revisions with
 ``pinning``), ``GET /api/me`` (JSON: who you are and who served you), ``GET /ws`` (a
-WebSocket that ticks once a second), ``GET /healthz``.  The session cookie is called
-``session``; logging out deletes it, which tells holdover the session has ended.
+WebSocket that ticks once a second), ``GET /healthz``.  A first visit to ``/`` starts
+a guest session (cookie ``session``, a page counter); logging in gives it a new id, as
+real apps do, and logging out deletes the cookie, which tells holdover the session has
+ended.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import os
 import secrets
 import time
 import tomllib
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,12 +137,14 @@ main{max-width:46em;margin:1.5em auto;padding:0 1em}
 ul.notes{list-style:none;padding:0;margin:0}
 ul.notes li{display:flex;align-items:center;gap:.6em;padding:.45em 0;
  border-bottom:1px solid #e5e7eb}
-ul.notes li.pinned{font-weight:600}
+ul.notes li.pinned span{font-weight:600}
+.tag{font-size:.75em;font-weight:700;text-transform:uppercase;color:var(--accent);
+ border:1px solid var(--accent);border-radius:.3em;padding:0 .35em}
 ul.notes li span{flex:1}
 input[type=text]{font:inherit;padding:.4em .6em;border:1px solid #d1d5db;border-radius:.35em;
  width:100%}
-button{font:inherit;padding:.35em .9em;border:0;border-radius:.35em;background:var(--accent);
- color:#fff;cursor:pointer}
+button{font:inherit;white-space:nowrap;padding:.35em .9em;border:0;border-radius:.35em;
+ background:var(--accent);color:#fff;cursor:pointer}
 button.quiet{background:#e5e7eb;color:#374151}
 form.row{display:flex;gap:.6em}
 small,.muted{color:#6b7280}
@@ -186,11 +191,19 @@ if (live) { connect(); poll(); setInterval(poll, 3000); }
 """
 
 
+def _icon(accent: str) -> str:
+    """A round favicon in the revision's colour (a data URL: no extra request)."""
+    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><circle cx="8" '
+           f'cy="8" r="7" fill="{accent}"/></svg>')
+    return html.escape(urllib.parse.quote(svg))
+
+
 def _layout(release: Release, body: str) -> str:
     r = release
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{html.escape(REVISION)} · {html.escape(r.title)} — holdover demo</title>
+<link rel="icon" href="data:image/svg+xml,{_icon(r.accent)}">
 <style>:root{{--accent:{html.escape(r.accent)}}}{STYLE}</style></head><body>
 <header><div><h1>{html.escape(r.title)} <small style="color:#fff;opacity:.8">holdover demo</small>
 </h1><p>{html.escape(r.tagline)}</p></div>
@@ -200,8 +213,8 @@ def _layout(release: Release, body: str) -> str:
 {body}
 <p class="muted"><small>Revision <b>{html.escape(REVISION)}</b> · worker
 <b>{html.escape(WORKER)}</b> · pid {PID}. Everything on this page lives in the memory of
-that one process: a plain restart would lose it. holdover keeps you on it until you log
-out.</small></p>
+that one process: a plain restart would lose it. holdover keeps your session on it, through
+deploys, until you log out or leave it idle.</small></p>
 </main><script>{SCRIPT}</script></body></html>"""
 
 
@@ -242,8 +255,9 @@ def _notes_page(release: Release, s: Session, query: str) -> str:
         if release.has("pinning"):
             pin = (f'<form method="post" action="/notes/{n.id}/pin"><button class="quiet" '
                    f'title="pin to the top">{"unpin" if n.pinned else "pin"}</button></form>')
+        tag = '<em class="tag">pinned</em>' if n.pinned else ""
         rows.append(f'<li class="{"pinned" if n.pinned else ""}" data-note="{n.id}">'
-                    f'{"📌 " if n.pinned else ""}<span>{html.escape(n.text)}</span>{pin}'
+                    f'{tag}<span>{html.escape(n.text)}</span>{pin}'
                     f'<form method="post" action="/notes/{n.id}/delete"><button '
                     f'class="quiet">delete</button></form></li>')
     notes = "".join(rows) or '<li class="muted">No notes yet.</li>'
@@ -438,6 +452,8 @@ def main(argv: list[str] | None = None) -> None:
     folder = Path(args.release)
     if not (folder / "release.toml").is_file():
         from . import RELEASES
+
+        print(f"no release.toml in {folder.resolve()}: looking like v1", flush=True)
         folder = RELEASES / "v1"
     web.run_app(make_app(Release.load(folder)), host=args.host, port=args.port,
                 shutdown_timeout=2.0, print=None, access_log=None)

@@ -158,6 +158,7 @@ class ClientConnection(asyncio.Protocol):
         "parsing",
         "paused",
         "pending",
+        "served",
         "transport",
         "tunnel",
         "write_paused",
@@ -192,6 +193,7 @@ class ClientConnection(asyncio.Protocol):
         self._route_next: Exchange | None = None
         self._body_left = 0
         self.cookie_cache: tuple[bytes | None, str | None, str | None] | None = None
+        self.served = False  # has answered a request (for closing idle connections)
 
     # -- asyncio callbacks ----------------------------------------------------------
 
@@ -522,6 +524,7 @@ class ClientConnection(asyncio.Protocol):
     def _finish(self, ex: Exchange) -> None:
         gw = self.gw
         gw.exchange_done(ex)
+        self.served = True
         self.current = None
         if not ex.keep_alive or gw.closing:
             self.transport.close()
@@ -640,7 +643,10 @@ class ClientConnection(asyncio.Protocol):
                     self.reject(408, "request head not received in time")
                 elif now - self.last_active > gw.body_timeout:
                     self.reject(408, "request body not received in time")
-            elif now - self.last_active > (0 if gw.closing else gw.keepalive_timeout):
+            elif now - self.last_active > (gw.keepalive_timeout if not gw.closing else
+                                           0 if self.served else 1.0):
+                # Closing down: idle keep-alive connections go at once, but a connection
+                # just accepted gets a moment to send the request it was opened for.
                 self.transport.close()
             return
         if ex.upstream is not None and not ex.resp_started and ex.sent_at and \
