@@ -222,3 +222,24 @@ def test_admin_page_end_to_end(demo: GatewayProcess, browser: Any) -> None:
         context.close()
     assert not problems, problems
     assert not outside, f"the page loaded something from elsewhere: {outside}"
+
+
+def test_token_link_logs_in_once_and_leaves_the_address_bar(demo: GatewayProcess,
+                                                            browser: Any) -> None:
+    """`holdover demo` prints /#token=...: it signs in without pasting, and the token
+    does not stay in the address bar (or reach the server: fragments are never sent)."""
+    from playwright.sync_api import expect
+
+    admin = Admin(demo)
+    context = browser.new_context()
+    page = context.new_page()
+    seen: list[str] = []
+    page.on("request", lambda r: seen.append(r.url))
+    try:
+        page.goto(admin.url.rstrip("/") + "/#token=" + admin.token)
+        expect(page.locator('.rev[data-rev]').first).to_be_visible(timeout=20_000)
+        expect(page.locator("#login")).to_be_hidden()
+        assert "#token" not in page.url and admin.token not in page.url
+        assert not any(admin.token in u for u in seen)
+    finally:
+        context.close()

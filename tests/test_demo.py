@@ -131,8 +131,8 @@ class DemoProcess:
             t = self.text
             if "Ctrl-C stops the demo" not in t:
                 return None
-            urls = re.findall(r"^\s+(http://127\.0\.0\.1:\d+/)\s*$", t, re.M)
-            return {"app": urls[0], "admin": urls[1],
+            urls = re.findall(r"^\s+(http://127\.0\.0\.1:\d+/)(#token=\S+)?\s*$", t, re.M)
+            return {"app": urls[0][0], "admin": urls[1][0], "admin_link": "".join(urls[1]),
                     "token": re.search(r"token: (\S+)", t).group(1),
                     "deploy": next(line.strip() for line in t.splitlines()
                                    if " deploy -c " in line)}
@@ -208,7 +208,8 @@ def _demo_story(d: DemoProcess, tmp_path: Path, exits: contextlib.ExitStack) -> 
     config = tmp_path / "demo" / "holdover.toml"
     assert f"-c {config}" in info["deploy"] and "--revision v2" in info["deploy"]
 
-    # The printed admin URL and token work.
+    # The printed admin URL and token work; the one-click link carries the same token.
+    assert info["admin_link"] == f"{info['admin']}#token={info['token']}"
     req = urllib.request.Request(info["admin"] + "api/status",
                                  headers={"Authorization": f"Bearer {info['token']}"})
     with urllib.request.urlopen(req, timeout=10) as resp:

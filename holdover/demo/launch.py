@@ -96,8 +96,8 @@ def banner(config_path: Path, app_url: str, admin_url: str, token: str,
 
   1. Open the app and log in with any name; write a note:
        {app_url}
-  2. The admin page (paste the token when it asks):
-       {admin_url}
+  2. The admin page (this link logs you in; or paste the token when it asks):
+       {admin_url.rstrip("/")}/#token={token}
        token: {token}
   3. In another terminal, deploy revision {next_rid}:
        {deploy_command(config_path, next_rid, next_dir)}

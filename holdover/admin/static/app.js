@@ -11,6 +11,16 @@ const PALETTE = ["#2563eb", "#e11d48", "#059669", "#d97706", "#7c3aed", "#0891b2
                  "#db2777", "#65a30d"];
 const STATE_ORDER = {active: 0, starting: 1, draining: 2, failed: 3, retired: 4};
 
+// A link like /#token=... (as `holdover demo` prints) logs in once; the fragment never
+// reaches the server and is removed from the address bar at once.
+(function tokenFromFragment() {
+  const m = /^#token=([A-Za-z0-9_\-]+)$/.exec(location.hash);
+  if (m) {
+    sessionStorage.setItem(TOKEN_KEY, m[1]);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+})();
+
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY) || "",
   snap: null,            // the last overview snapshot
