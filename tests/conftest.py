@@ -6,6 +6,8 @@ got; every process a test starts is stopped and checked for leftovers at the end
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 import signal
@@ -15,6 +17,7 @@ import sys
 import textwrap
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -38,30 +41,45 @@ def wait_for(cond: Callable[[], object], timeout: float = 15.0, interval: float 
         time.sleep(interval)
 
 
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    return json.dumps(str(v))  # a TOML basic string is a JSON string
+
+
+def render_config(sections: dict[str, dict[str, object]]) -> str:
+    """A holdover.toml from ``{section: {key: value}}``."""
+    return "\n".join(f"[{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n"
+                                              for k, v in table.items())
+                     for name, table in sections.items())
+
+
 class GatewayProcess:
-    """``holdover run -c FILE`` as a child process, with its stderr collected."""
+    """``holdover run -c FILE`` as a child process, with its stderr collected.
+
+    The config is the test defaults below, overridden by ``mode``/``workers``/... and
+    by the TOML snippets ``extra_gateway``/``extra_app`` (which may repeat a default key).
+    """
 
     def __init__(self, tmp: Path, app: str = "", extra_gateway: str = "", extra_app: str = "",
                  workers: int = 2, health_path: str = "/healthz", env: dict | None = None,
                  mode: str = "stateless"):
         self.dir = tmp
-        app = app or f"{PY} {APPS / 'backend.py'} {{port}}"
+        gateway: dict[str, object] = {
+            "listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0", "state_dir": "state",
+            "shutdown_timeout": "10s"}
+        application: dict[str, object] = {
+            "command": app or f"{PY} {APPS / 'backend.py'} {{port}}", "workers": workers,
+            "health_path": health_path, "health_interval": "1s", "stop_grace": "5s",
+            "mode": mode}
+        gateway.update(tomllib.loads(textwrap.dedent(extra_gateway)))
+        application.update(tomllib.loads(textwrap.dedent(extra_app)))
         self.config = tmp / "holdover.toml"
-        self.config.write_text(textwrap.dedent("""\
-            [gateway]
-            listen = "127.0.0.1:0"
-            admin_listen = "127.0.0.1:0"
-            state_dir = "state"
-            shutdown_timeout = "10s"
-            """) + textwrap.dedent(extra_gateway) + textwrap.dedent(f"""
-            [app]
-            command = "{app}"
-            workers = {workers}
-            health_path = "{health_path}"
-            health_interval = "1s"
-            stop_grace = "5s"
-            mode = "{mode}"
-            """) + textwrap.dedent(extra_app))
+        self.config.write_text(render_config({"gateway": gateway, "app": application}))
         self.lines: list[str] = []
         self.port = 0
         self.proc = subprocess.Popen(
@@ -70,6 +88,42 @@ class GatewayProcess:
             env={**os.environ, **(env or {})}, start_new_session=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+
+    # -- the admin side ----------------------------------------------------------
+
+    @property
+    def admin_url(self) -> str:
+        return (self.dir / "state" / "admin.url").read_text().strip()
+
+    @property
+    def admin_token(self) -> str:
+        return (self.dir / "state" / "admin.token").read_text().strip()
+
+    def admin_request(self, method: str, path: str, body: object = None,
+                      token: str | None = None, auth: bool = True, timeout: float = 60
+                      ) -> tuple[int, dict[str, str], bytes]:
+        """One admin API call: (status, headers, body); ``token`` overrides the real one."""
+        host, _, port = self.admin_url.split("//")[1].rstrip("/").rpartition(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+        headers = {"Authorization": f"Bearer {token or self.admin_token}"} if auth else {}
+        data = None if body is None else json.dumps(body).encode()
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            r = conn.getresponse()
+            return r.status, dict(r.headers), r.read()
+        finally:
+            conn.close()
+
+    def stop_and_check(self) -> None:
+        """Stop the gateway; fail if any process it started outlived it."""
+        kids = self.all_descendants()
+        self.stop()
+        _gone, alive = psutil.wait_procs(kids, timeout=15)
+        for p in alive:
+            p.kill()
+        assert not alive, f"processes outlived the gateway: {alive}"
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
@@ -128,12 +182,7 @@ def gateway_factory(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
 
     yield make
     for gw, _ in started:
-        kids = gw.all_descendants()
-        gw.stop()
-        _gone, alive = psutil.wait_procs(kids, timeout=15)
-        for p in alive:
-            p.kill()
-        assert not alive, f"processes outlived the gateway: {alive}"
+        gw.stop_and_check()
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from conftest import GatewayProcess
 
@@ -68,12 +67,7 @@ class Admin:
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     g = GatewayProcess(tmp_path_factory.mktemp("admin-api"), workers=1).wait_ready()
     yield g
-    kids = g.all_descendants()
-    g.stop()
-    _gone, alive = psutil.wait_procs(kids, timeout=15)
-    for p in alive:
-        p.kill()
-    assert not alive, f"processes outlived the gateway: {alive}"
+    g.stop_and_check()
 
 
 @pytest.fixture(scope="module")

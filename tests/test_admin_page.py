@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from conftest import PY, GatewayProcess
 
@@ -32,34 +31,13 @@ DEMO = f"{PY} -m holdover.demo.app --port {{port}}"
 
 class Admin:
     def __init__(self, gw: GatewayProcess) -> None:
-        state = gw.dir / "state"
-        self.url = (state / "admin.url").read_text().strip()
-        host, port = self.url.rstrip("/").split("//")[1].split(":")
-        self.addr = (host, int(port))
-        self.token = (state / "admin.token").read_text().strip()
+        self.gw = gw
+        self.url = gw.admin_url
+        self.token = gw.admin_token
 
     def request(self, method: str, path: str, body: Any = None, auth: bool = True
                 ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection(*self.addr, timeout=60)
-        headers = {"Authorization": f"Bearer {self.token}"} if auth else {}
-        data = None if body is None else json.dumps(body).encode()
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            r = conn.getresponse()
-            return r.status, dict(r.headers), r.read()
-        finally:
-            conn.close()
-
-
-def _stop(g: GatewayProcess) -> None:
-    kids = g.all_descendants()
-    g.stop()
-    _gone, alive = psutil.wait_procs(kids, timeout=15)
-    for p in alive:
-        p.kill()
-    assert not alive, f"processes outlived the gateway: {alive}"
+        return self.gw.admin_request(method, path, body, auth=auth)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +49,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
         g.wait_ready()
         yield g
     finally:
-        _stop(g)
+        g.stop_and_check()
 
 
 # -- the assets, without a browser -------------------------------------------------------------

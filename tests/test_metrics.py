@@ -127,25 +127,12 @@ def test_counters_survive_workers_leaving() -> None:
 
 class Admin:
     def __init__(self, gw: GatewayProcess) -> None:
-        state = gw.dir / "state"
-        base = (state / "admin.url").read_text().strip().rstrip("/")
-        host, port = base.split("//")[1].split(":")
-        self.addr = (host, int(port))
-        self.token = (state / "admin.token").read_text().strip()
+        self.gw = gw
+        self.token = gw.admin_token
 
     def request(self, method: str, path: str, body: Any = None, token: str | None = None
                 ) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection(*self.addr, timeout=60)
-        headers = {"Authorization": f"Bearer {token or self.token}"}
-        data = None if body is None else json.dumps(body).encode()
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            r = conn.getresponse()
-            return r.status, dict(r.headers), r.read()
-        finally:
-            conn.close()
+        return self.gw.admin_request(method, path, body, token=token)
 
     def scrape(self) -> Samples:
         code, headers, body = self.request("GET", "/metrics")
@@ -160,12 +147,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     g = GatewayProcess(tmp_path_factory.mktemp("metrics"), workers=1,
                        mode="sessions").wait_ready()
     yield g
-    kids = g.all_descendants()
-    g.stop()
-    _gone, alive = psutil.wait_procs(kids, timeout=15)
-    for p in alive:
-        p.kill()
-    assert not alive, f"processes outlived the gateway: {alive}"
+    g.stop_and_check()
 
 
 @pytest.fixture(scope="module")

@@ -39,58 +39,24 @@ STATEFUL = f"{PY} {APPS / 'stateful.py'} {{port}}"
 # -- a sessions-mode gateway -------------------------------------------------------------
 
 
-class SessionGateway(GatewayProcess):
-    """``holdover run`` in sessions mode in front of the stateful app.
-
-    (conftest's GatewayProcess writes ``mode = "stateless"``, and TOML forbids setting it
-    twice, so this writes its own config; the rest is inherited.)"""
-
-    def __init__(self, tmp: Path, workers: int = 2, session_cookie: str = "sid",
-                 extra_app: str = "", extra_gateway: str = "",
-                 env: dict[str, str] | None = None) -> None:
-        self.dir = tmp
-        self.config = tmp / "holdover.toml"
-        self.config.write_text(textwrap.dedent("""\
-            [gateway]
-            listen = "127.0.0.1:0"
-            admin_listen = "127.0.0.1:0"
-            state_dir = "state"
-            shutdown_timeout = "10s"
-            """) + textwrap.dedent(extra_gateway) + textwrap.dedent(f"""
-            [app]
-            command = "{STATEFUL}"
-            workers = {workers}
-            health_path = "/healthz"
-            health_interval = "1s"
-            stop_grace = "3s"
-            mode = "sessions"
-            session_cookie = "{session_cookie}"
-            """) + textwrap.dedent(extra_app))
-        self.lines: list[str] = []
-        self.port = 0
-        self.proc = subprocess.Popen(
-            [PY, "-m", "holdover", "run", "-c", str(self.config)], cwd=tmp,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **(env or {})}, start_new_session=True)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+def SessionGateway(tmp: Path, workers: int = 2, session_cookie: str = "sid",
+                   extra_app: str = "", **kw: Any) -> GatewayProcess:
+    """``holdover run`` in sessions mode in front of the stateful app."""
+    return GatewayProcess(tmp, app=STATEFUL, workers=workers, mode="sessions",
+                          extra_app=f'stop_grace = "3s"\nsession_cookie = "{session_cookie}"\n'
+                          + textwrap.dedent(extra_app), **kw)
 
 
 def _cleanup(gateways: list[GatewayProcess]) -> None:
     for gw in gateways:
-        kids = gw.all_descendants()
-        gw.stop()
-        _gone, alive = psutil.wait_procs(kids, timeout=15)
-        for p in alive:
-            p.kill()
-        assert not alive, f"processes outlived the gateway: {alive}"
+        gw.stop_and_check()
 
 
 @pytest.fixture
-def session_gateway(tmp_path: Path) -> Iterator[Callable[..., SessionGateway]]:
+def session_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     started: list[GatewayProcess] = []
 
-    def make(subdir: str | None = None, **kw: Any) -> SessionGateway:
+    def make(subdir: str | None = None, **kw: Any) -> GatewayProcess:
         d = tmp_path / (subdir or f"sgw{len(started)}")
         d.mkdir(exist_ok=True)
         gw = SessionGateway(d, **kw)
