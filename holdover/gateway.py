@@ -103,6 +103,8 @@ class Gateway:
         host, port = c.gateway_listen
         self.listen_host = f"{host}:{port}".encode()
         self.access_log: AccessLog | None = None
+        for private in (c.state_dir, c.state_dir / "logs", c.state_dir / "releases"):
+            private.mkdir(parents=True, exist_ok=True, mode=0o700)
         if c.gateway_access_log != "off":
             self.access_log = AccessLog(c.gateway_access_log, c.gateway_access_log_format,
                                         c.state_dir)
@@ -481,6 +483,9 @@ class Gateway:
                 await self.store.delete_pins(removed)
         except StoreError as exc:
             log.error("cannot save sessions (serving goes on from memory): %s", exc)
+            # Keep them for the next flush: the pins still live in memory.
+            self.sessions.dirty.update(p.key for p in changed if p.key in self.sessions.pins)
+            self.sessions.removed.update(k for k in removed if k not in self.sessions.pins)
         finally:
             self._flushing = False
 
@@ -679,7 +684,9 @@ class Gateway:
         self.admin = AdminServer(self, token)
         await self.admin.start(*c.gateway_admin_listen)
         admin_url = f"http://{c.gateway_admin_listen[0]}:{self.admin.bound[1]}/"
-        (c.state_dir / "admin.url").write_text(admin_url + "\n")
+        url_fd = os.open(c.state_dir / "admin.url", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(url_fd, "w") as f:
+            f.write(admin_url + "\n")
         print(f"holdover: admin {admin_url} (token in {c.state_dir / 'admin.token'})"
               + (f"; new admin token: {token}" if created else ""), file=sys.stderr, flush=True)
         active = self.revs.active

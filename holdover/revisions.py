@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("holdover.revisions")
 
-_REVISION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+_REVISION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
 _SNAPSHOT_IGNORE = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".holdover",
                                           ".holdover-demo", "node_modules", ".venv")
 
@@ -109,7 +109,7 @@ class RevisionManager:
 
     def _new_id(self, requested: str | None, source: Path | None) -> str:
         if requested is not None:
-            if not _REVISION_ID.match(requested):
+            if not _REVISION_ID.fullmatch(requested):
                 raise DeployError(f"revision id {requested!r} is not valid: use letters, "
                                   f"digits, '.', '_' or '-' (at most 64)", 400)
             if requested in self.revisions:

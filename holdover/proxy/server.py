@@ -235,7 +235,10 @@ class ClientConnection(asyncio.Protocol):
             tunnel.write(data)
             return
         gw = self.gw
-        self.last_active = monotonic()
+        if self.parsing is not None or self.current is not None:
+            # Activity is a request in progress; bytes that start none (blank lines
+            # between requests) must not keep an idle connection open for ever.
+            self.last_active = monotonic()
         if self._body_left:
             # The fast path for request bodies with a Content-Length: bytes go straight
             # to the worker without the parser (which would copy them once more).
@@ -586,9 +589,17 @@ class ClientConnection(asyncio.Protocol):
         """A request we refuse before any of it reaches a worker; the connection ends."""
         ex = self.parsing or self.current
         gw = self.gw
-        if self.current is not None and (self.current.resp_started or self.current is not ex):
-            # A bad request behind one still being answered: answering out of order
-            # would confuse the client, so the connection ends here.
+        if self.current is not None and self.current is not ex:
+            if self.current is self._route_next:
+                # The request before it came in the same packet and was not sent to any
+                # worker yet: it is dropped with the packet, which gets the answer.
+                self.current = None
+            else:
+                # A bad request behind one already with a worker: answering out of order
+                # would confuse the client, so the connection ends here.
+                self.transport.abort()
+                return
+        elif self.current is not None and self.current.resp_started:
             self.transport.abort()
             return
         data = error_response(status, wants_json(ex.accept) if ex else False, True)

@@ -34,14 +34,37 @@ _RESPONSE_HOP = frozenset({_CONNECTION, _KEEP_ALIVE, b"proxy-connection", b"te",
  BODY_DECHUNKED) = range(6)
 
 WRITE_HIGH_WATER = 256 * 1024
+MAX_RESPONSE_HEAD = 256 * 1024  # a worker's response head larger than this gets 502
+
+
+class _ExtraResponse(Exception):
+    """A worker sent more than one response to one request."""
 
 
 class UpstreamConnection(asyncio.Protocol):
     """One TCP connection to a worker, reused across exchanges."""
 
     __slots__ = (
-        "_cl", "_close", "_done", "_interim", "_left", "_lines", "_mode", "_reason", "_upgrade",
-        "closed", "ex", "got_bytes", "idle_since", "out", "parser", "pool", "transport", "tunnel",
+        "_cl",
+        "_close",
+        "_done",
+        "_head_raw",
+        "_interim",
+        "_left",
+        "_lines",
+        "_mode",
+        "_reason",
+        "_sent",
+        "_upgrade",
+        "closed",
+        "ex",
+        "got_bytes",
+        "idle_since",
+        "out",
+        "parser",
+        "pool",
+        "transport",
+        "tunnel",
     )
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -63,6 +86,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._interim = False
         self._upgrade: bytes | None = None
         self._left = 0  # body bytes still to pass through without the parser
+        self._sent = False  # some of the current answer has been written to the client
+        self._head_raw = 0  # bytes of the current response head (bounded)
 
     # -- asyncio callbacks ----------------------------------------------------------
 
@@ -75,6 +100,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.ex = ex
         ex.upstream = self
         self.got_bytes = False
+        self._sent = False
+        self._head_raw = 0
         pending = ex.body_buf
         if pending:
             ex.body_buf = None
@@ -120,12 +147,19 @@ class UpstreamConnection(asyncio.Protocol):
             if self._upgrade is not None and self.ex is ex:
                 ex.conn.start_tunnel(ex, data[upg.args[0]:])
             return
-        except httptools.HttpParserError:
-            self.out.clear()
-            self.ex = None
-            self.transport.abort()
-            ex.conn.upstream_broke(ex, self, malformed=True)
-            return
+        except httptools.HttpParserError as err:
+            if isinstance(err.__context__, _ExtraResponse):
+                # A second answer to one request: the first is complete and goes out;
+                # the connection, now out of step, is never reused.
+                self._close = True
+            else:
+                self._broke(ex)
+                return
+        if not ex.resp_started:
+            self._head_raw += len(data)
+            if self._head_raw > MAX_RESPONSE_HEAD:  # a head that never ends
+                self._broke(ex)
+                return
         self._flush(ex)
         if self._mode == BODY_RAW and not self._done and self.ex is ex:
             self._left = int(self._cl) - ex.resp_bytes  # type: ignore[arg-type]
@@ -137,11 +171,22 @@ class UpstreamConnection(asyncio.Protocol):
             self.ex = None
             ex.conn.response_complete(ex, self, reusable)
 
+    def _broke(self, ex: Exchange) -> None:
+        """The worker spoke garbage: 502 if none of its answer reached the client yet."""
+        self.out.clear()
+        if not self._sent:
+            ex.resp_started = False
+            ex.status = 0
+        self.ex = None
+        self.transport.abort()
+        ex.conn.upstream_broke(ex, self, malformed=True)
+
     def _flush(self, ex: Exchange) -> None:
         out = self.out
         if out:
             ex.conn.transport.write(b"".join(out) if len(out) > 1 else out[0])
             out.clear()
+            self._sent = True
 
     def pause_writing(self) -> None:  # the worker is slow to read the request body
         if self.ex is not None:
@@ -183,7 +228,10 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks (response) ---------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._done:
+            raise _ExtraResponse  # a second response in the same read: see data_received
         self._lines = []
+        self._head_raw = 0
         self._reason = b""
         self._cl = None
         self._mode = BODY_NONE
@@ -194,6 +242,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_raw += len(name) + len(value)
+        if self._head_raw > MAX_RESPONSE_HEAD:
+            raise ValueError("response head too large")
         lname = name.lower()
         if lname in _RESPONSE_HOP:
             if lname == _CONTENT_LENGTH:

@@ -8,6 +8,7 @@ can never block on a full disk or a slow terminal; the file is rotated at a size
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 
@@ -19,21 +20,32 @@ class RotatingLog:
         self.path = path
         self.max_bytes = max_bytes
         self.backups = backups
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.dropped = 0
+        self._closed = False
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._size = os.fstat(self._fd).st_size
 
     def write(self, data: bytes) -> None:
         """Append ``data`` (small writes to the page cache: no event-loop stall)."""
-        if self._fd < 0:
+        if self._closed:
             return
-        if self.max_bytes and self._size + len(data) > self.max_bytes and self._size:
-            self._rotate()
-        os.write(self._fd, data)
-        self._size += len(data)
+        try:
+            if self.max_bytes and self._size + len(data) > self.max_bytes and self._size:
+                self._rotate()
+            os.write(self._fd, data)
+            self._size += len(data)
+        except OSError:
+            # A full disk must not break the worker's output pipe (its next print would
+            # fail); these lines are dropped and writing resumes when there is room.
+            self.dropped += len(data)
+            if self._fd < 0:  # the rotation failed half-way: reopen the current file
+                with contextlib.suppress(OSError):
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def _rotate(self) -> None:
         os.close(self._fd)
+        self._fd = -1
         for i in range(self.backups - 1, 0, -1):
             src = self.path.with_name(f"{self.path.name}.{i}")
             if src.exists():
@@ -46,6 +58,7 @@ class RotatingLog:
         self._size = 0
 
     def close(self) -> None:
+        self._closed = True
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

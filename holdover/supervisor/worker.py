@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import shlex
@@ -417,7 +418,14 @@ class Worker:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(self.spec.host, self.port), self.spec.health_timeout)
-        except (OSError, TimeoutError):
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                # The gateway itself is out of file descriptors: that says nothing about
+                # the worker, and killing it would lose its sessions for nothing.
+                log.warning("cannot health-check worker %s: %s", self.id, exc)
+                return True
+            return False
+        except TimeoutError:
             return False
         try:
             if not self.spec.health_path:
