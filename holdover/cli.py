@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, config
-from .admin.commands import COMMANDS, Command
+from .admin.commands import BY_NAME, COMMANDS, Command
 
 DEMO_CONFIG = """\
 # Written by `holdover demo`: the gateway in front of the bundled demo app.
@@ -158,7 +158,8 @@ def _print_result(name: str, result: Any) -> None:
         print(f"revision {result['revision']} is "
               + (f"a {result['canary_percent']:g}% canary" if result.get("canary_percent")
                  else "active")
-              + (f"; {result['previous']} is draining" if result.get("previous")
+              + (f"; {result['previous']} is draining with "
+                 f"{result.get('previous_sessions', 0)} session(s)" if result.get("previous")
                  and not result.get("canary_percent") else ""))
     elif name in ("rollback", "promote"):
         if result.get("aborted_canary"):
@@ -196,8 +197,12 @@ def _api_command(command: Command) -> Any:
             values[p.name] = v
         timeout = cfg.app_start_timeout + cfg.app_stop_grace + 60 if command.long_running \
             else 30.0
+        show = command.long_running and not getattr(args, "json", False)
         try:
-            result = call(cfg, command, values, timeout=timeout)
+            if show:
+                result = _with_progress(cfg, lambda: call(cfg, command, values, timeout=timeout))
+            else:
+                result = call(cfg, command, values, timeout=timeout)
         except GatewayNotRunning as exc:
             print(f"holdover: {exc}", file=sys.stderr)
             return 3
@@ -212,9 +217,81 @@ def _api_command(command: Command) -> Any:
             print(json.dumps(result, indent=2))
         else:
             _print_result(command.name, result)
+        if getattr(args, "wait_retired", False) and result.get("previous"):
+            return _wait_retired(cfg, result["previous"])
         return 0
 
     return run
+
+
+def _status(cfg: config.Config) -> dict[str, Any] | None:
+    from .admin.client import ApiError, GatewayNotRunning, call
+
+    try:
+        return call(cfg, BY_NAME["status"], {}, timeout=10)
+    except (ApiError, GatewayNotRunning):
+        return None
+
+
+def _with_progress(cfg: config.Config, action: Any) -> Any:
+    """Run a long admin call while printing how its workers come up, as they do."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["result"] = action()
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+
+    t = threading.Thread(target=work, daemon=True)
+    t0 = time.monotonic()
+    before = {r["id"] for r in (_status(cfg) or {}).get("revisions", [])}
+    t.start()
+    seen: dict[str, str] = {}
+    while t.is_alive():
+        t.join(0.25)
+        st = _status(cfg)
+        for rev in (st or {}).get("revisions", []):
+            if rev["id"] in before and rev["state"] != "starting":
+                continue
+            for w in rev["workers"]:
+                if seen.get(w["id"]) != w["state"]:
+                    seen[w["id"]] = w["state"]
+                    print(f"  {time.monotonic() - t0:5.1f}s  {rev['id']}: worker {w['id']} "
+                          f"{w['state']}" + (f" (pid {w['pid']}, port {w['port']})"
+                                             if w["state"] == "ready" else ""), flush=True)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _wait_retired(cfg: config.Config, rid: str) -> int:
+    """Follow a draining revision until it retires, showing its sessions decay."""
+    last = None
+    t0 = time.monotonic()
+    try:
+        while True:
+            st = _status(cfg)
+            if st is None:
+                print("holdover: the gateway went away", file=sys.stderr)
+                return 3
+            rev = next((r for r in st["revisions"] if r["id"] == rid), None)
+            if rev is None or rev["state"] in ("retired", "failed"):
+                print(f"revision {rid} retired after {time.monotonic() - t0:.0f}s")
+                return 0
+            if rev["state"] == "active":
+                print(f"revision {rid} is active again (rolled back); not waiting")
+                return 0
+            now = (rev["state"], rev["sessions"])
+            if now != last:
+                last = now
+                print(f"  {time.monotonic() - t0:5.0f}s  {rid} {rev['state']}: "
+                      f"{rev['sessions']} session(s) left", flush=True)
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        return 130
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -312,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
             else:
                 sp.add_argument(flag, dest=prm.name, type=prm.type, help=prm.help)
         sp.add_argument("--json", action="store_true", help="print the JSON result")
+        if command.name == "deploy":
+            sp.add_argument("--wait-retired", action="store_true",
+                            help="after the switch, wait until the old revision retires")
         sp.set_defaults(func=_api_command(command))
     cr = sub.add_parser("config-reference", help="print the configuration reference (Markdown)")
     cr.set_defaults(func=cmd_config_reference)

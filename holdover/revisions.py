@@ -172,7 +172,8 @@ class RevisionManager:
             self.deploys += 1
             await self.gw.save_revisions()
             return {"revision": rid, "previous": old.id if old else None,
-                    "canary_percent": canary or 0,
+                    "previous_sessions": self.gw.sessions.per_revision.get(old.id, 0)
+                    if old else 0, "canary_percent": canary or 0,
                     "workers": [self.gw.worker_status(w) for w in rev.workers]}
         finally:
             self._busy = None

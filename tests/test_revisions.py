@@ -727,3 +727,30 @@ def test_stateless_rolling_deploy_under_load(gateway_factory) -> None:
     assert st["active"] == "v2"
     wait_for(lambda: rev_of(status(gw), "v1")["state"] == "retired", 15, what="v1 retired")
     assert st["sessions"] == 0 and st["sessions_lost"] == 0
+
+
+def test_deploy_shows_progress_and_waits_until_the_old_revision_retires(session_gateway
+                                                                        ) -> None:
+    gw = session_gateway(workers=1).wait_ready()
+    a = Client(gw.port)
+    a.login("alice")
+    proc = subprocess.Popen([sys.executable, "-m", "holdover", "deploy", "-c", str(gw.config),
+                             "--revision", "v2", "--wait-retired"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("v1 is draining with 1 session(s)" in ln for ln in lines),
+                 timeout=60, what="the switch")
+        assert any("v2: worker v2-1 ready" in ln for ln in lines), lines
+        assert proc.poll() is None  # still waiting: alice holds v1
+        a.logout()
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.join(5)
+    out = "".join(lines)
+    assert "v1 draining: 1 session(s) left" in out
+    assert "revision v1 retired after" in out
