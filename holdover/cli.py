@@ -261,7 +261,8 @@ def _with_progress(cfg: config.Config, action: Any) -> Any:
                     seen[w["id"]] = w["state"]
                     print(f"  {time.monotonic() - t0:5.1f}s  {rev['id']}: worker {w['id']} "
                           f"{w['state']}" + (f" (pid {w['pid']}, port {w['port']})"
-                                             if w["state"] == "ready" else ""), flush=True)
+                                             if w["state"] == "ready" else ""),
+                          file=sys.stderr, flush=True)
     if "error" in box:
         raise box["error"]
     return box["result"]
