@@ -80,14 +80,23 @@ class GatewayProcess:
         application.update(tomllib.loads(textwrap.dedent(extra_app)))
         self.config = tmp / "holdover.toml"
         self.config.write_text(render_config({"gateway": gateway, "app": application}))
+        self._start(env)
+
+    def _start(self, env: dict | None = None) -> None:
+        """``holdover run -c self.config`` in ``self.dir``, its stderr collected."""
         self.lines: list[str] = []
         self.port = 0
         self.proc = subprocess.Popen(
-            [PY, "-m", "holdover", "run", "-c", str(self.config)], cwd=tmp,
+            [PY, "-m", "holdover", "run", "-c", str(self.config)], cwd=self.dir,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={**os.environ, **(env or {})}, start_new_session=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """A ``holdover`` command against this gateway's config."""
+        return subprocess.run([PY, "-m", "holdover", *args, "-c", str(self.config)],
+                              capture_output=True, text=True, timeout=timeout, cwd=self.dir)
 
     # -- the admin side ----------------------------------------------------------
 

@@ -57,57 +57,23 @@ MiB = 1024 * 1024
 
 
 class FaultGateway(GatewayProcess):
-    """``holdover run`` with every setting under the test's control.
-
-    (conftest's GatewayProcess fixes stop_grace and health_interval, and TOML forbids
-    setting a key twice; this writes its own file and inherits the rest.)"""
+    """``holdover run`` with the settings these tests care about, plus admin helpers."""
 
     def __init__(self, tmp: Path, app: str = FAULTAPP, workers: int = 1,
                  mode: str = "stateless", gateway: str = "", app_extra: str = "",
                  env: dict[str, str] | None = None, stop_grace: str = "1s",
                  health_path: str = "/healthz") -> None:
-        self.dir = tmp
-        self.config = tmp / "holdover.toml"
-        self.config.write_text(textwrap.dedent("""\
-            [gateway]
-            listen = "127.0.0.1:0"
-            admin_listen = "127.0.0.1:0"
-            state_dir = "state"
-            """) + textwrap.dedent(gateway) + textwrap.dedent(f"""
-            [app]
-            command = "{app}"
-            workers = {workers}
-            health_path = "{health_path}"
-            health_interval = "1s"
-            stop_grace = "{stop_grace}"
-            mode = "{mode}"
-            """) + textwrap.dedent(app_extra))
-        self.lines: list[str] = []
-        self.port = 0
-        self.proc = subprocess.Popen(
-            [PY, "-m", "holdover", "run", "-c", str(self.config)], cwd=tmp,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **(env or {})}, start_new_session=True)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__(tmp, app=app, workers=workers, mode=mode, extra_gateway=gateway,
+                         extra_app=f'stop_grace = "{stop_grace}"\n' + textwrap.dedent(app_extra),
+                         env=env, health_path=health_path)
 
     @property
     def state(self) -> Path:
         return self.dir / "state"
 
     def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        base = (self.state / "admin.url").read_text().strip()
-        host, port = base.split("//")[1].rstrip("/").split(":")
-        token = (self.state / "admin.token").read_text().strip()
-        c = http.client.HTTPConnection(host, int(port), timeout=60)
-        try:
-            c.request(method, path, body=json.dumps(body) if body is not None else None,
-                      headers={"Authorization": f"Bearer {token}",
-                               "Content-Type": "application/json"})
-            r = c.getresponse()
-            return r.status, json.loads(r.read() or b"null")
-        finally:
-            c.close()
+        code, _, raw = self.admin_request(method, path, body)
+        return code, json.loads(raw or b"null")
 
     def status(self) -> dict:
         code, st = self.api("GET", "/api/status")

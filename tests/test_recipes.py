@@ -13,19 +13,15 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
-import threading
 import urllib.parse
 from pathlib import Path
 
-import psutil
 import pytest
-from conftest import wait_for
+from conftest import GatewayProcess, wait_for
 
 PY = sys.executable
 RECIPES = Path(__file__).resolve().parent.parent / "docs" / "recipes"
@@ -56,7 +52,7 @@ def local_config(toml: str) -> str:
     return toml
 
 
-class RecipeGateway:
+class RecipeGateway(GatewayProcess):
     """`holdover run` in a folder holding a recipe's files."""
 
     def __init__(self, folder: Path, files: dict[str, str]) -> None:
@@ -66,37 +62,7 @@ class RecipeGateway:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(local_config(body) if name.endswith("holdover.toml") else body)
         self.config = next(folder / n for n in files if n.endswith("holdover.toml"))
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen([PY, "-m", "holdover", "run", "-c", str(self.config)],
-                                     cwd=self.config.parent, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True,
-                                     start_new_session=True)
-        threading.Thread(target=self._read, daemon=True).start()
-        self.port = 0
-        self.kids: list[psutil.Process] = []
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def wait_ready(self, timeout: float = 60) -> RecipeGateway:
-        def serving() -> int:
-            m = re.search(r"serving http://127\.0\.0\.1:(\d+)/", self.log)
-            if m is None and self.proc.poll() is not None:
-                raise AssertionError(f"gateway exited {self.proc.returncode}:\n{self.log}")
-            return int(m.group(1)) if m else 0
-        self.port = int(wait_for(serving, timeout, what="the gateway to serve"))
-        return self
-
-    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([PY, "-m", "holdover", *args, "-c", str(self.config)],
-                              capture_output=True, text=True, timeout=timeout,
-                              cwd=self.config.parent)
+        self._start()
 
     def deploy(self, argv: list[str]) -> None:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=180,
@@ -110,23 +76,6 @@ class RecipeGateway:
 
     def revision(self, rid: str) -> dict:
         return next(r for r in self.status()["revisions"] if r["id"] == rid)
-
-    def stop(self) -> None:
-        try:
-            self.kids = psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            self.kids = []
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        _, alive = psutil.wait_procs(self.kids, timeout=15)
-        for p in alive:
-            p.kill()
-        assert not alive, f"processes outlived the gateway: {alive}"
 
 
 @pytest.fixture
@@ -142,7 +91,7 @@ def run_recipe(tmp_path: Path):
 
     yield start
     for gw in started:
-        gw.stop()
+        gw.stop_and_check()
 
 
 class Client:

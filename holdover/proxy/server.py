@@ -461,17 +461,15 @@ class ClientConnection(asyncio.Protocol):
             raise RequestRejected(413, "request body too large")
         if ex.body_mode == BODY_CHUNKED:
             body = b"%x\r\n%b\r\n" % (len(body), body)
-        up = ex.upstream
-        if up is not None:
-            up.transport.write(body)
-        elif ex.body_buf is not None:
-            ex.body_buf.append(body)
-            if ex is self.current:
-                self.pause_reading_for(PAUSE_CONNECTING)
+        self._send_body(ex, body)
 
     def _pass_body(self, body: bytes) -> None:
         ex = self.parsing
         ex.body_seen += len(body)
+        self._send_body(ex, body)
+
+    def _send_body(self, ex: Exchange, body: bytes) -> None:
+        """To the worker, or held until the connection to it is ready."""
         up = ex.upstream
         if up is not None:
             up.transport.write(body)
