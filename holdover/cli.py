@@ -195,8 +195,8 @@ def _api_command(command: Command) -> Any:
             elif p.is_path:
                 v = os.path.abspath(v)
             values[p.name] = v
-        timeout = cfg.app_start_timeout + cfg.app_stop_grace + 60 if command.long_running \
-            else 30.0
+        # A deploy or rollback lasts as long as starting (and, rolling, draining) takes.
+        timeout = None if command.long_running else 30.0
         show = command.long_running and not getattr(args, "json", False)
         try:
             if show:

@@ -280,7 +280,8 @@ SETTINGS: tuple[Setting, ...] = (
             "A session with no request for this long has ended."),
     Setting("app", "strategy", _choice("replace", "rolling"), "replace",
             "Stateless deploys: \"replace\" starts all new workers, then drains the old; "
-            "\"rolling\" replaces one worker at a time (for apps that cannot run twice)."),
+            "\"rolling\" replaces one worker at a time, each old one draining (its requests "
+            "and WebSockets finish, bounded by max_drain) before the next is replaced."),
     Setting("app", "canary_max_error_ratio", _ratio, 0.0,
             "Abort a canary automatically when this share of its responses in "
             "canary_window are 5xx (0 = never)."),

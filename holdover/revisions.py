@@ -481,12 +481,18 @@ class RevisionManager:
             w.routable = False
             self.gw.routing_changed()
             if wait:
-                deadline = time.monotonic() + self.config.gateway_shutdown_timeout
-                while w.inflight and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)
+                # A rolling deploy lets the old worker drain like a draining revision: its
+                # requests and open WebSockets finish, bounded only by max_drain.
+                limit = self.config.app_max_drain
+                deadline = time.monotonic() + limit if limit else None
+                while w.inflight and (deadline is None or time.monotonic() < deadline):
+                    await asyncio.sleep(0.1)
+            cut = w.inflight
             await w.stop()
-            await self.gw.record_event("worker-stopped", f"worker {w.id} stopped (drained)",
-                                       w.spec.revision, w.id)
+            await self.gw.record_event(
+                "worker-stopped", f"worker {w.id} stopped (drained)" if not cut else
+                f"worker {w.id} stopped after max_drain with {cut} open request(s) or "
+                f"stream(s) cut", w.spec.revision, w.id)
         finally:
             self._stopping.discard(w)
 

@@ -49,7 +49,8 @@ def read_token(cfg: Config) -> str:
                                 f"gateway") from None
 
 
-def call(cfg: Config, command: Command, args: dict[str, Any], timeout: float = 30.0) -> Any:
+def call(cfg: Config, command: Command, args: dict[str, Any], timeout: float | None = 30.0
+         ) -> Any:
     """Run ``command`` on the gateway of ``cfg``; returns its JSON result."""
     base = admin_base(cfg)
     token = read_token(cfg)
