@@ -235,7 +235,6 @@ class Gateway:
                 return True
             return False
         ex.body_buf = []
-        ex.head_sent_to_worker = False
         self.dispatch(ex, nxt)
         return True
 

@@ -73,7 +73,6 @@ class Exchange:
         "conn",
         "cookie",
         "head",
-        "head_sent_to_worker",
         "host",
         "http11",
         "keep_alive",
@@ -113,7 +112,6 @@ class Exchange:
         self.body_seen = 0
         self.body_buf: list[bytes] | None = []
         self.request_done = False
-        self.head_sent_to_worker = False
         self.resp_started = False
         self.resp_bytes = 0
         self.status = 0

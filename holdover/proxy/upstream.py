@@ -109,7 +109,6 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             ex.body_buf = None
             self.transport.write(ex.head)
-        ex.head_sent_to_worker = True
         if ex.conn.write_paused:
             self.transport.pause_reading()
 
