@@ -272,10 +272,6 @@ class Gateway:
                                 duration, w.id if w is not None else "-",
                                 w.spec.revision if w is not None else "-", note)
 
-    def tunnel_opened(self, ex: Exchange) -> None:
-        """A WebSocket (or other upgraded stream) is open; it holds its worker slot and
-        keeps its session alive (``pin.active``) until it closes."""
-
     # -- sessions ---------------------------------------------------------------------
 
     def _pin_here(self, ex: Exchange, key: str, expires_at: float | None = None) -> Pin | None:

@@ -110,7 +110,6 @@ class FakeGateway:
         self.released: list[tuple[Any, bool]] = []
         self.retried: list[Exchange] = []
         self.cookies: list[bytes] = []
-        self.tunnels: list[Exchange] = []
         self.on_route = None
 
     def route(self, ex: Exchange) -> None:
@@ -134,9 +133,6 @@ class FakeGateway:
 
     def response_extra_headers(self, ex: Exchange) -> bytes | None:
         return self.extra_headers
-
-    def tunnel_opened(self, ex: Exchange) -> None:
-        self.tunnels.append(ex)
 
 
 def client(peer: Any = ("127.0.0.1", 5555), **gw: Any

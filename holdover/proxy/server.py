@@ -629,8 +629,8 @@ class ClientConnection(asyncio.Protocol):
         if ex.tunnel_early:
             up.transport.write(ex.tunnel_early)
             ex.tunnel_early = b""
+        # The exchange stays in flight (its worker slot and session kept) until it closes.
         self.resume_reading_for(PAUSE_TUNNEL | PAUSE_PIPELINE | PAUSE_CONNECTING)
-        self.gw.tunnel_opened(ex)
 
     def tunnel_closed(self, ex: Exchange) -> None:
         self.current = None
