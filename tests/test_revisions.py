@@ -761,8 +761,7 @@ def test_rolling_deploy_lets_an_old_workers_websocket_finish(gateway_factory) ->
     """Rolling replaces a worker only once its open WebSocket has ended (no max_drain)."""
     gw = gateway_factory(app=STATEFUL, workers=1, extra_app='strategy = "rolling"\n'
                          'stop_grace = "3s"\n').wait_ready()
-    ws = connect(f"ws://127.0.0.1:{gw.port}/ws", proxy=None, open_timeout=10)
-    try:
+    with connect(f"ws://127.0.0.1:{gw.port}/ws", proxy=None, open_timeout=10) as ws:
         ws.send("before")
         old_pid = json.loads(ws.recv(timeout=10))["pid"]
         deploy = subprocess.Popen([sys.executable, "-m", "holdover", "deploy", "-c",
@@ -773,8 +772,6 @@ def test_rolling_deploy_lets_an_old_workers_websocket_finish(gateway_factory) ->
         answer = json.loads(ws.recv(timeout=10))
         assert (answer["pid"], answer["echo"]) == (old_pid, "during")
         assert deploy.poll() is None
-    finally:
-        ws.close()
     _, err = deploy.communicate(timeout=60)
     assert deploy.returncode == 0, err
     assert "stopped (drained)" in gw.log and "cut" not in gw.log.split("v2-1 ready")[-1]
