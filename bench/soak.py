@@ -286,13 +286,15 @@ def analyze(samples: list[dict[str, Any]], deploys: list[dict[str, Any]],
     fd_first, fd_last = (fd_pts[0][1], fd_pts[-1][1]) if fd_pts else (0, 0)
     fd_max = max(v for _, v in fd_pts) if fd_pts else 0
     rss_trend, fd_trend = trend_per_min(rss_pts), trend_per_min(fd_pts)
-    # flat: the last third's mean within 10 % (and 16 MiB) of the first third's after warm-up
+    # flat: the last third's mean within 5 % (or 4 MiB) of the first third's after warm-up
     third = max(1, len(rss_pts) // 3)
     rss_a = sum(v for _, v in rss_pts[:third]) / third if rss_pts else 0
     rss_b = sum(v for _, v in rss_pts[-third:]) / third if rss_pts else 0
     fd_b_max = max((v for _, v in fd_pts[-third:]), default=0)
     fd_a_max = max((v for _, v in fd_pts[:third]), default=0)
-    rss_flat = rss_b - rss_a <= max(0.10 * rss_a, 16.0) if rss_pts else False
+    rss_flat = rss_b - rss_a <= max(0.05 * rss_a, 4.0) if rss_pts else False
+    n_deploys = sum(1 for d in deploys if d["t"] >= (warm[0]["t"] if warm else 0))
+    per_deploy = (rss_last - rss_first) / n_deploys if n_deploys else None
     fd_flat = fd_b_max <= fd_a_max + 10 if fd_pts else False
     # revisions
     events = result.get("events", [])
@@ -345,8 +347,11 @@ def analyze(samples: list[dict[str, Any]], deploys: list[dict[str, Any]],
         f"| requests / failed / sessions lost | {len(reqs):,} / {len(failed)} / {len(lost)} |",
         f"| gateway RSS after warm-up: first / last / max | {rss_first:.1f} / {rss_last:.1f} / "
         f"{rss_max:.1f} MiB |",
-        f"| RSS trend (least squares) | {rss_trend:+.2f} MiB/min |" if rss_trend is not None
+        f"| RSS trend (least squares) | {rss_trend:+.3f} MiB/min |" if rss_trend is not None
         else "| RSS trend | - |",
+        f"| RSS growth per deploy after warm-up (last - first) / deploys | "
+        f"{per_deploy * 1024:+.0f} KiB ({n_deploys} deploys) |" if per_deploy is not None
+        else "| RSS growth per deploy | - |",
         f"| gateway fds: first / last / max | {fd_first:.0f} / {fd_last:.0f} / {fd_max:.0f} |",
         f"| fd trend | {fd_trend:+.2f} /min |" if fd_trend is not None else "| fd trend | - |",
         f"| most app worker processes at once | {max_workers} |",
@@ -377,7 +382,9 @@ def analyze(samples: list[dict[str, Any]], deploys: list[dict[str, Any]],
         lines.append("")
     lines += [f"![soak]({args.name}.png)", ""]
     verdict.update({"rss_mib_first": rss_first, "rss_mib_last": rss_last,
-                    "rss_trend_mib_per_min": rss_trend, "fds_first": fd_first,
+                    "rss_trend_mib_per_min": rss_trend, "rss_kib_per_deploy":
+                    per_deploy * 1024 if per_deploy is not None else None,
+                    "fds_first": fd_first,
                     "fds_last": fd_last, "fd_trend_per_min": fd_trend,
                     "requests": len(reqs), "failed": len(failed), "lost": len(lost),
                     "retire": retire})
