@@ -278,7 +278,7 @@ class Holdover:
             raise RuntimeError(f"GET {path}: HTTP {status}: {body[:200]!r}")
         return json.loads(body)
 
-    def cli(self, *args: str, timeout: float = 180.0) -> tuple[int, str, float]:
+    def cli(self, *args: str, timeout: float = 900.0) -> tuple[int, str, float]:
         """Run ``holdover ARGS -c CONFIG``; returns (exit code, output, seconds)."""
         t0 = time.monotonic()
         out = subprocess.run([*holdover_argv(), *args, "-c", str(self.config)],

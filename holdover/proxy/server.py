@@ -286,6 +286,8 @@ class ClientConnection(asyncio.Protocol):
             self.reject(status_for_parser_error(msg), msg)
 
     def eof_received(self) -> bool:
+        if self.tunnel is not None:
+            return False  # a WebSocket client that left: close both sides, free the worker
         # A client that half-closes after its request still gets its answer.
         return self.current is not None and self.parsing is None
 
