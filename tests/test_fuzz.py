@@ -30,6 +30,7 @@ from typing import Any
 
 import httptools
 import pytest
+from fakes import FakePorts
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -132,33 +133,16 @@ class Transport:
         pass
 
 
-class Gateway:
-    """What ``ClientConnection`` reads of the gateway, with the default limits."""
-
-    def __init__(self) -> None:
-        self.connections: set = set()
-        self.max_request_line = 8192
-        self.max_headers = 100
-        self.max_header_size = 64 * 1024
-        self.max_head_bytes = self.max_header_size + self.max_request_line
-        self.max_body_size = 0
-        self.append_forwarded = False
-        self.proto = b"http"
-        self.listen_host = b"gw.test:8080"
-        self.closing = False
-        self.routed: list[Exchange] = []
-        self.done: list[Exchange] = []
-
-    def route(self, ex: Exchange) -> None:
-        self.routed.append(ex)
+class Gateway(FakePorts):
+    """The ports with the default limits; ``done`` lists exchanges only."""
 
     def exchange_done(self, ex: Exchange, note: str | None = None) -> None:
-        self.done.append(ex)
+        self.done.append(ex)  # type: ignore[arg-type]
 
 
 def feed(data: bytes, cuts: list[int]) -> tuple[Gateway, ClientConnection, Transport]:
     gw = Gateway()
-    conn = ClientConnection(gw)  # type: ignore[arg-type]
+    conn = ClientConnection(gw.plane)
     t = Transport()
     conn.connection_made(t)  # type: ignore[arg-type]
     start = 0
@@ -259,10 +243,7 @@ def test_fuzz_protocol_core(observe):
 class _ClientSide:
     def __init__(self) -> None:
         self.transport = Transport()
-        self.gw = type("G", (), {"closing": False,
-                                 "on_set_cookie": lambda self, ex, v: None,
-                                 "on_session_header": lambda self, ex, v: None,
-                                 "response_extra_headers": lambda self, ex: None})()
+        self.plane = FakePorts().plane
         self.write_paused = False
         self.outcome = "waiting"
 
