@@ -2,6 +2,9 @@
 
 Every gateway listens on port 0 (the kernel picks) on 127.0.0.1 and reports the port it
 got; every process a test starts is stopped and checked for leftovers at the end.
+
+tests/unit/ holds tests that need no socket and no process; the hooks below run each of
+them under ``isolation``'s guard.  tests/e2e/ starts real gateways and workers.
 """
 
 from __future__ import annotations
@@ -21,11 +24,43 @@ import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import isolation
 import psutil
 import pytest
 
 APPS = Path(__file__).parent / "apps"
+UNIT = Path(__file__).parent / "unit"
 PY = sys.executable
+
+
+# -- unit tests stay in-process ------------------------------------------------------------
+
+
+def _guarded(item: pytest.Item) -> Iterator[None]:
+    if not item.path.is_relative_to(UNIT):
+        yield
+        return
+    mp = pytest.MonkeyPatch()
+    isolation.install(mp)
+    try:
+        yield
+    finally:
+        mp.undo()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    return (yield from _guarded(item))
 
 
 def wait_for(cond: Callable[[], object], timeout: float = 15.0, interval: float = 0.05,

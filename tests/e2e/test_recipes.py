@@ -24,7 +24,7 @@ import pytest
 from conftest import GatewayProcess, wait_for
 
 PY = sys.executable
-RECIPES = Path(__file__).resolve().parent.parent / "docs" / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "docs" / "recipes"
 FILE_BLOCK = re.compile(r"^\*\*`([^`]+)`\*\*\s*\n\s*\n```\w*\n(.*?)^```", re.M | re.S)
 
 
