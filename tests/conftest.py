@@ -10,6 +10,7 @@ them under ``isolation``'s guard.  tests/e2e/ starts real gateways and workers.
 from __future__ import annotations
 
 import http.client
+import importlib
 import json
 import os
 import re
@@ -27,10 +28,18 @@ from pathlib import Path
 import isolation
 import psutil
 import pytest
+import skippolicy
 
 APPS = Path(__file__).parent / "apps"
 UNIT = Path(__file__).parent / "unit"
 PY = sys.executable
+
+
+# -- no skip goes unnoticed -------------------------------------------------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    skippolicy.watch(config)
 
 
 # -- unit tests stay in-process ------------------------------------------------------------
@@ -61,6 +70,18 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     return (yield from _guarded(item))
+
+
+def require(module: str) -> object:
+    """Import a test dependency, failing (never skipping) the test when it is missing.
+
+    Everything the suite needs is in the ``test`` extra, so a missing module is a broken
+    setup to report, not an optional part to leave out quietly.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        pytest.fail(f"{module} is not installed ({exc}): pip install -e '.[test]'")
 
 
 def wait_for(cond: Callable[[], object], timeout: float = 15.0, interval: float = 0.05,

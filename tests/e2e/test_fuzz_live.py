@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 pytest.register_assert_rewrite("faultlog", "fuzzing")
 import faultlog  # noqa: E402,F401  (rewritten asserts; loaded as a plugin below)
@@ -111,7 +112,7 @@ def test_fuzz_live_gateway(module_gateway_factory, observe):
 
 
 def test_fuzz_atheris(tmp_path: Path, observe):
-    pytest.importorskip("atheris", reason="atheris is not installed (pip install atheris)")
+    require("atheris")
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for i, s in enumerate(SEEDS):

@@ -14,6 +14,7 @@ from typing import Any
 from wsgiref.util import setup_testing_defaults
 
 import pytest
+from conftest import require
 
 from holdover.middleware import (
     HEADER,
@@ -322,7 +323,7 @@ def test_asgi_lifespan_passes_through() -> None:
 
 @pytest.fixture
 def flask_app() -> Any:
-    flask = pytest.importorskip("flask")
+    flask = require("flask")
     app = flask.Flask(__name__)
     app.secret_key = "test"
     app.permanent_session_lifetime = 3600.5  # Flask turns it into a timedelta
@@ -377,7 +378,7 @@ def test_flask_rotation_ends_the_old_id_first(flask_app: Any) -> None:
 
 
 def test_flask_custom_key_and_single_install() -> None:
-    flask = pytest.importorskip("flask")
+    flask = require("flask")
     app = flask.Flask(__name__)
     app.secret_key = "test"
 
@@ -397,7 +398,7 @@ def test_flask_custom_key_and_single_install() -> None:
 
 @pytest.fixture(scope="module")
 def dj() -> Any:
-    django = pytest.importorskip("django")
+    django = require("django")
     from django.conf import settings
 
     if not settings.configured:
