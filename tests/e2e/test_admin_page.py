@@ -2,8 +2,8 @@
 
 The browser test drives Debian's ``/usr/bin/chromium`` through Playwright's Python
 package (``playwright install`` is never run: no browser is downloaded).  Without that
-browser or package it is skipped, saying which one is missing; ``scripts/test.sh``
-installs Chromium with apt-get when it can.  Screenshots go to ``test-artifacts/``.
+browser or package the test fails, saying which one is missing; ``scripts/test.sh``
+installs Chromium with apt-get, and stops with the reason when it cannot.  Screenshots go to ``test-artifacts/``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PY, GatewayProcess
+from conftest import PY, GatewayProcess, require
 
 from holdover.admin.server import SECURITY_HEADERS, STATIC_DIR
 
@@ -25,7 +25,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 DEMO = f"{PY} -m holdover.demo.app --port {{port}}"
 
 
@@ -99,10 +99,9 @@ def test_page_and_assets_are_served(demo: GatewayProcess) -> None:
 @pytest.fixture
 def browser() -> Iterator[Any]:
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install "
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install "
                     f"chromium; scripts/test.sh does it when run as root)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python "
-                                   "package is missing: pip install -e '.[test]'")
+    sync_api = require("playwright.sync_api")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:

@@ -1,42 +1,23 @@
-"""Configuration loading and validation: ``holdover.config`` and ``holdover check``.
+"""Configuration loading and validation: ``holdover.config``.
 
 Every bad file must be refused with a message that names the file, the key and (where
-the loader can find it) the line, both through ``config.load`` and through the CLI,
-which exits 2 for a bad configuration.
+the loader can find it) the line.  The same cases (tests/configcases.py) go through the
+``holdover check`` CLI in tests/e2e/test_config_cli.py.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from configcases import BAD, MINIMAL, names_file, write
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from holdover import config
 from holdover.config import ConfigError, load, parse_address, parse_duration, parse_size
-
-MINIMAL = '[app]\ncommand = "python app.py --port {port}"\n'
-
-
-def write(tmp_path: Path, text: str, name: str = "holdover.toml") -> Path:
-    p = tmp_path / name
-    p.write_text(text, encoding="utf-8")
-    return p
-
-
-def names_file(message: str, path: Path) -> bool:
-    return str(path) in message or str(path.resolve()) in message
-
-
-def run_check(path: Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "holdover", "check", "-c", str(path)],
-                          capture_output=True, text=True, timeout=30, cwd=cwd)
-
 
 # -- valid files ---------------------------------------------------------------------
 
@@ -116,67 +97,8 @@ stop_grace = 1.5
     assert cfg.app_stop_grace == 1.5
 
 
-def test_cli_check_accepts_valid_config(tmp_path: Path) -> None:
-    p = write(tmp_path, MINIMAL + "workers = 3\n")
-    r = run_check(p)
-    assert r.returncode == 0, r.stderr
-    assert "ok" in r.stdout
-    assert "3 worker(s)" in r.stdout
-
-
 # -- bad files -----------------------------------------------------------------------
 
-# (name, file text, fragments the message must contain, line the message must name or None)
-BAD = [
-    ("unknown key",
-     '[gateway]\nlisten = "127.0.0.1:9000"\n\n[app]\ncommand = "x"\nwrokers = 2\n',
-     ["[app] wrokers", "unknown key", "workers"], 6),
-    ("unknown section",
-     '[app]\ncommand = "x"\n\n# comment\n[bogus]\na = 1\n',
-     ["[bogus]", "unknown section", "[gateway]", "[app]"], 5),
-    ("wrong type",
-     '[app]\ncommand = "x"\n# workers = 3\nworkers = "two"\n',
-     ["[app] workers", "integer", "'two'"], 4),
-    ("bad duration",
-     '[app]\ncommand = "x"\n\n[gateway]\nheader_timeout = "5 minutes"\n',
-     ["[gateway] header_timeout", "duration", "'5 minutes'"], 5),
-    ("bad size",
-     '[gateway]\nlisten = "127.0.0.1:9000"\nmax_body_size = "10 parsecs"\n[app]\ncommand = "x"\n',
-     ["[gateway] max_body_size", "size", "'10 parsecs'"], 3),
-    ("bad address",
-     '[gateway]\nlisten = "localhost"\n\n[app]\ncommand = "x"\n',
-     ["[gateway] listen", "host:port", "'localhost'"], 2),
-    ("port out of range",
-     '[gateway]\nadmin_listen = "127.0.0.1:70000"\n[app]\ncommand = "x"\n',
-     ["[gateway] admin_listen", "70000"], 2),
-    ("missing command",
-     '[gateway]\nlisten = "127.0.0.1:9000"\n\n[app]\nworkers = 2\n',
-     ["[app]", "missing required key", "command"], 4),
-    ("missing app section",
-     '[gateway]\nlisten = "127.0.0.1:9000"\n',
-     ["[app]", "missing required key", "command"], None),
-    ("invalid TOML",
-     '[app]\ncommand = "x"\nworkers = \n',
-     ["not valid TOML"], 3),
-    ("bad choice",
-     '[app]\ncommand = "x"\nmode = "stateful"\n',
-     ["[app] mode", "'sessions'", "'stateless'", "'stateful'"], 3),
-    ("zero workers",
-     '[app]\ncommand = "x"\nworkers = 0\n',
-     ["[app] workers", ">= 1"], 3),
-    ("unsplittable command",
-     '[app]\ncommand = "python \'app.py"\n',
-     ["[app] command", "closing quotation"], 2),
-    ("health path without slash",
-     '[app]\ncommand = "x"\nhealth_path = "healthz"\n',
-     ["[app] health_path", "'healthz'"], 3),
-    ("bad cookie name",
-     '[app]\ncommand = "x"\nsession_cookie = "a b"\n',
-     ["[app] session_cookie", "'a b'"], 3),
-    ("section is not a table",
-     'gateway = 5\n[app]\ncommand = "x"\n',
-     ["gateway", "expected a table"], None),
-]
 
 
 @pytest.mark.parametrize(("text", "fragments", "line"), [b[1:] for b in BAD],
@@ -195,42 +117,6 @@ def test_load_refuses_bad_file(tmp_path: Path, text: str, fragments: list[str],
         assert not lines, msg
     else:
         assert lines == [line], msg
-
-
-@pytest.mark.parametrize(("text", "fragments", "line"), [b[1:] for b in BAD],
-                         ids=[b[0] for b in BAD])
-def test_cli_check_refuses_bad_file(tmp_path: Path, text: str, fragments: list[str],
-                                    line: int | None) -> None:
-    p = write(tmp_path, text)
-    r = run_check(p)
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    assert r.stdout == ""
-    err = r.stderr
-    assert "Traceback" not in err
-    assert names_file(err, p), err
-    for frag in fragments:
-        assert frag in err, (frag, err)
-    if line is not None:
-        assert f"line {line}" in err, err
-
-
-def test_missing_file(tmp_path: Path) -> None:
-    p = tmp_path / "absent.toml"
-    with pytest.raises(ConfigError, match="no such configuration file") as info:
-        load(p)
-    assert names_file(str(info.value), p)
-    r = run_check(p)
-    assert r.returncode == 2
-    assert "absent.toml" in r.stderr and "no such configuration file" in r.stderr
-
-
-def test_cli_check_with_relative_path(tmp_path: Path) -> None:
-    write(tmp_path, '[app]\ncommand = "x"\nworkers = "two"\n')
-    r = subprocess.run([sys.executable, "-m", "holdover", "check", "-c", "holdover.toml"],
-                       capture_output=True, text=True, timeout=30, cwd=tmp_path)
-    assert r.returncode == 2
-    assert "holdover.toml" in r.stderr and "[app] workers" in r.stderr
-    assert "line 3" in r.stderr
 
 
 def test_non_utf8_file_is_refused(tmp_path: Path) -> None:
@@ -411,8 +297,3 @@ def test_reference_lists_every_setting() -> None:
     assert len(rows) == len(config.SETTINGS)
 
 
-def test_cli_config_reference_matches() -> None:
-    r = subprocess.run([sys.executable, "-m", "holdover", "config-reference"],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0
-    assert r.stdout == config.reference_markdown()

@@ -28,10 +28,6 @@ import pytest
 from conftest import wait_for
 from websockets.sync.client import connect as ws_connect
 
-from holdover.demo import RELEASES, bundled_revisions
-from holdover.demo.app import Release
-from holdover.demo.launch import next_revision
-
 PY = sys.executable
 _script = Path(PY).parent / "holdover"
 HOLDOVER = [str(_script)] if _script.exists() else [PY, "-m", "holdover"]
@@ -185,17 +181,6 @@ def demo(tmp_path: Path):
     yield start
     for d in procs:
         d.stop()
-
-
-def test_bundled_revisions_differ_visibly() -> None:
-    revs = bundled_revisions()
-    assert [r for r, _ in revs] == ["v1", "v2", "v3"]
-    releases = [Release.load(path) for _, path in revs]
-    assert len({r.accent for r in releases}) == 3
-    assert len({r.tagline for r in releases}) == 3
-    assert [r.has("pinning") for r in releases] == [False, True, True]
-    assert next_revision({"revisions": [{"id": "v1"}]}) == ("v2", RELEASES / "v2")
-    assert next_revision({"revisions": [{"id": i} for i in ("v1", "v2", "v3")]}) is None
 
 
 def test_demo_serves_v1_then_keeps_sessions_through_the_printed_deploy(demo, tmp_path):

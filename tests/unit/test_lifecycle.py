@@ -33,7 +33,7 @@ from holdover.core.lifecycle import (
     takes_new_sessions,
 )
 
-DESIGN = Path(__file__).resolve().parent.parent / "docs" / "design.md"
+DESIGN = Path(__file__).resolve().parents[2] / "docs" / "design.md"
 
 
 @pytest.mark.parametrize(("state", "event"), [

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent / "holdover"
+ROOT = Path(__file__).resolve().parents[2] / "holdover"
 
 # layer -> rank; a module may import its own layer or a layer of lower rank.
 RANKS = {"core": 0, "config": 0, "accesslog": 0, "__init__": 0, "middleware": 0,

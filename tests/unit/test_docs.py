@@ -5,7 +5,7 @@ from pathlib import Path
 from holdover import config
 from holdover.cli import build_parser
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_configuration_reference_is_current():

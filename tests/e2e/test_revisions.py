@@ -220,7 +220,27 @@ def events(gw: GatewayProcess) -> list[dict]:
 # -- the main story ---------------------------------------------------------------------
 
 
+def wait_idle_v1_worker_stopped(gw: GatewayProcess, v1_pids: set[int], held_pid: int) -> None:
+    """Wait until every v1 worker but ``held_pid``'s has exited.
+
+    The drain tick judges all workers of a draining revision in one pass, so once the
+    idle one is gone the tick has also judged the held one: whatever kept it running is
+    what it was told to respect, not a tick that had not come yet.
+    """
+    others = v1_pids - {held_pid}
+    assert len(others) == 1, (v1_pids, held_pid)
+    wait_for(lambda: not any(alive(p) for p in others), 25,
+             what="the idle v1 worker to be stopped by the drain")
+
+
+def v1_worker(gw: GatewayProcess, pid: int) -> dict:
+    v1 = rev_of(status(gw), "v1")
+    assert v1 is not None
+    return next(w for w in v1["workers"] if w["pid"] == pid)
+
+
 def test_deploy_keeps_live_sessions_on_their_revision(session_gateway) -> None:
+    """A pinned session alone (no connection, no WebSocket) keeps its draining worker."""
     gw = session_gateway().wait_ready()
     st = cli_status(gw)
     assert st["active"] == "v1"
@@ -232,58 +252,58 @@ def test_deploy_keeps_live_sessions_on_their_revision(session_gateway) -> None:
     a = Client(gw.port)
     info = a.login("alice")
     assert info["revision"] == "v1" and info["user"] == "alice"
-    a_pid = info["pid"]
+    a_pid, a_worker = info["pid"], info["worker"]
+    assert a_worker == v1_worker(gw, a_pid)["id"], "the app reports the worker status names"
     for n in (1, 2, 3):
         info = a.get()
         assert (info["revision"], info["pid"], info["user"], info["count"]) == \
             ("v1", a_pid, "alice", n)
     assert rev_of(status(gw), "v1")["sessions"] == 1
 
-    with a.websocket() as ws:
-        ans = ws_ask(ws, "before")
-        assert (ans["revision"], ans["pid"], ans["user"]) == ("v1", a_pid, "alice")
+    r = holdover(gw, "deploy", "--revision", "v2")
+    assert r.returncode == 0, r.stderr
+    assert "v2" in r.stdout and "v1 is draining" in r.stdout, r.stdout
+    st = cli_status(gw)
+    assert (rev_of(st, "v1")["state"], rev_of(st, "v2")["state"]) == ("draining", "active")
+    assert rev_of(st, "v1")["sessions"] == 1 and rev_of(st, "v2")["sessions"] == 0
 
-        r = holdover(gw, "deploy", "--revision", "v2")
-        assert r.returncode == 0, r.stderr
-        assert "v2" in r.stdout and "v1 is draining" in r.stdout, r.stdout
-        st = cli_status(gw)
-        assert (rev_of(st, "v1")["state"], rev_of(st, "v2")["state"]) == ("draining", "active")
-        assert rev_of(st, "v1")["sessions"] == 1 and rev_of(st, "v2")["sessions"] == 0
+    # Nothing but alice's pin holds her worker now: no connection, no request.
+    a.close()
+    wait_idle_v1_worker_stopped(gw, v1_pids, a_pid)
+    assert alive(a_pid) and v1_worker(gw, a_pid)["state"] == "ready"
 
-        # A still sees v1 and its counter, in the very process that holds its session.
-        r4 = a.request("GET", "/")
-        assert (r4.json["revision"], r4.json["pid"], r4.json["count"]) == ("v1", a_pid, 4)
-        assert r4.headers.get("X-Holdover-Revision") == "v1"
-        assert r4.headers.get("X-Holdover-Latest") == "v2"
-        # The WebSocket opened before the deploy stays open and answers from v1.
-        ans = ws_ask(ws, "after deploy")
-        assert (ans["revision"], ans["pid"], ans["user"]) == ("v1", a_pid, "alice")
+    # A still sees v1 and its counter, in the very process that holds its session.
+    r4 = a.request("GET", "/")
+    assert (r4.json["revision"], r4.json["pid"], r4.json["worker"], r4.json["count"]) == \
+        ("v1", a_pid, a_worker, 4)
+    assert r4.headers.get("X-Holdover-Revision") == "v1"
+    assert r4.headers.get("X-Holdover-Latest") == "v2"
 
-        # New clients get v2.
-        b = Client(gw.port)
-        info = b.login("bob")
-        assert info["revision"] == "v2"
-        b_pid = info["pid"]
-        assert b.get()["count"] == 1 and b.get()["count"] == 2
-        for i in range(6):
-            c = Client(gw.port)
-            assert c.login(f"c{i}")["revision"] == "v2"
-            assert c.get()["revision"] == "v2"
-            c.close()
-        assert a.get()["count"] == 5
+    # New clients get v2.
+    b = Client(gw.port)
+    info = b.login("bob")
+    assert info["revision"] == "v2"
+    b_pid = info["pid"]
+    assert b.get()["count"] == 1 and b.get()["count"] == 2
+    for i in range(6):
+        c = Client(gw.port)
+        assert c.login(f"c{i}")["revision"] == "v2"
+        assert c.get()["revision"] == "v2"
+        c.close()
+    assert a.get()["count"] == 5
 
-        # A logs out (on v1), then logs in again: a new session, on v2.
-        out = a.logout()
-        assert (out["revision"], out["pid"], out["logged_out"]) == ("v1", a_pid, True)
-        assert "sid" not in a.cookies
-        assert rev_of(status(gw), "v1")["sessions"] == 0
-        # Its open WebSocket still belongs to v1 and still answers.
-        ans = ws_ask(ws, "after logout")
-        assert (ans["revision"], ans["pid"]) == ("v1", a_pid)
-        info = a.login("alice")
-        assert info["revision"] == "v2" and info["pid"] != a_pid
-        info = a.get()
-        assert (info["revision"], info["user"], info["count"]) == ("v2", "alice", 1)
+    # A logs out in the very v1 process that created the session, then logs in again:
+    # a new session, on v2.
+    out = a.logout()
+    assert (out["revision"], out["pid"], out["worker"], out["logged_out"]) == \
+        ("v1", a_pid, a_worker, True)
+    assert "sid" not in a.cookies
+    assert rev_of(status(gw), "v1")["sessions"] == 0
+    info = a.login("alice")
+    assert info["revision"] == "v2" and info["pid"] != a_pid
+    info = a.get()
+    assert (info["revision"], info["user"], info["count"]) == ("v2", "alice", 1)
+    a.close()
 
     # v1 has no session and no connection left: it retires by itself.
     wait_for(lambda: rev_of(status(gw), "v1")["state"] == "retired", 25,
@@ -299,6 +319,38 @@ def test_deploy_keeps_live_sessions_on_their_revision(session_gateway) -> None:
     assert "deploy" in kinds and "retired" in kinds
     plain = holdover(gw, "status")
     assert plain.returncode == 0 and "v2" in plain.stdout and "retired" in plain.stdout
+
+
+def test_an_open_websocket_keeps_its_draining_worker(session_gateway) -> None:
+    """A WebSocket alone (no session pinned anywhere) keeps its draining worker."""
+    gw = session_gateway().wait_ready()
+    v1 = rev_of(status(gw), "v1")
+    v1_pids = {w["pid"] for w in v1["workers"]}
+    anon = Client(gw.port)
+    with anon.websocket() as ws:
+        ans = ws_ask(ws, "before")
+        ws_pid = ans["pid"]
+        assert ans["revision"] == "v1" and ans["user"] is None and ws_pid in v1_pids
+
+        r = holdover(gw, "deploy", "--revision", "v2")
+        assert r.returncode == 0, r.stderr
+        assert rev_of(status(gw), "v1")["sessions"] == 0, "no session holds v1"
+        wait_idle_v1_worker_stopped(gw, v1_pids, ws_pid)
+        assert alive(ws_pid) and v1_worker(gw, ws_pid)["state"] == "ready"
+        assert rev_of(status(gw), "v1")["state"] == "draining"
+
+        # The WebSocket opened before the deploy stays open and answers from v1.
+        ans = ws_ask(ws, "after deploy")
+        assert (ans["revision"], ans["pid"]) == ("v1", ws_pid)
+        assert Client(gw.port).login("carol")["revision"] == "v2"
+        ans = ws_ask(ws, "still")
+        assert (ans["revision"], ans["pid"]) == ("v1", ws_pid)
+
+    # Its end lets the worker go, and with it the revision.
+    wait_for(lambda: rev_of(status(gw), "v1")["state"] == "retired", 25,
+             what="v1 to retire once the WebSocket closed")
+    wait_for(lambda: not alive(ws_pid), 10, what="the WebSocket's worker to exit")
+    assert cli_status(gw)["sessions_lost"] == 0
 
 
 # -- bad input --------------------------------------------------------------------------
@@ -732,9 +784,12 @@ def test_stateless_rolling_deploy_under_load(gateway_factory) -> None:
 
 def test_deploy_shows_progress_and_waits_until_the_old_revision_retires(session_gateway
                                                                         ) -> None:
-    gw = session_gateway(workers=1).wait_ready()
+    gw = session_gateway().wait_ready()
+    v1_pids = {w["pid"] for w in rev_of(status(gw), "v1")["workers"]}
     a = Client(gw.port)
-    a.login("alice")
+    info = a.login("alice")
+    a_pid, a_worker = info["pid"], info["worker"]
+    a.close()
     proc = subprocess.Popen([sys.executable, "-m", "holdover", "deploy", "-c", str(gw.config),
                              "--revision", "v2", "--wait-retired"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -745,8 +800,12 @@ def test_deploy_shows_progress_and_waits_until_the_old_revision_retires(session_
         wait_for(lambda: any("v1 is draining with 1 session(s)" in ln for ln in lines),
                  timeout=60, what="the switch")
         assert any("v2: worker v2-1 ready" in ln for ln in lines), lines
+        wait_idle_v1_worker_stopped(gw, v1_pids, a_pid)
         assert proc.poll() is None  # still waiting: alice holds v1
-        a.logout()
+        assert alive(a_pid)
+        out = a.logout()
+        assert (out["revision"], out["pid"], out["worker"], out["logged_out"]) == \
+            ("v1", a_pid, a_worker, True), "the logout reached alice's own v1 process"
         assert proc.wait(60) == 0
     finally:
         if proc.poll() is None:
@@ -755,6 +814,7 @@ def test_deploy_shows_progress_and_waits_until_the_old_revision_retires(session_
     out = "".join(lines)
     assert "v1 draining: 1 session(s) left" in out
     assert "revision v1 retired after" in out
+    wait_for(lambda: not alive(a_pid), 10, what="alice's v1 process to exit")
 
 
 def test_rolling_deploy_lets_an_old_workers_websocket_finish(gateway_factory) -> None:

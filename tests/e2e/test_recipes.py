@@ -4,8 +4,8 @@ Each test takes the files a recipe shows (a bold file name followed by a code bl
 writes them to a folder, starts `holdover run` there (on kernel-chosen loopback ports
 instead of the recipe's 8080/8081), logs a client in, runs the recipe's deploy command
 with the CLI, and checks what the recipe promises: the logged-in client is still served
-by the v1 process with its state, a new client gets v2.  Each framework is optional:
-without it installed its test is skipped.
+by the v1 process with its state, a new client gets v2.  The frameworks are in the
+test extras; a missing one fails its test (never a quiet skip).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import urllib.parse
 from pathlib import Path
 
 import pytest
-from conftest import GatewayProcess, wait_for
+from conftest import GatewayProcess, require, wait_for
 
 PY = sys.executable
-RECIPES = Path(__file__).resolve().parent.parent / "docs" / "recipes"
+RECIPES = Path(__file__).resolve().parents[2] / "docs" / "recipes"
 FILE_BLOCK = re.compile(r"^\*\*`([^`]+)`\*\*\s*\n\s*\n```\w*\n(.*?)^```", re.M | re.S)
 
 
@@ -142,8 +142,8 @@ class Client:
 
 
 def test_flask_server_side_sessions_survive_a_deploy(run_recipe):
-    pytest.importorskip("flask")
-    pytest.importorskip("flask_session")
+    require("flask")
+    require("flask_session")
     files, text = recipe("flask")
     gw = run_recipe(files)
     ann = Client(gw.port)
@@ -174,8 +174,8 @@ def test_flask_server_side_sessions_survive_a_deploy(run_recipe):
 
 
 def test_fastapi_websocket_and_session_survive_a_deploy(run_recipe):
-    pytest.importorskip("fastapi")
-    pytest.importorskip("uvicorn")
+    require("fastapi")
+    require("uvicorn")
     from websockets.sync.client import connect
 
     files, text = recipe("fastapi")
@@ -230,7 +230,7 @@ def test_fastapi_websocket_and_session_survive_a_deploy(run_recipe):
 
 
 def test_django_locmem_sessions_survive_a_deploy(run_recipe):
-    pytest.importorskip("django")
+    require("django")
     files, text = recipe("django")
     gw = run_recipe(files)
 
@@ -325,7 +325,7 @@ class StreamlitTab:
 
 
 def test_streamlit_session_survives_a_deploy(run_recipe, tmp_path):
-    pytest.importorskip("streamlit")
+    require("streamlit")
     files, text = recipe("streamlit")
     assert "session_cookie" not in re.sub(r"#.*", "", files["holdover.toml"])
     gw = run_recipe(files)

@@ -19,7 +19,6 @@ import re
 import socket
 import stat
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -126,16 +125,6 @@ def test_corpus_request_is_refused_and_never_reaches_a_worker(case, corpus_gatew
         assert "close" in head_of(resp).get("connection", []), resp[:300]
     assert got == 0, "a refused request reached the worker"
     assert gw.proc.poll() is None
-
-
-def test_corpus_files_and_index_agree():
-    names = {c["name"] for c in CORPUS}
-    files = {p.stem for p in faultlog.CORPUS.glob("*.http")}
-    assert names == files, (names ^ files)
-    assert len(names) == len(CORPUS), "a case name is listed twice"
-    for c in CORPUS:
-        assert set(c) <= {"name", "what", "status", "close", "xfail"}, c
-        assert 400 <= c["status"] < 600 and isinstance(c["close"], bool)
 
 
 # -- headers, paths, cookies ---------------------------------------------------------------
@@ -464,29 +453,3 @@ def test_revision_id_with_newline_is_refused(gateway_factory, observe):
 # -- the fault table in the docs --------------------------------------------------------------
 
 
-def test_fault_table_is_current():
-    """docs/faults.md lists exactly the cases the suite tries, worded as in the code."""
-    if os.environ.get(faultlog.WRITE_ENV) == "1":
-        pytest.skip("this run rewrites docs/faults.md at its end")
-    assert faultlog.DOC.exists(), "run: HOLDOVER_WRITE_FAULT_TABLE=1 python -m pytest " \
-                                  "tests/test_faults.py tests/test_hostile.py tests/test_fuzz.py"
-    rows = faultlog.parse(faultlog.DOC.read_text())
-    want = {c.id: (faultlog._cell(c.what), faultlog._cell(c.expected))
-            for c in faultlog.catalogue()}
-    have = {cid: (what, expected) for cid, (what, expected, _o, _v) in rows.items()}
-    stale = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
-    assert not stale, f"docs/faults.md is out of date for {stale}: refresh it (see its header)"
-    missing = [cid for cid, (_w, _e, obs, _v) in rows.items() if obs in ("", "not run")]
-    assert not missing, f"no observation recorded for {missing}"
-    # The rendering is stable: rendering what the file holds gives the file back.
-    observed = {cid: {"observed": o.replace("\\|", "|"), "verdict": v.replace("\\|", "|")}
-                for cid, (_w, _e, o, v) in rows.items()}
-    assert faultlog.render(observed) == faultlog.DOC.read_text()
-
-
-def test_table_renders_every_area_and_escapes_cells(tmp_path: Path):
-    text = faultlog.render({"worker-garbage": {"observed": "a | b", "verdict": "as expected"}})
-    assert all(f"## {a}" in text for a in faultlog.AREAS)
-    rows = faultlog.parse(text)
-    assert rows["worker-garbage"][2] == "a \\| b"
-    assert len(rows) == len(faultlog.catalogue())
