@@ -1,8 +1,9 @@
 """One contract for every state store backend, so a restart (or a backend swap) forgets nothing.
 
-Each contract test runs against MemoryStore and SQLiteStore; the tests after them are about
-what only a file can do wrong (permissions, foreign files, read-only, full disk) and about
-the SQLite store never blocking the event loop.
+Each contract test runs against MemoryStore, SQLiteStore and RedisStore (a real
+redis-server, tests/redisserver.py); the tests after them are about what only a file can do
+wrong (permissions, foreign files, read-only, full disk) and about the SQLite store never
+blocking the event loop.  What only Redis can do wrong is in tests/test_redis_store.py.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from holdover.state import (
     Event,
     MemoryStore,
     PinRecord,
+    RedisStore,
     RevisionRecord,
     SQLiteStore,
     StateStore,
@@ -55,18 +57,25 @@ def pin(i: int, worker: str = "w1", revision: str = "v1") -> PinRecord:
 class Backend:
     """Makes stores of one kind; ``reopen`` gives a fresh store on the same storage."""
 
-    def __init__(self, kind: str, tmp: Path) -> None:
+    def __init__(self, kind: str, tmp: Path, redis_url: str | None = None) -> None:
         self.kind = kind
         self.path = tmp / "state" / "holdover.db"
+        self.redis_url = redis_url
         self._memory = MemoryStore()
 
     def make(self) -> StateStore:
-        return self._memory if self.kind == "memory" else SQLiteStore(self.path)
+        if self.kind == "memory":
+            return self._memory
+        if self.kind == "redis":
+            return RedisStore(self.redis_url)
+        return SQLiteStore(self.path)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return Backend(request.param, tmp_path)
+    # only the Redis runs start (or reuse) a redis-server
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    return Backend(request.param, tmp_path, url)
 
 
 def with_store(backend: Backend, body: Callable[[StateStore], Coroutine[Any, Any, Any]]) -> Any:
@@ -289,10 +298,11 @@ def test_closed_store_refuses_calls_and_reopen_keeps_everything(backend: Backend
         with pytest.raises(StoreError, match="not open"):
             await store.load_pins()
 
-        # SQLite: a brand-new store object on the same file (as after a gateway restart).
-        # Memory: the same object opened again (its memory cannot outlive the process).
+        # SQLite, Redis: a brand-new store object on the same file or Redis (as after a
+        # gateway restart).  Memory: the same object opened again (its memory cannot
+        # outlive the process).
         again = backend.make()
-        if backend.kind == "sqlite":
+        if backend.kind != "memory":
             assert again is not store
         async with again:
             after = (await again.list_revisions(), await again.load_pins(),
@@ -315,11 +325,19 @@ def test_open_store_chooses_the_backend(tmp_path: Path) -> None:
     assert open_store(str(tmp_path / "b.db")).path == tmp_path / "b.db"
     assert open_store(f"sqlite:///{tmp_path}/c.db").path == tmp_path / "c.db"
     assert open_store("sqlite:///rel.db").path == Path.cwd() / "rel.db"
-    for bad in ("redis://localhost/0", "postgres://db/holdover", "memory://x", "sqlite://",
-                "sqlite:///", ""):
+    # relative to the config file's folder when one is given
+    assert open_store("sqlite:///rel.db", base_dir=tmp_path).path == tmp_path / "rel.db"
+    assert open_store("sub/d.db", base_dir=tmp_path).path == tmp_path / "sub" / "d.db"
+    assert open_store(f"{tmp_path}/e.db", base_dir="/elsewhere").path == tmp_path / "e.db"
+    for url in ("redis://localhost/0", "rediss://10.0.0.9:6380/2", "unix:///run/redis.sock"):
+        store = open_store(url)
+        assert isinstance(store, RedisStore) and store.url.scheme == url.split(":")[0]
+    for bad in ("postgres://db/holdover", "memory://x", "sqlite://", "sqlite:///", ""):
         with pytest.raises(StoreError) as info:
             open_store(bad)
         assert repr(bad) in str(info.value)
+    with pytest.raises(StoreError, match="unknown parameter 'nope'"):
+        open_store("redis://localhost/0?nope=1")
 
 
 # -- SQLite only -----------------------------------------------------------------------
