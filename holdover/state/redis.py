@@ -130,7 +130,9 @@ class RedisStore(SharedStore):
         upper = text.upper()
         if isinstance(exc, rx.AuthenticationError | rx.AuthenticationWrongNumberOfArgsError) \
                 or upper.startswith(("NOAUTH", "WRONGPASS", "INVALID PASSWORD")):
-            why = "authentication failed: check the password (or password_file) and user"
+            why = ("authentication failed: Redis requires a password (in the URL or a "
+                   "password_file)" if "REQUIRED" in upper else
+                   "authentication failed: check the password (or password_file) and user")
         elif isinstance(exc, rx.ReadOnlyError):
             why = "Redis is a read-only replica: the store must name the primary"
         elif isinstance(exc, rx.NoPermissionError):
