@@ -131,7 +131,7 @@ class RedisStore(SharedStore):
         if isinstance(exc, rx.AuthenticationError | rx.AuthenticationWrongNumberOfArgsError) \
                 or upper.startswith(("NOAUTH", "WRONGPASS", "INVALID PASSWORD")):
             why = ("authentication failed: Redis requires a password (in the URL or a "
-                   "password_file)" if "REQUIRED" in upper else
+                   "password_file)" if not self._password else
                    "authentication failed: check the password (or password_file) and user")
         elif isinstance(exc, rx.ReadOnlyError):
             why = "Redis is a read-only replica: the store must name the primary"
@@ -169,6 +169,7 @@ class RedisStore(SharedStore):
         options: dict[str, Any] = {
             "db": u.db, "username": u.username, "password": password,
             "socket_connect_timeout": u.timeout, "decode_responses": True,
+            "protocol": 2,  # RESP2: any Redis since 2.x, and no HELLO round trip per connect
             # A stale pooled connection (Redis restarted) is retried once on a new one;
             # nothing else is retried, so a failure is reported within the timeout.
             "retry": Retry(NoBackoff(), 1, supported_errors=(rx.ConnectionError,)),
