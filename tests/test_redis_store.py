@@ -351,6 +351,54 @@ def test_clusters_in_one_redis_keep_apart_under_their_prefix(redis_server: Redis
         raw.close()
 
 
+ACL_RULES = ("on", "resetchannels", "-@all", "+@read", "+@write", "+@scripting",
+             "+@connection", "-@dangerous", "+time")  # as docs/cluster.md advises
+
+
+def test_an_acl_user_limited_to_its_prefix_can_do_everything(redis_server: RedisServer) -> None:
+    """Every key the store touches is under its prefix, and no command beyond the ACL's."""
+    name, user = cluster(), f"u{uuid.uuid4().hex[:8]}"
+    raw = redis.Redis(port=redis_server.port)
+    raw.acl_setuser(user, reset=True)
+    raw.execute_command("ACL", "SETUSER", user, f">{PASSWORD}", f"~holdover:{{{name}}}:*",
+                        *ACL_RULES)
+
+    async def main() -> None:
+        async with RedisStore(redis_server.url(name, userinfo=f"{user}:{PASSWORD}")) as s:
+            await s.put_revision(RevisionRecord(
+                id="v1", state="active", command="python app.py", cwd="/srv", env={},
+                workers=1, created_at=1.0, release_dir=None, updated_at=1.0))
+            await s.list_revisions()
+            await s.put_pins([pin(i) for i in range(3000)])
+            assert len(await s.load_pins()) == 3000
+            await s.delete_pins([pin(0).key])
+            await s.add_event("deploy", "v1")
+            await s.events(kind="deploy")
+            await s.events(after_id=1)
+            await s.prune_events(0)
+            await s.set_meta("active", "v1")
+            await s.get_meta("active")
+            await s.heartbeat("web-1", {}, ttl=5)
+            await s.live_nodes()
+            await s.forget_node("web-1")
+            change = await s.publish_change("web-1", "pin")
+            await s.read_changes(0)
+            await s.read_changes(change.seq, wait=0.05)
+            await s.feed_position()
+            await s.claim_pin(pin(5000))
+            await s.get_pin(pin(5000).key)
+            await s.touch_pins([(pin(5000).key, "w1-a", 9.0, None)])
+            await s.end_pins([(pin(5000).key, "w1-a")])
+    try:
+        run(main())
+        # another cluster's keys are out of its reach
+        refused(RedisStore(redis_server.url(cluster(), userinfo=f"{user}:{PASSWORD}")),
+                "may not do this (ACL)")
+    finally:
+        raw.acl_deluser(user)
+        raw.close()
+
+
 def test_damaged_data_is_a_clear_store_error(redis_url: str) -> None:
     async def main() -> None:
         async with RedisStore(redis_url) as store:

@@ -135,7 +135,8 @@ class RedisStore(SharedStore):
                    "authentication failed: check the password (or password_file) and user")
         elif isinstance(exc, rx.ReadOnlyError):
             why = "Redis is a read-only replica: the store must name the primary"
-        elif isinstance(exc, rx.NoPermissionError):
+        elif isinstance(exc, rx.NoPermissionError) or "NOPERM" in upper \
+                or "CAN'T RUN THIS COMMAND" in upper:
             why = f"the Redis user may not do this (ACL): {text}"
         elif isinstance(exc, rx.BusyLoadingError):
             why = "Redis is still loading its data set; try again shortly"
