@@ -69,11 +69,10 @@ class RedisStore(SharedStore):
     are found.  ``feed_maxlen`` is about how many changes the feed keeps (Redis trims
     it approximately, which is cheap); a consumer further behind is told it missed some.
 
-    Keys (``P`` = ``holdover:{cluster}:``): ``P layout`` (version), ``P rev`` (id -> JSON),
-    ``P rev:order`` + ``P rev:seq`` (insertion order), ``P pins`` (key -> binding, last
-    seen, expiry), ``P ev`` (id -> JSON) + ``P ev:ids`` + ``P ev:k:KIND`` (sorted id sets)
-    + ``P ev:seq``, ``P meta``, ``P nodes`` (name -> expiry) + ``P nodes:info``, ``P feed``
-    (a stream) + ``P feed:seq`` + ``P feed:start``.
+    Every key is ``prefix`` (``holdover:{CLUSTER}:``) + a name: ``layout``, ``rev``,
+    ``rev:order``, ``rev:seq``, ``pins``, ``ev``, ``ev:ids``, ``ev:k:KIND``, ``ev:seq``,
+    ``meta``, ``nodes``, ``nodes:info``, ``feed``, ``feed:seq``, ``feed:start`` (what each
+    holds: docs/cluster.md, "Keys").
     """
 
     def __init__(self, url: str | RedisURL, *, base_dir: str | os.PathLike[str] | None = None,
