@@ -96,17 +96,17 @@ def test_heartbeats_list_live_nodes_until_they_expire(shared: Shared) -> None:
         async with shared.make() as a, shared.make() as b:
             assert await a.live_nodes() == []
             await a.heartbeat("web-1", {"advertise": "10.0.0.1", "started_at": 1.5}, ttl=30)
-            await b.heartbeat("web-2", {"advertise": "10.0.0.2"}, ttl=0.3)
+            await b.heartbeat("web-2", {"advertise": "10.0.0.2"}, ttl=2)
             nodes = await b.live_nodes()
             assert [n.name for n in nodes] == ["web-1", "web-2"]
             assert nodes[0].info == {"advertise": "10.0.0.1", "started_at": 1.5}
             assert 25 < nodes[0].expires_in <= 30
-            assert 0 < nodes[1].expires_in <= 0.3
+            assert 0 < nodes[1].expires_in <= 2
 
             # web-2 stops renewing: it disappears from every node's view; web-1 stays
             async def only_web1() -> bool:
                 return [n.name for n in await a.live_nodes()] == ["web-1"]
-            await eventually(only_web1, 10, "web-2's heartbeat to expire")
+            await eventually(only_web1, 15, "web-2's heartbeat to expire")
 
             # renewing replaces the info and the expiry
             await b.heartbeat("web-2", {"advertise": "10.0.0.22"}, ttl=60)
