@@ -327,6 +327,52 @@ def cmd_logs(args: argparse.Namespace) -> int:
             return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write (or with --print show) a holdover.toml for the app in a folder."""
+    from .init import InitError, generate
+
+    root = Path(args.dir).resolve()
+    if not root.is_dir():
+        print(f"holdover init: {args.dir}: no such folder", file=sys.stderr)
+        return 2
+    out = Path(args.config) if args.config else root / config.DEFAULT_CONFIG
+    if out.exists() and not args.print:
+        print(f"holdover init: {out} already exists; not overwriting it (remove it first, "
+              f"or use --print to see what init would write)", file=sys.stderr)
+        return 1
+    try:
+        listen = config.parse_address(args.listen)
+    except ValueError as exc:
+        print(f"holdover init: --listen: {exc}", file=sys.stderr)
+        return 2
+    interactive = sys.stdin.isatty() and not args.print
+    try:
+        text, found = generate(
+            root, out.resolve(), framework=args.framework, command=args.command,
+            listen=listen, ask=input if interactive else None,
+            say=lambda m: print(m, file=sys.stderr))
+    except InitError as exc:
+        print(f"holdover init: {exc}", file=sys.stderr)
+        return 1
+    except (EOFError, KeyboardInterrupt):
+        print("\nholdover init: nothing written", file=sys.stderr)
+        return 1
+    if args.print:
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(out, "x", encoding="utf-8") as f:  # "x": never overwrite, even in a race
+            f.write(text)
+    except FileExistsError:
+        print(f"holdover init: {out} already exists; not overwriting it", file=sys.stderr)
+        return 1
+    for note in found.notes:
+        print(f"holdover init: note: {note}", file=sys.stderr)
+    print(f"wrote {out} for the {found.framework} app in {found.entry}; next: "
+          f"holdover check -c {out.name} && holdover run -c {out.name}")
+    return 0
+
+
 def cmd_config_reference(args: argparse.Namespace) -> int:
     sys.stdout.write(config.reference_markdown())
     return 0
@@ -369,6 +415,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run a scripted deploy with simulated users and print what happens")
     d.add_argument("-v", "--verbose", action="store_true")
     d.set_defaults(func=cmd_demo)
+    it = sub.add_parser("init", help="write a holdover.toml for the app in this folder",
+                        description="Recognise the app's framework from its files and write "
+                        "a commented holdover.toml that `holdover run` can start. Asks one "
+                        "question when unsure (without a terminal: takes the best guess). "
+                        "Never overwrites a file.")
+    it.add_argument("dir", nargs="?", default=".", help="the app's folder (default: .)")
+    it.add_argument("-c", "--config", default=None,
+                    help="file to write (default: DIR/holdover.toml)")
+    it.add_argument("--print", action="store_true",
+                    help="print the configuration instead of writing it")
+    it.add_argument("--framework", default=None, help="take this framework's app when "
+                    "several are found (django, flask, fastapi, starlette, streamlit, gradio, "
+                    "dash, panel)")
+    it.add_argument("--command", default=None,
+                    help="the command that starts one worker (with {port}), if init guesses "
+                    "wrong")
+    it.add_argument("--listen", default="127.0.0.1:8080",
+                    help="public address (default 127.0.0.1:8080; admin on the next port)")
+    it.set_defaults(func=cmd_init)
     lg = with_config(sub.add_parser("logs", help="print a worker's log (-f to follow)"))
     lg.add_argument("worker", help="worker id, e.g. v2-1")
     lg.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
