@@ -37,6 +37,8 @@ MAX_FILES = 300
 MAX_BYTES = 512 * 1024
 HEALTH_NAMES = re.compile(r"^/?(healthz?|_health|health-check|healthcheck|livez?|readyz?|ping|"
                           r"status|_status|up)/?$")
+ROUTE_CALLS = {"route", "get", "head", "api_route", "add_url_rule", "path", "re_path",
+               "Route", "add_route"}
 SURE = 3  # a finding's score at which init asks nothing
 
 
@@ -52,7 +54,8 @@ class PyFile:
     imports: set[str] = field(default_factory=set)  # top-level module names
     calls: dict[str, list[ast.Call]] = field(default_factory=dict)  # by called name
     assigned: dict[str, str] = field(default_factory=dict)  # app variable -> constructor
-    strings: set[str] = field(default_factory=set)  # string constants (routes, settings)
+    strings: set[str] = field(default_factory=set)  # string constants (settings module names)
+    routes: set[str] = field(default_factory=set)  # paths given to route decorators and path()
     functions: set[str] = field(default_factory=set)
     names: set[str] = field(default_factory=set)  # every name the code refers to
     from_imports: set[str] = field(default_factory=set)  # "flask.session" ...
@@ -97,7 +100,11 @@ def read_python(root: Path, rel: str) -> PyFile | None:
         elif isinstance(node, ast.Name):
             f.names.add(node.id)
         elif isinstance(node, ast.Call):
-            f.calls.setdefault(_called_name(node.func), []).append(node)
+            name = _called_name(node.func)
+            f.calls.setdefault(name, []).append(node)
+            if name in ROUTE_CALLS and node.args and isinstance(node.args[0], ast.Constant) \
+                    and isinstance(node.args[0].value, str):
+                f.routes.add(node.args[0].value)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             if len(node.value) < 200:
                 f.strings.add(node.value)
@@ -238,9 +245,9 @@ class Scan:
     def health_route(self, files: list[PyFile]) -> str:
         """A route string that names a health check (``/healthz``, ``/ping`` ...)."""
         for f in files:
-            for s in sorted(f.strings):
-                if HEALTH_NAMES.match(s):
-                    return "/" + s.strip("/")
+            for route in sorted(f.routes):
+                if HEALTH_NAMES.match(route):
+                    return "/" + route.strip("/")
         return ""
 
 
@@ -377,6 +384,9 @@ def _asgi_wsgi(s: Scan) -> Iterator[Finding]:
                 if ctor == "FastAPI" and openapi is None:
                     a.health_path = "/openapi.json"
                     a.health_why = "FastAPI serves its OpenAPI document once the app is up"
+                route = s.health_route([f])
+                if route:
+                    a.health_path, a.health_why = route, f"the app's own {route} route"
                 if "SessionMiddleware" in f.names:
                     name = f.kwarg("add_middleware", "session_cookie")
                     a.session_cookie = name if isinstance(name, str) and name else "session"
@@ -393,6 +403,9 @@ def _asgi_wsgi(s: Scan) -> Iterator[Finding]:
                     fl.notes.append("`flask run` is Flask's development server; for "
                                     "production, `pip install gunicorn` and run `holdover "
                                     "init` again")
+                route = s.health_route([f])
+                if route:
+                    fl.health_path, fl.health_why = route, f"the app's own {route} route"
                 if "flask.session" in f.from_imports:
                     fl.session_cookie = "session"
                     fl.cookie_why = "Flask's session cookie (SESSION_COOKIE_NAME)"
