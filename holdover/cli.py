@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -43,10 +42,10 @@ stop_grace = "3s"
 """
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(verbose: bool, cfg: config.Config | None = None) -> None:
+    from . import gatewaylog
+
+    gatewaylog.setup(cfg.gateway_log_format if cfg is not None else "plain", verbose)
 
 
 def _load(path: str) -> config.Config:
@@ -70,7 +69,7 @@ def _serve(cfg: config.Config) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, cfg)
     return _serve(cfg)
 
 
@@ -103,7 +102,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args.port + 1 if args.port else 0)
     path = launch.write_config(DEMO_CONFIG, home, args.port, admin_port, args.idle_timeout)
     cfg = _load(str(path))
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, cfg)
 
     import uvloop
 

@@ -215,6 +215,7 @@ class Finding:
     app: dict[str, str] = field(default_factory=dict)  # further [app] settings
     notes: list[str] = field(default_factory=list)
     module: str = ""  # the Python package the command needs
+    command_why: str = "one worker; {port} is the port holdover gives it"
 
     @property
     def label(self) -> str:
@@ -332,7 +333,9 @@ def _dash(s: Scan) -> Iterator[Finding]:
                     SURE + 1 if "run" in f.calls else 2,
                     f"{f.path} makes a Dash app ({var} = Dash(...))", "/_dash-dependencies",
                     "Dash serves its callback list there once the app is loaded",
-                    module="dash", app={"start_timeout": "90s"})
+                    module="dash", app={"start_timeout": "90s"},
+                    command_why="one worker; Dash's app.run() listens on $PORT, which "
+                    "holdover sets to the port it gives the worker")
         health = f.kwarg("Dash", "health_endpoint")
         if isinstance(health, str) and health:
             d.health_path, d.health_why = "/" + health.strip("/"), "the app's health_endpoint"
@@ -554,7 +557,7 @@ def render(f: Finding, listen: tuple[str, int], cwd: str) -> str:
         + _setting("state_dir", ".holdover", "state store, snapshots, secrets, logs")
         + _setting("shutdown_timeout", "30s", "on SIGTERM, requests and WebSockets finish")
         + "\n[app]\n"
-        + _setting("command", f.command, "one worker; {port} is the port holdover gives it")
+        + _setting("command", f.command, f.command_why)
         + _setting("cwd", cwd, "the workers' folder, relative to this file")
         + env
         + "workers = 2                       # processes per revision; each has its own "
