@@ -372,6 +372,28 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    """Print a completion script generated from this very parser (so it cannot drift)."""
+    import shtab
+
+    parser = build_parser()
+    _mark_paths(parser, shtab)
+    sys.stdout.write(shtab.complete(parser, shell=args.shell))
+    return 0
+
+
+def _mark_paths(parser: argparse.ArgumentParser, shtab: Any) -> None:
+    """Complete file names after -c, folder names after --from, --dir and init's DIR."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in action.choices.values():
+                _mark_paths(sp, shtab)
+        elif action.dest == "config":
+            action.complete = shtab.FILE  # type: ignore[attr-defined]
+        elif action.dest in ("from", "dir"):
+            action.complete = shtab.DIRECTORY  # type: ignore[attr-defined]
+
+
 def cmd_config_reference(args: argparse.Namespace) -> int:
     sys.stdout.write(config.reference_markdown())
     return 0
@@ -458,6 +480,13 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--wait-retired", action="store_true",
                             help="after the switch, wait until the old revision retires")
         sp.set_defaults(func=_api_command(command))
+    co = sub.add_parser("completion", help="print a shell completion script (bash or zsh)",
+                        description="Print a completion script for the holdover command. "
+                        "bash: `holdover completion bash > "
+                        "~/.local/share/bash-completion/completions/holdover`; zsh: "
+                        "`holdover completion zsh > \"${fpath[1]}/_holdover\"`.")
+    co.add_argument("shell", choices=["bash", "zsh"])
+    co.set_defaults(func=cmd_completion)
     cr = sub.add_parser("config-reference", help="print the configuration reference (Markdown)")
     cr.set_defaults(func=cmd_config_reference)
     return p
