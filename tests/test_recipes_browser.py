@@ -122,8 +122,10 @@ def says(locator: Any, count: int) -> tuple[str, str]:
 
     expect(locator).to_contain_text(re.compile(rf"in this session: {count}\b"),
                                     timeout=60_000)
-    m = SAYS.search(locator.inner_text())
-    assert m and m.group(3) == str(count), locator.inner_text()
+    # The text itself (inside a shadow root for Panel's widgets).
+    text = locator.get_by_text(re.compile(rf"in this session: {count}\b")).first.inner_text()
+    m = SAYS.search(text)
+    assert m and m.group(3) == str(count), text
     return m.group(1), m.group(2)
 
 
