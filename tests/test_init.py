@@ -98,6 +98,11 @@ def test_a_procfile_gives_the_command_on_loopback(tmp_path: Path) -> None:
     s, _ = gen(tmp_path)
     assert s["app"]["command"] == "uvicorn main:api --host 127.0.0.1 --port {port}"
     assert s["app"]["health_path"] == "/openapi.json"
+    # A Procfile that forks several processes per worker gets a note in the file.
+    (tmp_path / "Procfile").write_text("web: gunicorn -w 4 main:api -k uvicorn.workers.UvicornWorker\n")
+    text, _ = generate(tmp_path, tmp_path / "holdover.toml", say=print)
+    assert "# NOTE: the Procfile starts several processes per worker" in text
+    assert "--workers 1" in text and "$PORT" in text  # and it does not use $PORT either
 
 
 def test_a_pyproject_script_is_a_guess_said_aloud(tmp_path: Path) -> None:
