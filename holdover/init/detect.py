@@ -30,6 +30,11 @@ from .folder import (
 SURE = 3  # a finding's score at which init asks nothing
 
 
+def installed(package: str) -> bool:
+    """Whether the Python that runs holdover can import ``package``."""
+    return importlib.util.find_spec(package) is not None
+
+
 @dataclass
 class Finding:
     """One way this folder could be run behind holdover, and how sure init is of it."""
@@ -71,7 +76,7 @@ class Scan:
 
     def has(self, package: str) -> bool:
         """Listed as a dependency, or importable by the Python that runs holdover."""
-        return package in self.deps or importlib.util.find_spec(package) is not None
+        return package in self.deps or installed(package)
 
     def importing(self, module: str) -> list[PyFile]:
         return [f for f in self.files if module in f.imports]
