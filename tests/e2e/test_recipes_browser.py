@@ -13,6 +13,7 @@ reported.
 
 from __future__ import annotations
 
+import importlib
 import re
 import shutil
 import urllib.parse
@@ -133,7 +134,7 @@ def says(locator: Any, count: int) -> tuple[str, str]:
 
 
 def test_gradio_state_and_queue_stay_on_v1_across_a_deploy(run_in_browser, browser):  # noqa: F811
-    pytest.importorskip("gradio")
+    importlib.import_module("gradio")  # in the test extra
     from playwright.sync_api import expect
 
     gw, text = run_in_browser("gradio")
@@ -190,7 +191,7 @@ def test_gradio_state_and_queue_stay_on_v1_across_a_deploy(run_in_browser, brows
 
 
 def test_dash_callbacks_reach_v1_state_after_a_deploy(run_in_browser, browser):  # noqa: F811
-    pytest.importorskip("dash")
+    importlib.import_module("dash")  # in the test extra
     from playwright.sync_api import expect
 
     gw, text = run_in_browser("dash")
@@ -244,7 +245,7 @@ def test_dash_callbacks_reach_v1_state_after_a_deploy(run_in_browser, browser): 
 
 
 def test_panel_bokeh_session_stays_on_v1_over_its_websocket(run_in_browser, browser):  # noqa: F811
-    pytest.importorskip("panel")
+    importlib.import_module("panel")  # in the test extra
     from playwright.sync_api import expect
 
     gw, text = run_in_browser("panel")
