@@ -269,7 +269,9 @@ def findings(s: Scan) -> list[Finding]:
     found = [f for detect in DETECTORS for f in detect(s)]
     # A framework-specific finding beats a generic one from the same file (a Dash app
     # is a Flask app too; a Gradio app mounts FastAPI).
-    specific = {f.entry for f in found if f.framework not in ("Flask", "FastAPI", "Starlette")}
+    # A Gradio app mounted into FastAPI (no launch()) is the FastAPI app's to run.
+    specific = {f.entry for f in found if f.score >= SURE
+                and f.framework not in ("Flask", "FastAPI", "Starlette")}
     found = [f for f in found if f.entry not in specific or f.framework not in (
         "Flask", "FastAPI", "Starlette")]
     for f in found:

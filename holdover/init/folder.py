@@ -96,7 +96,8 @@ def read_python(root: Path, rel: str) -> PyFile | None:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for t in targets:
                 if isinstance(t, ast.Name):
-                    f.assigned[t.id] = _called_name(node.value.func)
+                    # the first call made it: `app = mount_gradio_app(app, ...)` stays FastAPI
+                    f.assigned.setdefault(t.id, _called_name(node.value.func))
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
             for t in node.targets:
                 if isinstance(t, ast.Name):

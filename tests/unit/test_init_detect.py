@@ -136,3 +136,15 @@ def test_nothing_recognisable_is_a_clear_error(tmp_path: Path) -> None:
         gen(tmp_path)
     s, _ = gen(tmp_path, command="./serve --port {port}")
     assert s["app"]["command"] == "./serve --port {port}"
+
+
+def test_a_gradio_app_mounted_in_fastapi_runs_with_uvicorn(tmp_path: Path) -> None:
+    write(tmp_path, {"main.py": """
+        import gradio as gr
+        from fastapi import FastAPI
+        app = FastAPI()
+        demo = gr.Interface(str, "text", "text")
+        app = gr.mount_gradio_app(app, demo, path="/ui")
+    """})
+    s, _ = gen(tmp_path)
+    assert "-m uvicorn main:app" in s["app"]["command"]
