@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -43,10 +42,10 @@ stop_grace = "3s"
 """
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(verbose: bool, cfg: config.Config | None = None) -> None:
+    from . import gatewaylog
+
+    gatewaylog.setup(cfg.gateway_log_format if cfg is not None else "plain", verbose)
 
 
 def _load(path: str) -> config.Config:
@@ -70,7 +69,7 @@ def _serve(cfg: config.Config) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, cfg)
     return _serve(cfg)
 
 
@@ -103,7 +102,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args.port + 1 if args.port else 0)
     path = launch.write_config(DEMO_CONFIG, home, args.port, admin_port, args.idle_timeout)
     cfg = _load(str(path))
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, cfg)
 
     import uvloop
 
@@ -338,6 +337,74 @@ def cmd_logs(args: argparse.Namespace) -> int:
             return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write (or with --print show) a holdover.toml for the app in a folder."""
+    from .init import InitError, generate
+
+    root = Path(args.dir).resolve()
+    if not root.is_dir():
+        print(f"holdover init: {args.dir}: no such folder", file=sys.stderr)
+        return 2
+    out = Path(args.config) if args.config else root / config.DEFAULT_CONFIG
+    if out.exists() and not args.print:
+        print(f"holdover init: {out} already exists; not overwriting it (remove it first, "
+              f"or use --print to see what init would write)", file=sys.stderr)
+        return 1
+    try:
+        listen = config.parse_address(args.listen)
+    except ValueError as exc:
+        print(f"holdover init: --listen: {exc}", file=sys.stderr)
+        return 2
+    interactive = sys.stdin.isatty() and not args.print
+    try:
+        text, found = generate(
+            root, out.resolve(), framework=args.framework, command=args.command,
+            listen=listen, ask=input if interactive else None,
+            say=lambda m: print(m, file=sys.stderr))
+    except InitError as exc:
+        print(f"holdover init: {exc}", file=sys.stderr)
+        return 1
+    except (EOFError, KeyboardInterrupt):
+        print("\nholdover init: nothing written", file=sys.stderr)
+        return 1
+    if args.print:
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(out, "x", encoding="utf-8") as f:  # "x": never overwrite, even in a race
+            f.write(text)
+    except FileExistsError:
+        print(f"holdover init: {out} already exists; not overwriting it", file=sys.stderr)
+        return 1
+    for note in found.notes:
+        print(f"holdover init: note: {note}", file=sys.stderr)
+    print(f"wrote {out} for the {found.framework} app in {found.entry}; next: "
+          f"holdover check -c {out.name} && holdover run -c {out.name}")
+    return 0
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """Print a completion script generated from this very parser (so it cannot drift)."""
+    import shtab
+
+    parser = build_parser()
+    _mark_paths(parser, shtab)
+    sys.stdout.write(shtab.complete(parser, shell=args.shell))
+    return 0
+
+
+def _mark_paths(parser: argparse.ArgumentParser, shtab: Any) -> None:
+    """Complete file names after -c, folder names after --from, --dir and init's DIR."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in action.choices.values():
+                _mark_paths(sp, shtab)
+        elif action.dest == "config":
+            action.complete = shtab.FILE  # type: ignore[attr-defined]
+        elif action.dest in ("from", "dir"):
+            action.complete = shtab.DIRECTORY  # type: ignore[attr-defined]
+
+
 def cmd_config_reference(args: argparse.Namespace) -> int:
     sys.stdout.write(config.reference_markdown())
     return 0
@@ -380,6 +447,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run a scripted deploy with simulated users and print what happens")
     d.add_argument("-v", "--verbose", action="store_true")
     d.set_defaults(func=cmd_demo)
+    it = sub.add_parser("init", help="write a holdover.toml for the app in this folder",
+                        description="Recognise the app's framework from its files and write "
+                        "a commented holdover.toml that `holdover run` can start. Asks one "
+                        "question when unsure (without a terminal: takes the best guess). "
+                        "Never overwrites a file.")
+    it.add_argument("dir", nargs="?", default=".", help="the app's folder (default: .)")
+    it.add_argument("-c", "--config", default=None,
+                    help="file to write (default: DIR/holdover.toml)")
+    it.add_argument("--print", action="store_true",
+                    help="print the configuration instead of writing it")
+    it.add_argument("--framework", default=None, help="take this framework's app when "
+                    "several are found (django, flask, fastapi, starlette, streamlit, gradio, "
+                    "dash, panel)")
+    it.add_argument("--command", default=None,
+                    help="the command that starts one worker (with {port}), if init guesses "
+                    "wrong")
+    it.add_argument("--listen", default="127.0.0.1:8080",
+                    help="public address (default 127.0.0.1:8080; admin on the next port)")
+    it.set_defaults(func=cmd_init)
     lg = with_config(sub.add_parser("logs", help="print a worker's log (-f to follow)"))
     lg.add_argument("worker", help="worker id, e.g. v2-1")
     lg.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
@@ -406,6 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--wait-retired", action="store_true",
                             help="after the switch, wait until the old revision retires")
         sp.set_defaults(func=_api_command(command))
+    co = sub.add_parser("completion", help="print a shell completion script (bash or zsh)",
+                        description="Print a completion script for the holdover command. "
+                        "bash: `holdover completion bash > "
+                        "~/.local/share/bash-completion/completions/holdover`; zsh: "
+                        "`holdover completion zsh > \"${fpath[1]}/_holdover\"`.")
+    co.add_argument("shell", choices=["bash", "zsh"])
+    co.set_defaults(func=cmd_completion)
     cr = sub.add_parser("config-reference", help="print the configuration reference (Markdown)")
     cr.set_defaults(func=cmd_config_reference)
     return p

@@ -268,6 +268,10 @@ SETTINGS: tuple[Setting, ...] = (
             "or \"off\"."),
     Setting("gateway", "access_log_format", _choice("json", "combined"), "json",
             "One JSON object per request, or the combined log format."),
+    Setting("gateway", "log_format", _choice("plain", "json"), "plain",
+            "The gateway's own log lines on standard error: \"plain\" text, or \"json\" "
+            "(one object a line: time, level, logger, message, and fields such as revision, "
+            "worker, count). The access log keeps its own format."),
     Setting("gateway", "max_request_line", parse_size, "8KiB",
             "Longest request line accepted; longer gets 414."),
     Setting("gateway", "max_header_size", parse_size, "64KiB",

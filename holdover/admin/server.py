@@ -24,7 +24,14 @@ from aiohttp import web
 from ..core.errors import Refused
 from ..state import StoreError
 from .commands import BY_NAME, COMMANDS, Command, CommandError
-from .metrics import CONTENT_TYPE_LATEST, ProcessStats, metrics_registry, overview, render
+from .metrics import (
+    CONTENT_TYPE_LATEST,
+    GatewayCollector,
+    ProcessStats,
+    metrics_registry,
+    overview,
+    render,
+)
 
 if TYPE_CHECKING:
     from ..control.facade import Control as Gateway
@@ -125,7 +132,8 @@ class AdminServer:
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/api/stream", self._stream)
         app.router.add_get("/metrics", self._metrics)
-        self._registry = metrics_registry(gw)
+        self._collector = GatewayCollector(gw)
+        self._registry = metrics_registry(gw, self._collector)
         self._procs = ProcessStats()
         self._closing = asyncio.Event()
         self.app = app
@@ -210,6 +218,7 @@ class AdminServer:
                             headers={"Content-Type": ctype})
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        await self._collector.read_events(getattr(self.gw, "store", None))
         return web.Response(body=render(self._registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -183,6 +183,14 @@ class Worker:
     def log_tail(self, lines: int = 20) -> str:
         return tail(self.log_path, lines)
 
+    def fields(self, **more: object) -> dict[str, object]:
+        """The ``extra=`` of this worker's log lines (names in gatewaylog.FIELDS)."""
+        out: dict[str, object] = {"revision": self.spec.revision, "worker": self.id}
+        if self.pid:
+            out.update(pid=self.pid, port=self.port)
+        out.update(more)
+        return out
+
     def _on(self, event: WorkerEvent) -> None:
         """Apply a lifecycle event (core/lifecycle.py's table) and report the new state."""
         state = next_state(WORKER_TRANSITIONS, self.state, event, f"worker {self.id}")
@@ -206,7 +214,8 @@ class Worker:
     def suspect(self) -> None:
         """The proxy could not connect: leave rotation and get checked at once."""
         if self.state == "ready":
-            log.warning("worker %s refused a connection; checking it", self.id)
+            log.warning("worker %s refused a connection; checking it", self.id,
+                        extra=self.fields())
             self.healthy = False
             if self.on_state is not None:
                 self.on_state(self)
@@ -253,10 +262,14 @@ class Worker:
                 if self.crash_loop and not was_loop:
                     log.error("worker %s is crash-looping (%d restarts in %.0fs); last log "
                               "lines:\n%s", self.id, len(self._restart_times),
-                              self.spec.crash_loop_window, self.log_tail(10))
+                              self.spec.crash_loop_window, self.log_tail(10),
+                              extra=self.fields(event="crash-loop",
+                                                count=len(self._restart_times),
+                                                seconds=self.spec.crash_loop_window))
                 delay = min(self.spec.backoff_max, 0.5 * 2 ** (failures - 1))
                 self._on(WorkerEvent.EXITED)
-                log.info("worker %s restarts in %.1fs", self.id, delay)
+                log.info("worker %s restarts in %.1fs", self.id, delay,
+                         extra=self.fields(count=self.restarts, seconds=delay))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop_ev.wait(), delay)
         finally:
@@ -286,7 +299,8 @@ class Worker:
         except OSError as exc:
             os.close(rfd)
             self._log.write(f"--- holdover: cannot start {argv[0]!r}: {exc}\n".encode())
-            log.error("worker %s cannot start %r: %s", self.id, argv[0], exc)
+            log.error("worker %s cannot start %r: %s", self.id, argv[0], exc,
+                      extra=self.fields())
             return False
         finally:
             os.close(wfd)
@@ -296,18 +310,22 @@ class Worker:
         if self.guard:
             self.guard(f"+{proc.pid}")
         drain = await self._drain_output(rfd)
-        log.info("worker %s started pid=%d port=%d", self.id, proc.pid, self.port)
+        log.info("worker %s started pid=%d port=%d", self.id, proc.pid, self.port,
+                 extra=self.fields())
         ready = await self._wait_ready(proc)
         if ready:
             self.ready_at = time.monotonic()
             self._on(WorkerEvent.READY)
-            log.info("worker %s ready in %.2fs", self.id, self.ready_at - self.started_at)
+            took = self.ready_at - self.started_at
+            log.info("worker %s ready in %.2fs", self.id, took,
+                     extra=self.fields(seconds=round(took, 3)))
             if first_ready is not None and not first_ready.done():
                 first_ready.set_result(True)
             await self._serve(proc)
         elif not self._stopping and proc.returncode is None:
             log.error("worker %s did not become ready within %.0fs; last log lines:\n%s",
-                      self.id, self.spec.start_timeout, self.log_tail(10))
+                      self.id, self.spec.start_timeout, self.log_tail(10),
+                      extra=self.fields(seconds=self.spec.start_timeout))
         await self._ended(proc, drain)
         return ready
 
@@ -337,7 +355,8 @@ class Worker:
         ready = proc.returncode is None
         if ready:
             self._on(WorkerEvent.READY)
-            log.info("worker %s adopted pid=%d port=%d", self.id, proc.pid, self.port)
+            log.info("worker %s adopted pid=%d port=%d", self.id, proc.pid, self.port,
+                     extra=self.fields())
             if first_ready is not None and not first_ready.done():
                 first_ready.set_result(True)
             await self._serve(proc)  # type: ignore[arg-type]
@@ -351,7 +370,8 @@ class Worker:
             await asyncio.wait_for(drain.closed, 1.0)
         self.last_exit = proc.returncode
         if not self._stopping:
-            log.warning("worker %s exited with %s", self.id, proc.returncode)
+            log.warning("worker %s exited with %s", self.id, proc.returncode,
+                        extra=self.fields(exit_code=proc.returncode))
             self._log.write(f"--- holdover: worker exited with {proc.returncode}\n".encode())
 
     async def _wait_ready(self, proc: asyncio.subprocess.Process) -> bool:
@@ -380,7 +400,7 @@ class Worker:
                     return
                 if self._restart_requested:
                     self._restart_requested = False
-                    log.info("worker %s: restart requested", self.id)
+                    log.info("worker %s: restart requested", self.id, extra=self.fields())
                     self._on(WorkerEvent.RESTART)
                     return
                 if await self.check():
@@ -396,7 +416,8 @@ class Worker:
                     if self.on_state:
                         self.on_state(self)
                 if failures >= self.spec.health_failures:
-                    log.error("worker %s failed %d health checks; restarting", self.id, failures)
+                    log.error("worker %s failed %d health checks; restarting", self.id,
+                              failures, extra=self.fields(count=failures))
                     self._on(WorkerEvent.UNHEALTHY)
                     return
         finally:
@@ -412,7 +433,8 @@ class Worker:
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 # The gateway itself is out of file descriptors: that says nothing about
                 # the worker, and killing it would lose its sessions for nothing.
-                log.warning("cannot health-check worker %s: %s", self.id, exc)
+                log.warning("cannot health-check worker %s: %s", self.id, exc,
+                            extra=self.fields())
                 return True
             return False
         except TimeoutError:
@@ -442,7 +464,7 @@ class Worker:
                 await asyncio.wait_for(proc.wait(), self.spec.stop_grace)
             except TimeoutError:
                 log.warning("worker %s did not stop within %.0fs; killing it", self.id,
-                            self.spec.stop_grace)
+                            self.spec.stop_grace, extra=self.fields(seconds=self.spec.stop_grace))
         self._signal_group(pgid, signal.SIGKILL)  # whatever it left behind in its group
         await proc.wait()
         if self.guard:
