@@ -346,6 +346,12 @@ SETTINGS: tuple[Setting, ...] = (
             "the app sends X-Holdover-Session)."),
     Setting("app", "session_idle_timeout", parse_duration, "30m",
             "A session with no request for this long has ended."),
+    Setting("app", "max_sessions", _int_at_least(1), 1_000_000,
+            "At most this many live sessions are pinned; past it new sessions are served "
+            "unpinned (counted in holdover_sessions_refused_total) and no live session is "
+            "ever pushed out. Holdover's own pin cookie counts as a session only once the "
+            "client comes back with it; at most as many offered ones are kept, the oldest "
+            "dropped first."),
     Setting("app", "strategy", _choice("replace", "rolling"), "replace",
             "Stateless deploys: \"replace\" starts all new workers, then drains the old; "
             "\"rolling\" replaces one worker at a time, each old one draining (its requests "

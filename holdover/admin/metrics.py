@@ -180,6 +180,12 @@ class GatewayCollector(Collector):
             if rid not in rm.revisions:
                 sessions.add_metric([rid], n)
         yield sessions
+        yield CounterMetricFamily("holdover_sessions_refused", "New sessions served unpinned "
+                                  "because the session table was full (max_sessions)",
+                                  value=getattr(gw.sessions, "refused", 0))
+        yield GaugeMetricFamily("holdover_sessions_offered", "Pin cookies offered to clients "
+                                "that have not come back with them yet (not sessions)",
+                                value=len(getattr(gw.sessions, "offered", ())))
         yield CounterMetricFamily("holdover_sessions_lost", "Sessions whose worker process "
                                   "went away (restart, crash, retire, max_drain)",
                                   value=gw.sessions_lost)

@@ -387,14 +387,14 @@ class Harness:
     """The real control plane (revisions, routing, session table) with fake workers."""
 
     def __init__(self, mode: str = "sessions", cookie: str = "sid", workers: int = 2,
-                 strategy: str = "replace") -> None:
+                 strategy: str = "replace", max_sessions: int = 1_000_000) -> None:
         self.loop = asyncio.new_event_loop()
         # The app's folder: the first revision is a snapshot of it, under state/releases.
         self.home = Path(tempfile.mkdtemp(prefix="holdover-unit-"))
         cfg = from_dict({
             "gateway": {"access_log": "off", "state_dir": "state"},
             "app": {"command": "app {port}", "workers": workers, "mode": mode,
-                    "health_path": "/healthz",
+                    "health_path": "/healthz", "max_sessions": max_sessions,
                     "session_cookie": cookie, "strategy": strategy}},
             path=self.home / "holdover.toml")
         gw = self.gw = Control(cfg, supervisor=FakeSupervisor, router=NoIORouter)
@@ -868,7 +868,65 @@ def test_health_checks_of_a_load_balancer_are_never_pinned() -> None:
             assert not (h.gw.router.response_extra_headers(ex) or b"").count(PIN_COOKIE)
             h.gw.router.exchange_done(ex)
         assert len(h.gw.sessions) == 0 and not failed
-        _, extra = h.request(None)  # any other path: pinned as before
-        assert PIN_COOKIE in extra and len(h.gw.sessions) == 1
+        _, extra = h.request(None)  # any other path: offered its pin cookie as before
+        assert PIN_COOKIE in extra and len(h.gw.sessions.offered) == 1
+    finally:
+        h.close()
+
+
+def pin_of(extra: bytes) -> bytes:
+    m = re.search(rb"Set-Cookie: holdover_pin=([^;\r]+)", extra)
+    assert m, extra
+    return m.group(1)
+
+
+def test_junk_traffic_is_no_session_and_offers_are_bounded() -> None:
+    """Clients that never come back with holdover's cookie make no session (issue:
+    115,000 pins from 30 s of one client), and what they leave behind is bounded."""
+    h = Harness(cookie="", max_sessions=50)
+    try:
+        for i in range(400):
+            forged = b"holdover_pin=%d.AAAAAAAAAAAAAAAA" % i if i % 2 else None
+            _, extra = h.request(forged)
+            assert PIN_COOKIE in extra
+        assert len(h.gw.sessions) == 0, "nobody came back: no session"
+        assert h.gw.sessions.per_revision == {} and h.gw.sessions.per_worker == {}
+        assert len(h.gw.sessions.offered) == 50, "offers are bounded, the oldest go first"
+        # The v1 workers hold no session: a deploy retires v1 at once.
+        h.run(h.gw.revs.deploy(revision="v2"))
+        h.tick()
+        assert h.gw.revs.revisions["v1"].state == "retired"
+        h.gw.end_idle_sessions(time.monotonic() + 3600)
+        assert not h.gw.sessions.offered, "offers nobody brought back expire"
+    finally:
+        h.close()
+
+
+def test_a_client_that_comes_back_becomes_a_session_on_its_worker() -> None:
+    h = Harness(cookie="")
+    try:
+        first, extra = h.request(None)
+        value = pin_of(extra)
+        again, extra2 = h.request(b"holdover_pin=" + value)
+        assert again.worker is first.worker and b"Set-Cookie" not in extra2
+        assert len(h.gw.sessions) == 1 and not h.gw.sessions.offered
+        assert h.gw.sessions.per_worker == {first.worker.id: 1}
+    finally:
+        h.close()
+
+
+def test_a_full_session_table_refuses_new_sessions_and_keeps_the_live_ones() -> None:
+    h = Harness(max_sessions=3)
+    try:
+        homes = {}
+        for i in range(3):
+            ex, _ = h.request(None, b"sid=s%d; Path=/" % i)
+            homes[i] = ex.worker
+        ex, _ = h.request(None, b"sid=late; Path=/")
+        assert len(h.gw.sessions) == 3 and h.gw.sessions.refused == 1
+        assert h.gw.sessions.get(h.gw.keys.session_key(b"app", b"late")) is None
+        for i, w in homes.items():
+            ex, _ = h.request(b"sid=s%d" % i)
+            assert ex.worker is w, "no live session is pushed out"
     finally:
         h.close()
