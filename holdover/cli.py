@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config
+from . import __version__, cliformat, config
 from .admin.commands import BY_NAME, COMMANDS, Command
 
 DEMO_CONFIG = """\
@@ -129,7 +129,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _print_status(st: dict[str, Any]) -> None:
     print(f"mode {st['mode']}  active {st['active'] or '-'}"
           + (f"  canary {st['canary']}" if st.get("canary") else "")
-          + f"  live sessions {st['sessions']}  lost {st['sessions_lost']}")
+          + f"  live sessions {st['sessions']}  lost {st['sessions_lost']} since the gateway "
+            f"(re)started")
     rows = [("REVISION", "STATE", "SESSIONS", "WORKER", "PID", "PORT", "WORKER STATE",
              "IN FLIGHT")]
     for rev in st["revisions"]:
@@ -140,11 +141,9 @@ def _print_status(st: dict[str, Any]) -> None:
             first = i == 0
             rows.append((rev["id"] if first else "", state if first else "",
                          str(rev["sessions"]) if first else "",
-                         *((w["id"], str(w["pid"]), str(w["port"]), w["state"],
+                         *((w["id"], cliformat.pid_of(w), cliformat.port_of(w), w["state"],
                             str(w["inflight"])) if w else ("-", "", "", "", ""))))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+    print(cliformat.table(rows))
 
 
 def _print_result(name: str, result: Any) -> None:
@@ -169,7 +168,8 @@ def _print_result(name: str, result: Any) -> None:
             print(f"revision {result['revision']} is active"
                   + (f"; {result['previous']} is draining" if result.get("previous") else ""))
     else:
-        print(json.dumps(result, indent=2))
+        text = cliformat.render(name, result)
+        print(text if text is not None else json.dumps(result, indent=2))
 
 
 def _api_command(command: Command) -> Any:

@@ -84,6 +84,8 @@ def openapi() -> dict[str, Any]:
                     "schema": {"$ref": "#/components/schemas/Error"}}}},
                 "401": {"description": "missing or wrong token", "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                "404": {"description": "no such revision, worker or session", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
             }}
         if c.method == "POST":
             op["requestBody"] = {"required": False, "content": {"application/json": {"schema": {
