@@ -327,6 +327,27 @@ def cmd_logs(args: argparse.Namespace) -> int:
             return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Copy the state store (and its keys) while the gateway runs; see state/backup.py."""
+    from .state.backup import BackupError, backup
+
+    cfg = _load(args.config)
+    try:
+        done = backup(cfg.state_dir, Path(args.file).absolute())
+    except BackupError as exc:
+        print(f"holdover backup: {exc}", file=sys.stderr)
+        return 1
+    print(f"{done.database}: {done.revisions} revision(s), {done.pins} session pin(s), "
+          f"{done.events} event(s) (schema version {done.schema_version})")
+    if done.secret is not None:
+        print(f"{done.secret}: the keys (secret.json); keep it with the database, and as "
+              f"private: it signs every holdover_pin cookie")
+    else:
+        print(f"no secret.json in {cfg.state_dir} yet: the gateway creates it on its first "
+              f"start", file=sys.stderr)
+    return 0
+
+
 def cmd_config_reference(args: argparse.Namespace) -> int:
     sys.stdout.write(config.reference_markdown())
     return 0
@@ -394,6 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--wait-retired", action="store_true",
                             help="after the switch, wait until the old revision retires")
         sp.set_defaults(func=_api_command(command))
+    bk = with_config(sub.add_parser(
+        "backup", help="copy the state store and its keys, safely while the gateway runs",
+        description="Write a consistent copy of state_dir/state.db to FILE and of "
+        "state_dir/secret.json to FILE.secret.json (both 0600), using SQLite's online "
+        "backup: safe while the gateway runs. Restore: see docs/operating.md."))
+    bk.add_argument("file", help="the database copy to write (replaced if it exists)")
+    bk.set_defaults(func=cmd_backup)
     cr = sub.add_parser("config-reference", help="print the configuration reference (Markdown)")
     cr.set_defaults(func=cmd_config_reference)
     return p
