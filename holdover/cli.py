@@ -300,7 +300,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     rev = args.worker.rsplit("-", 1)[0]
     path = cfg.state_dir / "logs" / rev / f"{args.worker}.log"
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except PermissionError:
+        from .admin.client import not_yours
+
+        print(f"holdover: {not_yours(cfg, path)}", file=sys.stderr)
+        return 1
+    if not exists:
         known = sorted(p.stem for p in (cfg.state_dir / "logs").glob("*/*.log"))
         print(f"holdover: no log for worker {args.worker!r} at {path}; known workers: "
               f"{', '.join(known) or 'none'}", file=sys.stderr)

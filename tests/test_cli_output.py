@@ -7,16 +7,28 @@ they send), ``worker-restart`` and ``reload``.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import io
 import json
+import os
+import pwd
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
+import pytest
 from conftest import APPS, PY, GatewayProcess, wait_for
 
+from holdover import cli as holdover_cli
 from holdover import cliformat
+from holdover.admin import client  # noqa: F401  (loaded before a forked child drops root)
+from holdover.state import backup  # noqa: F401
+from holdover.supervisor import logs  # noqa: F401
 
 STATEFUL = f"{PY} {APPS / 'stateful.py'} {{port}}"
 EPOCH_FLOAT = re.compile(r"\b1[6-9]\d{8}\.\d+")  # what an epoch time printed raw looks like
@@ -193,3 +205,61 @@ def test_stopped_workers_show_no_pid(gateway_factory) -> None:
     assert rows["v1-1"][2:5] == ["stopped", "-", "-"], rows
     assert str(v1_pid) not in " ".join(rows["v1-1"])
     assert rows["v2-1"][2] == "ready" and rows["v2-1"][3].isdigit()
+
+
+# -- another user than the gateway's --------------------------------------------------------
+
+def as_nobody(argv: list[str]) -> tuple[int, str]:
+    """``holdover ARGV`` in a forked child that became user ``nobody``: (exit code, stderr)."""
+    nobody = pwd.getpwnam("nobody")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code, err = -1, io.StringIO()
+        try:
+            os.close(r)
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                code = holdover_cli.main(argv)
+        except BaseException as exc:
+            err.write(f"raised {exc!r}")
+        finally:
+            os.write(w, json.dumps([code, err.getvalue()]).encode())
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    code, err = json.loads(data)
+    return code, err
+
+
+def test_another_user_is_told_whose_state_dir_it_is() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user 'nobody'")
+    home = Path(tempfile.mkdtemp(prefix="holdover-perm-"))
+    try:
+        home.chmod(0o755)
+        state = home / "state"
+        state.mkdir(mode=0o700)
+        for name in ("admin.url", "admin.token", "state.db"):
+            (state / name).write_text("x\n")
+        config = home / "holdover.toml"
+        config.write_text('[gateway]\nstate_dir = "state"\n[app]\ncommand = "x {port}"\n')
+        config.chmod(0o644)
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        for argv, code in ((["status"], 3), (["logs", "v1-1"], 1),
+                           (["backup", str(home / "copy.db")], 1)):
+            got, err = as_nobody([*argv, "-c", str(config)])
+            assert got == code, (argv, got, err)
+            assert "Traceback" not in err and "raised" not in err, err
+            assert "run as the user that runs the gateway" in err or \
+                "run it as the user that runs the gateway" in err, err
+            assert f"sudo -u {me} holdover" in err, err
+    finally:
+        shutil.rmtree(home)

@@ -66,10 +66,14 @@ def backup(state_dir: Path, dest: Path) -> BackupResult:
     Each file is written under a temporary name and renamed into place, so ``dest`` is
     either the old file or a complete new copy, never half of one."""
     src = state_dir / "state.db"
-    if not src.is_file():
+    try:
+        readable = src.is_file() and os.access(src, os.R_OK)
+    except PermissionError:  # state_dir is 0700: another user cannot even look inside
+        raise BackupError(f"cannot read {src}: {_owner_hint(state_dir)}") from None
+    if not src.exists():
         raise BackupError(f"no state database at {src}: has `holdover run` ever started "
                           f"with this configuration?")
-    if not os.access(src, os.R_OK):
+    if not readable:
         raise BackupError(f"cannot read {src}: {_owner_hint(src)}")
     if dest.is_dir():
         raise BackupError(f"{dest} is a directory: name the file to write, e.g. "
