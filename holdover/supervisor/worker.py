@@ -411,9 +411,10 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), delay)
             delay = min(delay * 1.5, 0.5)
-        self.start_failure = (f"no passing health check within {self.spec.start_timeout:g}s"
-                              f" (start_timeout); the last one: "
-                              f"{self.last_check or 'none made'}")
+        if not self._stopping and proc.returncode is None:  # (else the exit says why)
+            self.start_failure = (f"no passing health check within "
+                                  f"{self.spec.start_timeout:g}s (start_timeout); the last "
+                                  f"one: {self.last_check or 'none made'}")
         return False
 
     async def _serve(self, proc: asyncio.subprocess.Process) -> None:

@@ -156,3 +156,18 @@ def test_a_passing_check_clears_the_last_failure(tmp_path: Path) -> None:
     assert first == "health check GET /healthz answered 500 Internal Server Error"
     assert ok is True
     assert (w.last_check, w.last_check_status) == ("", 0)
+
+
+def test_an_app_that_exits_at_start_is_said_to_have_exited(tmp_path: Path) -> None:
+    script = tmp_path / "exits.py"
+    script.write_text("import sys\nprint('missing SECRET_KEY', flush=True)\nsys.exit(3)\n")
+    gw = GatewayProcess(tmp_path, app=f"{PY} {script}", workers=1,
+                        extra_app='start_timeout = "30s"\n')
+    try:
+        code = gw.proc.wait(45)
+    finally:
+        gw.stop()
+    assert code == 1, gw.log
+    assert "worker v1-1 never became ready: exited with 3 before it was ready" in gw.log
+    assert "no passing health check" not in gw.log
+    assert gw.log.count("missing SECRET_KEY") == 1, gw.log
