@@ -13,7 +13,7 @@ import math
 import re
 import shlex
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -351,7 +351,7 @@ def _line_of(text: str, section: str, key: str | None) -> int | None:
     return None
 
 
-def _did_you_mean(word: str, choices: Any, shape: str = "{}") -> str:
+def _did_you_mean(word: str, choices: Iterable[str], shape: str = "{}") -> str:
     """`` (did you mean X?)`` for a near miss among ``choices`` (a typo), else ``""``."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {shape.format(close[0])}?)" if close else ""
