@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config
+from . import __version__, cliformat, config
 from .admin.commands import BY_NAME, COMMANDS, Command
 
 DEMO_CONFIG = """\
@@ -125,7 +125,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _print_status(st: dict[str, Any]) -> None:
     print(f"mode {st['mode']}  active {st['active'] or '-'}"
           + (f"  canary {st['canary']}" if st.get("canary") else "")
-          + f"  live sessions {st['sessions']}  lost {st['sessions_lost']}")
+          + f"  live sessions {st['sessions']}  lost {st['sessions_lost']} since the gateway "
+            f"(re)started")
     rows = [("REVISION", "STATE", "SESSIONS", "WORKER", "PID", "PORT", "WORKER STATE",
              "IN FLIGHT")]
     for rev in st["revisions"]:
@@ -136,11 +137,9 @@ def _print_status(st: dict[str, Any]) -> None:
             first = i == 0
             rows.append((rev["id"] if first else "", state if first else "",
                          str(rev["sessions"]) if first else "",
-                         *((w["id"], str(w["pid"]), str(w["port"]), w["state"],
+                         *((w["id"], cliformat.pid_of(w), cliformat.port_of(w), w["state"],
                             str(w["inflight"])) if w else ("-", "", "", "", ""))))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+    print(cliformat.table(rows))
 
 
 def _print_result(name: str, result: Any) -> None:
@@ -165,7 +164,8 @@ def _print_result(name: str, result: Any) -> None:
             print(f"revision {result['revision']} is active"
                   + (f"; {result['previous']} is draining" if result.get("previous") else ""))
     else:
-        print(json.dumps(result, indent=2))
+        text = cliformat.render(name, result)
+        print(text if text is not None else json.dumps(result, indent=2))
 
 
 def _api_command(command: Command) -> Any:
@@ -310,7 +310,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     rev = args.worker.rsplit("-", 1)[0]
     path = cfg.state_dir / "logs" / rev / f"{args.worker}.log"
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except PermissionError:
+        from .admin.client import not_yours
+
+        print(f"holdover: {not_yours(cfg, path)}", file=sys.stderr)
+        return 1
+    if not exists:
         known = sorted(p.stem for p in (cfg.state_dir / "logs").glob("*/*.log"))
         print(f"holdover: no log for worker {args.worker!r} at {path}; known workers: "
               f"{', '.join(known) or 'none'}", file=sys.stderr)
@@ -403,6 +410,27 @@ def _mark_paths(parser: argparse.ArgumentParser, shtab: Any) -> None:
             action.complete = shtab.FILE  # type: ignore[attr-defined]
         elif action.dest in ("from", "dir"):
             action.complete = shtab.DIRECTORY  # type: ignore[attr-defined]
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Copy the state store (and its keys) while the gateway runs; see state/backup.py."""
+    from .state.backup import BackupError, backup
+
+    cfg = _load(args.config)
+    try:
+        done = backup(cfg.state_dir, Path(args.file).absolute())
+    except BackupError as exc:
+        print(f"holdover backup: {exc}", file=sys.stderr)
+        return 1
+    print(f"{done.database}: {done.revisions} revision(s), {done.pins} session pin(s), "
+          f"{done.events} event(s) (schema version {done.schema_version})")
+    if done.secret is not None:
+        print(f"{done.secret}: the keys (secret.json); keep it with the database, and as "
+              f"private: it signs every holdover_pin cookie")
+    else:
+        print(f"no secret.json in {cfg.state_dir} yet: the gateway creates it on its first "
+              f"start", file=sys.stderr)
+    return 0
 
 
 def cmd_config_reference(args: argparse.Namespace) -> int:
@@ -499,6 +527,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "`holdover completion zsh > \"${fpath[1]}/_holdover\"`.")
     co.add_argument("shell", choices=["bash", "zsh"])
     co.set_defaults(func=cmd_completion)
+    bk = with_config(sub.add_parser(
+        "backup", help="copy the state store and its keys, safely while the gateway runs",
+        description="Write a consistent copy of state_dir/state.db to FILE and of "
+        "state_dir/secret.json to FILE.secret.json (both 0600), using SQLite's online "
+        "backup: safe while the gateway runs. Restore: see docs/operating.md."))
+    bk.add_argument("file", help="the database copy to write (replaced if it exists)")
+    bk.set_defaults(func=cmd_backup)
     cr = sub.add_parser("config-reference", help="print the configuration reference (Markdown)")
     cr.set_defaults(func=cmd_config_reference)
     return p

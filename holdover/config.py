@@ -8,13 +8,14 @@ it can be found and what was expected, because an operator reads them at 3 a.m.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import re
 import shlex
 import socket
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -438,6 +439,12 @@ def _line_of(text: str, section: str, key: str | None) -> int | None:
     return None
 
 
+def _did_you_mean(word: str, choices: Iterable[str], shape: str = "{}") -> str:
+    """`` (did you mean X?)`` for a near miss among ``choices`` (a typo), else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {shape.format(close[0])}?)" if close else ""
+
+
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Read and validate a config file; raise ConfigError saying what is wrong and where."""
     path = Path(path)
@@ -469,15 +476,19 @@ def from_dict(data: dict[str, Any], path: Path, text: str = "",
             raise ConfigError(f"{path}: top-level key {section!r} must be inside a section "
                               f"({', '.join(f'[{s}]' for s in SECTIONS)})")
         if section not in SECTIONS:
-            raise ConfigError(f"{where(section)}: unknown section; expected one of "
+            raise ConfigError(f"{where(section)}: unknown section"
+                              f"{_did_you_mean(section, SECTIONS, '[{}]')}; expected one of "
                               f"{', '.join(f'[{s}]' for s in SECTIONS)}")
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: {section}: expected a table [{section}]")
         for key in table:
             if (section, key) not in known:
                 names = sorted(n for (sec, n) in known if sec == section)
-                raise ConfigError(f"{where(section, key)}: unknown key; expected one of "
-                                  f"{', '.join(names)}")
+                elsewhere = [sec for (sec, n) in known if n == key]
+                hint = (f" (it is a [{elsewhere[0]}] key)" if elsewhere
+                        else _did_you_mean(key, names))
+                raise ConfigError(f"{where(section, key)}: unknown key{hint}; expected one "
+                                  f"of {', '.join(names)}")
     values: dict[str, Any] = {}
     overrides = overrides or {}
     for s in SETTINGS:

@@ -7,9 +7,11 @@ token (``state_dir/admin.token``), so ``holdover status`` needs nothing but ``-c
 from __future__ import annotations
 
 import json
+import pwd
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from ..config import Config
@@ -29,12 +31,25 @@ class ApiError(Exception):
         self.error = error
 
 
+def not_yours(cfg: Config, path: Path) -> str:
+    """What to say when ``state_dir`` (0700) belongs to the user the gateway runs as."""
+    try:
+        owner = pwd.getpwuid(cfg.state_dir.stat().st_uid).pw_name
+        how = f" (sudo -u {owner} holdover ...)"
+    except (KeyError, OSError):
+        how = ""
+    return f"cannot read {path}: run as the user that runs the gateway{how}"
+
+
 def admin_base(cfg: Config) -> str:
     url_file = cfg.state_dir / "admin.url"
-    if url_file.exists():
+    try:
         return url_file.read_text().strip().rstrip("/")
-    host, port = cfg.gateway_admin_listen
-    return f"http://{host}:{port}"
+    except FileNotFoundError:
+        host, port = cfg.gateway_admin_listen
+        return f"http://{host}:{port}"
+    except PermissionError:
+        raise GatewayNotRunning(not_yours(cfg, url_file)) from None
 
 
 def read_token(cfg: Config) -> str:
@@ -45,8 +60,7 @@ def read_token(cfg: Config) -> str:
         raise GatewayNotRunning(f"no admin token at {path}: has `holdover run -c "
                                 f"{cfg.path}` ever started?") from None
     except PermissionError:
-        raise GatewayNotRunning(f"cannot read {path}: run as the user that runs the "
-                                f"gateway") from None
+        raise GatewayNotRunning(not_yours(cfg, path)) from None
 
 
 def call(cfg: Config, command: Command, args: dict[str, Any], timeout: float | None = 30.0
