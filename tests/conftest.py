@@ -23,6 +23,7 @@ import textwrap
 import threading
 import time
 import tomllib
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -71,6 +72,12 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     return (yield from _guarded(item))
+
+
+# Test traffic goes to loopback only, whatever HTTP(S)_PROXY the machine sets: urllib
+# through this opener, websockets with ``proxy=None``, aiohttp with its default
+# ``trust_env=False`` (tests/unit/test_loopback_source.py checks the source for all three).
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def require(module: str) -> object:

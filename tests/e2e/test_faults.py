@@ -283,8 +283,8 @@ def test_kill9_mid_websocket_closes_only_that_websocket(gateways, observe):
     gw = gateways(workers=2, mode="sessions", app_extra='session_cookie = "sid"\n').wait_ready()
     (_, (ca, a)), (_, (cb, b)) = sorted(sessions_on_two_workers(gw.port).items())
     url = f"ws://127.0.0.1:{gw.port}/ws"
-    with ws_connect(url, additional_headers={"Cookie": ca}, open_timeout=10) as wsa, \
-            ws_connect(url, additional_headers={"Cookie": cb}, open_timeout=10) as wsb:
+    with ws_connect(url, proxy=None, additional_headers={"Cookie": ca}, open_timeout=10) as wsa, \
+            ws_connect(url, proxy=None, additional_headers={"Cookie": cb}, open_timeout=10) as wsb:
         wsa.send("a1")
         wsb.send("b1")
         assert json.loads(wsa.recv(timeout=10))["pid"] == a["pid"]
@@ -303,7 +303,7 @@ def test_kill9_mid_websocket_closes_only_that_websocket(gateways, observe):
         for i in range(5):
             wsb.send(f"b{i}")
             echoes.append(json.loads(wsb.recv(timeout=10)))
-    with ws_connect(url, additional_headers={"Cookie": ca}, open_timeout=10) as again:
+    with ws_connect(url, proxy=None, additional_headers={"Cookie": ca}, open_timeout=10) as again:
         again.send("back")
         reconnect = json.loads(again.recv(timeout=10))
     observe("worker-kill9-mid-websocket",
