@@ -24,6 +24,7 @@ import threading
 import time
 import tomllib
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,6 +32,7 @@ import isolation
 import psutil
 import pytest
 import skippolicy
+from redisserver import RedisServer
 
 APPS = Path(__file__).parent / "apps"
 UNIT = Path(__file__).parent / "unit"
@@ -347,3 +349,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# -- a real Redis for the Redis store's tests (tests/redisserver.py) --------------------
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session; each test keeps to its own cluster name."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """A URL of the session's Redis under a cluster name (key prefix) of this test's own."""
+    return redis_server.url(f"t{uuid.uuid4().hex[:12]}")

@@ -15,6 +15,7 @@ from typing import Any
 
 import faultlog
 import httptools
+from fakes import FakePorts
 
 from holdover.proxy.server import ClientConnection, Exchange
 
@@ -92,33 +93,16 @@ class Transport:
         pass
 
 
-class Gateway:
-    """What ``ClientConnection`` reads of the gateway, with the default limits."""
-
-    def __init__(self) -> None:
-        self.connections: set = set()
-        self.max_request_line = 8192
-        self.max_headers = 100
-        self.max_header_size = 64 * 1024
-        self.max_head_bytes = self.max_header_size + self.max_request_line
-        self.max_body_size = 0
-        self.append_forwarded = False
-        self.proto = b"http"
-        self.listen_host = b"gw.test:8080"
-        self.closing = False
-        self.routed: list[Exchange] = []
-        self.done: list[Exchange] = []
-
-    def route(self, ex: Exchange) -> None:
-        self.routed.append(ex)
+class Gateway(FakePorts):
+    """The ports with the default limits; ``done`` lists exchanges only."""
 
     def exchange_done(self, ex: Exchange, note: str | None = None) -> None:
-        self.done.append(ex)
+        self.done.append(ex)  # type: ignore[arg-type]
 
 
 def feed(data: bytes, cuts: list[int]) -> tuple[Gateway, ClientConnection, Transport]:
     gw = Gateway()
-    conn = ClientConnection(gw)  # type: ignore[arg-type]
+    conn = ClientConnection(gw.plane)
     t = Transport()
     conn.connection_made(t)  # type: ignore[arg-type]
     start = 0

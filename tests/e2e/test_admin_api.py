@@ -322,7 +322,7 @@ def holdover(config: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(("args", "message"), [
     (("drain", "nope"), r"no revision 'nope'"),
-    (("retire", "v1"), r"revision v1 is active; only a draining revision"),
+    (("retire", "v1"), r"revision v1 is active: cannot retire \(only a draining revision can be retired\)"),
     (("worker-restart", "v9-9"), r"no running worker 'v9-9'"),
     (("promote",), r"there is no canary to promote"),
     (("rollback",), r"nothing to roll back to"),

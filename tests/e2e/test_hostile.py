@@ -26,7 +26,7 @@ from conftest import APPS, PY, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from holdover.routing.affinity import PIN_COOKIE, cookie_value
+from holdover.core.affinity import PIN_COOKIE, cookie_value
 
 pytest.register_assert_rewrite("faultlog")
 import faultlog  # noqa: E402  (after the line above, so that pytest rewrites its asserts)

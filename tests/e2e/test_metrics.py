@@ -17,7 +17,7 @@ import pytest
 from conftest import GatewayProcess, wait_for
 from promtext import Samples, parse, total, value
 
-from holdover.supervisor.worker import LATENCY_BOUNDS
+from holdover.proxy.endpoint import LATENCY_BOUNDS
 
 # -- a real gateway --------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ import pytest
 from conftest import APPS, PY, GatewayProcess, wait_for
 from websockets.sync.client import ClientConnection, connect
 
-from holdover.routing.affinity import Keys
+from holdover.core.affinity import Keys
 
 STATEFUL = f"{PY} {APPS / 'stateful.py'} {{port}}"
 
@@ -164,7 +164,7 @@ def check_status_shape(st: dict) -> None:
     assert isinstance(st, dict) and isinstance(st["revisions"], list)
     for rev in st["revisions"]:
         assert isinstance(rev["id"], str)
-        assert rev["state"] in ("starting", "active", "draining", "retired", "failed")
+        assert rev["state"] in ("starting", "active", "canary", "draining", "retired", "failed")
         assert isinstance(rev["sessions"], int) and not isinstance(rev["sessions"], bool)
         assert isinstance(rev["workers"], list)
         for w in rev["workers"]:

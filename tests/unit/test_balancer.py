@@ -1,4 +1,4 @@
-"""Property tests of ``holdover.routing.balancer``: plain data, no sockets, no clock.
+"""Property tests of ``holdover.core.balancer``: plain data, no sockets, no clock.
 
 Workers are small dataclass fakes with the three attributes the balancer reads; they
 compare by identity (``eq=False``) as the real ``Worker`` does.
@@ -20,7 +20,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from holdover.routing.balancer import Balancer, WaitQueue
+from holdover.core.balancer import Balancer, WaitQueue
 
 
 @dataclass(eq=False)

@@ -25,6 +25,7 @@ from holdover.proxy.upstream import UpstreamConnection
 
 pytest.register_assert_rewrite("faultlog", "fuzzing")
 
+from fakes import FakePorts  # noqa: E402
 from fuzzing import SEEDS, TOKENS, VALID, Transport, mutate, one_input  # noqa: E402
 
 pytest_plugins = ["faultlog"]
@@ -69,10 +70,7 @@ def test_fuzz_protocol_core(observe):
 class _ClientSide:
     def __init__(self) -> None:
         self.transport = Transport()
-        self.gw = type("G", (), {"closing": False,
-                                 "on_set_cookie": lambda self, ex, v: None,
-                                 "on_session_header": lambda self, ex, v: None,
-                                 "response_extra_headers": lambda self, ex: None})()
+        self.plane = FakePorts().plane
         self.write_paused = False
         self.outcome = "waiting"
 

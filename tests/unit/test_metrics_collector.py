@@ -9,7 +9,7 @@ import pytest
 from promtext import parse, value
 
 from holdover.admin.metrics import STATUS_CLASSES, metrics_registry, render
-from holdover.supervisor.worker import LATENCY_BOUNDS
+from holdover.proxy.endpoint import LATENCY_BOUNDS
 
 
 def fake_worker(wid: str, **kw: Any) -> SimpleNamespace:
@@ -27,11 +27,15 @@ def fake_gateway() -> SimpleNamespace:
     w2 = fake_worker("v1-2", requests=1, status_classes=[0, 0, 1, 0, 0, 0], bytes_out=20,
                      latency_counts=[1] + [0] * len(LATENCY_BOUNDS), latency_sum=0.0005)
     v1 = SimpleNamespace(id="v1", state="active", workers=[w1, w2], canary_percent=0.0)
-    v2 = SimpleNamespace(id="v2", state="active", workers=[fake_worker("v2-1")],
+    v2 = SimpleNamespace(id="v2", state="canary", workers=[fake_worker("v2-1")],
                          canary_percent=10.0)
     revs = SimpleNamespace(revisions={"v1": v1, "v2": v2}, canary=v2, active=v1, deploys=3)
     return SimpleNamespace(revs=revs, sessions=SimpleNamespace(per_revision={"v1": 4, "v2": 1}),
-                           sessions_lost=2, queue=[object()], connections={1, 2, 3})
+                           sessions_lost=2, queue=[object()], connections={1, 2, 3},
+                           # a fake worker carries its own counters (the endpoint's stats)
+                           stats=lambda w: w, inflight=lambda w: w.inflight,
+                           ticker=SimpleNamespace(errors={"drain": 1, "pin-flush": 0}),
+                           tasks=SimpleNamespace(failed=2))
 
 
 def test_collector_reads_the_gateway_state() -> None:
@@ -58,8 +62,10 @@ def test_collector_reads_the_gateway_state() -> None:
     assert value(s, "holdover_requests_in_flight", revision="v1") == 1
     assert value(s, "holdover_deploys_total") == 3
     assert value(s, "holdover_queue_length") == 1
-    assert value(s, "holdover_revision_info", revision="v2", state="active") == 1
+    assert value(s, "holdover_revision_info", revision="v2", state="canary") == 1
     assert value(s, "holdover_canary_percent", revision="v2") == 10
+    assert value(s, "holdover_periodic_job_errors_total", job="drain") == 1
+    assert value(s, "holdover_task_failures_total") == 2
 
 
 def test_counters_survive_workers_leaving() -> None:

@@ -13,6 +13,7 @@ import itertools
 from typing import Any
 
 import pytest
+from fakes import PORTS, FakePorts, signature_drift
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -81,64 +82,13 @@ class FakeTransport:
         return b"".join(self.chunks)
 
 
-class FakeGateway:
-    """The attributes and hooks of ``Gateway`` that the protocol code uses."""
-
-    def __init__(self, **kw: Any) -> None:
-        self.loop = None
-        self.connections: set = set()
-        self.max_request_line = 8192
-        self.max_headers = 100
-        self.max_header_size = 64 * 1024
-        self.max_head_bytes = self.max_header_size + self.max_request_line
-        self.max_body_size = 0
-        self.append_forwarded = False
-        self.proto = b"http"
-        self.listen_host = b"gw.test:8080"
-        self.closing = False
-        self.header_timeout = 10.0
-        self.body_timeout = 60.0
-        self.keepalive_timeout = 75.0
-        self.response_timeout = 60.0
-        self.retry_safe = True
-        self.retry_result = False
-        self.extra_headers: bytes | None = None
-        self.__dict__.update(kw)
-        self.routed: list[Exchange] = []
-        self.route_state: list[tuple[bool, list[bytes]]] = []
-        self.done: list[tuple[Exchange, str | None]] = []
-        self.released: list[tuple[Any, bool]] = []
-        self.retried: list[Exchange] = []
-        self.cookies: list[bytes] = []
-        self.on_route = None
-
-    def route(self, ex: Exchange) -> None:
-        self.routed.append(ex)
-        self.route_state.append((ex.request_done, list(ex.body_buf or [])))
-        if self.on_route is not None:
-            self.on_route(ex)
-
-    def exchange_done(self, ex: Exchange, note: str | None = None) -> None:
-        self.done.append((ex, note))
-
-    def release_upstream(self, up: Any, reusable: bool) -> None:
-        self.released.append((up, reusable))
-
-    def retry(self, ex: Exchange) -> bool:
-        self.retried.append(ex)
-        return self.retry_result
-
-    def on_set_cookie(self, ex: Exchange, value: bytes) -> None:
-        self.cookies.append(value)
-
-    def response_extra_headers(self, ex: Exchange) -> bytes | None:
-        return self.extra_headers
+FakeGateway = FakePorts  # the ports' fake, shared with the fuzz tests
 
 
 def client(peer: Any = ("127.0.0.1", 5555), **gw: Any
            ) -> tuple[FakeGateway, ClientConnection, FakeTransport]:
     g = FakeGateway(**gw)
-    c = ClientConnection(g)  # type: ignore[arg-type]
+    c = ClientConnection(g.plane)
     t = FakeTransport(peer)
     c.connection_made(t)  # type: ignore[arg-type]
     return g, c, t
@@ -790,6 +740,7 @@ class FakeClientConn:
     def __init__(self, **gw: Any) -> None:
         self.transport = FakeTransport()
         self.gw = FakeGateway(**gw)
+        self.plane = self.gw.plane
         self.write_paused = False
         self.completed: list[tuple[Exchange, bool]] = []
         self.broke: list[tuple[Exchange, bool]] = []
@@ -1181,3 +1132,11 @@ def test_client_and_worker_sides_together() -> None:
                            b"3\r\ntwo\r\n0\r\n\r\n")
     assert [ex.url for ex, _ in g.done] == [b"/a", b"/b"]
     assert t.reading and not t.closed
+
+
+@pytest.mark.parametrize("port", PORTS, ids=lambda p: p.__name__)
+def test_fakes_match_the_ports(port: type) -> None:
+    """The fake and the real router implement each port with the same signatures."""
+    from holdover.control.router import Router as RealRouter
+    assert signature_drift(FakePorts, port) == []
+    assert signature_drift(RealRouter, port) == []

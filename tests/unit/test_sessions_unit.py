@@ -31,13 +31,15 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from holdover.config import from_dict
-from holdover.gateway import Gateway
+from holdover.control.facade import Control
+from holdover.control.router import Router
+from holdover.core.affinity import PIN_COOKIE, Keys, cookie_value, parse_set_cookie
+from holdover.core.errors import Refused as DeployError
+from holdover.core.lifecycle import WorkerEvent
+from holdover.core.sessions import Pin, SessionTable
 from holdover.proxy.server import Exchange
-from holdover.revisions import DeployError
-from holdover.routing.affinity import PIN_COOKIE, Keys, cookie_value, parse_set_cookie
-from holdover.routing.sessions import Pin, SessionTable
 from holdover.state import MemoryStore
-from holdover.supervisor.supervisor import RevisionFailed
+from holdover.supervisor.supervisor import RevisionFailed, Supervisor
 from holdover.supervisor.worker import Worker
 
 # -- SessionTable -----------------------------------------------------------------------
@@ -336,16 +338,51 @@ class FakeWorker(Worker):
 
     async def stop(self) -> None:
         self._stopping = True
-        self.routable = False
         if self.state not in ("stopped", "failed"):
-            self._set("stopped")
+            self._on(WorkerEvent.STOPPED)
 
 
 _PORTS = itertools.count(20000)
 
 
+class FakeSupervisor(Supervisor):
+    """Starts FakeWorkers; ``fail_calls`` says, per call, whether its last worker fails."""
+
+    fail_calls: list[bool]
+
+    async def start_workers(self, rev: Any, count: int, standby: bool = False
+                            ) -> list[Worker]:
+        fail = self.fail_calls.pop(0) if self.fail_calls else False
+        new = []
+        for _ in range(count):
+            w = FakeWorker(id=f"{rev.id}-{rev.next_index}", spec=rev.spec,
+                           on_state=self.on_worker_state)
+            rev.next_index += 1
+            rev.workers.append(w)
+            new.append(w)
+            w.port, w.pid, w.incarnation = next(_PORTS), 0, uuid.uuid4().hex[:12]
+            w._on(WorkerEvent.SPAWN)
+        if fail:
+            new[-1]._on(WorkerEvent.NEVER_READY)
+            for w in new:
+                await w.stop()
+            raise RevisionFailed(rev.id, new[-1].id, "boom")
+        for w in new:
+            w.ready_at = time.monotonic()
+            w._on(WorkerEvent.READY)
+        return new
+
+
+class NoIORouter(Router):
+    """Routes to endpoints without connecting: the test plays the worker."""
+
+    def dispatch(self, ex: Any, ep: Any) -> None:
+        ex.worker = ep
+        ep.inflight += 1
+
+
 class Harness:
-    """A Gateway with its real RevisionManager, routing and session table."""
+    """The real control plane (revisions, routing, session table) with fake workers."""
 
     def __init__(self, mode: str = "sessions", cookie: str = "sid", workers: int = 2,
                  strategy: str = "replace") -> None:
@@ -355,40 +392,12 @@ class Harness:
             "app": {"command": "app {port}", "workers": workers, "mode": mode,
                     "session_cookie": cookie, "strategy": strategy}},
             path=Path("/nonexistent-holdover-unit/holdover.toml"))
-        gw = self.gw = Gateway(cfg)
-        gw.loop = self.loop
-        gw.keys = Keys(b"h" * 32, [b"s" * 32])
+        gw = self.gw = Control(cfg, supervisor=FakeSupervisor, router=NoIORouter)
+        gw.use_keys(Keys(b"h" * 32, [b"s" * 32]))
         gw.store = MemoryStore()
-        self.fail_calls: list[bool] = []  # per start_workers call: does one worker fail?
-        gw.supervisor.start_workers = self._start_workers  # type: ignore[method-assign]
-        gw.dispatch = self._dispatch  # type: ignore[method-assign]
+        self.fail_calls = []
         self.run(gw.store.open())
         self.run(gw.revs.start_first())
-
-    async def _start_workers(self, rev: Any, count: int) -> list[Worker]:
-        fail = self.fail_calls.pop(0) if self.fail_calls else False
-        new = []
-        for _ in range(count):
-            w = FakeWorker(id=f"{rev.id}-{rev.next_index}", spec=rev.spec,
-                           on_state=self.gw._worker_state)
-            rev.next_index += 1
-            rev.workers.append(w)
-            new.append(w)
-            w.port, w.pid, w.incarnation = next(_PORTS), 0, uuid.uuid4().hex[:12]
-            w._set("starting")
-        if fail:
-            new[-1]._set("failed")
-            for w in new:
-                await w.stop()
-            raise RevisionFailed(rev.id, new[-1].id, "boom")
-        for w in new:
-            w.ready_at = time.monotonic()
-            w._set("ready")
-        return new
-
-    def _dispatch(self, ex: Any, w: Any) -> None:
-        ex.worker = w
-        w.inflight += 1
 
     def run(self, coro: Any) -> Any:
         return self.loop.run_until_complete(coro)
@@ -409,16 +418,33 @@ class Harness:
                                fail=lambda ex, status, **kw: failed.append(status))
         ex = Exchange(conn, time.monotonic())  # type: ignore[arg-type]
         ex.method, ex.url, ex.cookie = b"GET", b"/", cookie
-        self.gw.route(ex)
+        router = self.gw.router
+        router.route(ex)
         assert ex.worker is not None, f"request not routed (failed={failed})"
         ex.status = 200
-        worker = ex.worker
+        worker = self.worker_of(ex.worker)
         if set_cookie is not None:
-            self.gw.on_set_cookie(ex, set_cookie)
-        extra = self.gw.response_extra_headers(ex) or b""
-        self.gw.exchange_done(ex)
-        ex.worker = worker
+            router.on_set_cookie(ex, set_cookie)
+        extra = router.response_extra_headers(ex) or b""
+        router.exchange_done(ex)
+        ex.worker = worker  # the test speaks of workers, the router of their endpoints
         return ex, extra
+
+    @property
+    def fail_calls(self) -> list[bool]:
+        """Per start_workers call to come: does its last worker fail?"""
+        return self.gw.supervisor.fail_calls  # type: ignore[attr-defined]
+
+    @fail_calls.setter
+    def fail_calls(self, value: list[bool]) -> None:
+        self.gw.supervisor.fail_calls = value  # type: ignore[attr-defined]
+
+    def worker_of(self, ep: Any) -> Worker:
+        return next(w for w in self.gw.supervisor.all_workers() if w.id == ep.id)
+
+    def balanced(self) -> set[str]:
+        """Ids of the workers the balancer would give new sessions to."""
+        return {ep.id for ep in self.gw.router.balancer.workers if ep.routable}
 
     def close(self) -> None:
         pending = asyncio.all_tasks(self.loop)
@@ -493,7 +519,8 @@ class RoutingMachine(RuleBasedStateMachine):
         res = self.h.run(self.rm.deploy(canary=canary))
         new = self.rm.revisions[res["revision"]]
         assert res["previous"] == old.id
-        assert new.state == "active" and len(new.running()) == new.size
+        assert new.state == ("active" if canary is None else "canary")
+        assert len(new.running()) == new.size
         if canary is None:
             assert self.rm.active is new and old.state == "draining"
         else:
@@ -518,7 +545,7 @@ class RoutingMachine(RuleBasedStateMachine):
         assert (self.rm.active, self.rm.canary, self.rm.active.state) == before
         failed = list(self.rm.revisions.values())[-1]
         assert failed.state == "failed" and not failed.running()
-        assert all(w not in self.gw.balancer.workers for w in failed.workers)
+        assert not {w.id for w in failed.workers} & self.h.balanced()
 
     @precondition(lambda self: self.rm.canary is not None)
     @rule()
@@ -564,8 +591,11 @@ class RoutingMachine(RuleBasedStateMachine):
         gone = {sid for sid, sw in self.sessions.items() if sw is w}
         lost_before = self.gw.sessions_lost
         w.incarnation = uuid.uuid4().hex[:12]
-        w._set("starting")
-        w._set("ready")
+
+        async def restart() -> None:  # the supervisor reports from inside the loop
+            for event in (WorkerEvent.EXITED, WorkerEvent.SPAWN, WorkerEvent.READY):
+                w._on(event)
+        self.h.run(restart())
         assert self.gw.sessions_lost == lost_before + len(gone), "rule 5: counted"
         for sid in gone:
             del self.sessions[sid]
@@ -585,15 +615,18 @@ class RoutingMachine(RuleBasedStateMachine):
             w.spec.revision for w in self.sessions.values()))
         for w in self.sessions.values():
             assert w.state == "ready", f"worker {w.id} holding a session was stopped"
-            assert self.rm.revisions[w.spec.revision].state in ("active", "draining")
-            assert self.gw.workers_by_id.get(w.id) is w
+            assert self.rm.revisions[w.spec.revision].state in ("active", "canary", "draining")
+            ep = self.gw.router.endpoints[w.id]
+            assert ep.ready and ep.incarnation == w.incarnation
 
     @invariant()
     def one_active(self) -> None:
         rm = self.rm
         assert rm.active is not None and rm.active.state == "active"
         actives = {r.id for r in rm.revisions.values() if r.state == "active"}
-        assert actives == {rm.active.id} | ({rm.canary.id} if rm.canary else set())
+        assert actives == {rm.active.id}, "exactly one active revision"
+        canaries = {r.id for r in rm.revisions.values() if r.state == "canary"}
+        assert canaries == ({rm.canary.id} if rm.canary else set()), "a canary is its own state"
         for r in rm.revisions.values():
             if r.state in ("retired", "failed"):
                 assert not r.running(), f"{r.state} revision {r.id} has running workers"
@@ -683,7 +716,7 @@ def test_failed_rolling_deploy_leaves_active_as_it_was() -> None:
         assert v2.state == "failed"
         assert h.gw.revs.active is v1
         assert not v2.running(), "a failed revision's workers are stopped"
-        assert set(h.gw.balancer.workers) == set(v1.running())
+        assert h.balanced() == {w.id for w in v1.running()}
         assert len(v1.running()) == v1.size
     finally:
         h.close()
@@ -711,3 +744,61 @@ def test_stateless_requests_always_go_to_the_active_revision(ops: list[str]) -> 
             assert not h.gw.sessions.pins
     finally:
         h.close()
+
+
+class AdoptingSupervisor(FakeSupervisor):
+    """Adopts the workers a re-exec hands over as ready FakeWorkers."""
+
+    async def adopt_workers(self, rev: Any, adopted: list[Any]) -> None:
+        for wid, standby, info in adopted:
+            w = FakeWorker(id=wid, spec=rev.spec, standby=standby,
+                           on_state=self.on_worker_state)
+            rev.workers.append(w)
+            w.port, w.pid, w.incarnation = info.port, info.pid, info.incarnation
+            w._on(WorkerEvent.READY)
+
+
+def test_a_state_dir_of_the_previous_holdover_opens_with_its_canary_migrated() -> None:
+    """Before canaries had their own state, a canary was saved as "active" beside the
+    meta key ``canary``; a gateway reloading over such a store sees it as the canary."""
+    from holdover.state import RevisionRecord
+
+    cfg = from_dict({"gateway": {"access_log": "off", "state_dir": "state"},
+                     "app": {"command": "app {port}", "workers": 1, "mode": "sessions",
+                             "session_cookie": "sid"}},
+                    path=Path("/nonexistent-holdover-unit/holdover.toml"))
+    ctl = Control(cfg, supervisor=AdoptingSupervisor, router=NoIORouter)
+    ctl.use_keys(Keys(b"h" * 32, [b"s" * 32]))
+    ctl.store = store = MemoryStore()
+    ctl.supervisor.fail_calls = []  # type: ignore[attr-defined]
+
+    async def go() -> None:
+        await store.open()
+        for rid, pct in (("v1", 0.0), ("v2", 25.0)):  # both "active", as it was written
+            await store.put_revision(RevisionRecord(
+                id=rid, state="active", command="app {port}", cwd=".", env={}, workers=1,
+                created_at=1.0, release_dir=None, updated_at=1.0, canary_percent=pct))
+        await store.set_meta("active", "v1")
+        await store.set_meta("canary", "v2")
+        inherit = {"workers": [
+            {"id": f"{rid}-1", "revision": rid, "pid": 0, "port": 1000 + i,
+             "incarnation": f"inc{i}", "standby": False, "log_fd": -1, "restarts": 0}
+            for i, rid in enumerate(("v1", "v2"))]}
+        await ctl.persist.restore(inherit)
+        await ctl.save_revisions()
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(go())
+        rm = ctl.revs
+        assert rm.active is rm.revisions["v1"] and rm.active.state == "active"
+        assert rm.canary is rm.revisions["v2"] and rm.canary.state == "canary"
+        saved = {r.id: r.state for r in loop.run_until_complete(store.list_revisions())}
+        assert saved == {"v1": "active", "v2": "canary"}, "the store is migrated on save"
+        assert ctl.router.canary_percent == 25.0
+    finally:
+        async def settle() -> None:
+            await asyncio.gather(*(t for t in asyncio.all_tasks() if t is not
+                                   asyncio.current_task()), return_exceptions=True)
+        loop.run_until_complete(settle())
+        loop.close()

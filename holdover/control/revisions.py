@@ -1,6 +1,6 @@
 """Revisions over time: deploy, canary, promote, rollback, drain and retire.
 
-This is the lifecycle of SPEC.md: ``starting`` → ``active`` → ``draining`` →
+This is the revision lifecycle of docs/design.md: ``starting`` → ``active`` → ``draining`` →
 ``retired`` (or ``starting`` → ``failed``, leaving the active revision as it was).  The
 manager decides and records; the supervisor runs processes; the gateway's routing
 tables are refreshed through ``Gateway.routing_changed`` after every change.
@@ -23,10 +23,18 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .supervisor.supervisor import Revision, RevisionFailed
+from ..core.errors import Refused
+from ..core.lifecycle import RevisionEvent as E
+from ..core.lifecycle import RevisionState as S
+from ..core.lifecycle import WorkerState as W
+from ..core.lifecycle import check_revisions, revision_next
+from ..core.policy import drain_expired, judge_canary, workers_to_stop
+from ..supervisor.supervisor import Revision, RevisionFailed
+
+DeployError = Refused  # a deploy-side request refused: the one "refused" error
 
 if TYPE_CHECKING:
-    from .gateway import Gateway
+    from .context import Context as Control
 
 log = logging.getLogger("holdover.revisions")
 
@@ -35,13 +43,6 @@ _SNAPSHOT_IGNORE = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".hold
                                           ".holdover-demo", "node_modules", ".venv")
 
 
-class DeployError(Exception):
-    """A deploy-side request that cannot be done; ``status`` is its HTTP status."""
-
-    def __init__(self, message: str, status: int = 409, log_tail: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.log_tail = log_tail
 
 
 def git_short_sha(path: Path) -> str | None:
@@ -62,10 +63,10 @@ def git_short_sha(path: Path) -> str | None:
 class RevisionManager:
     """All revisions of the app and the one or two that get new sessions."""
 
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        self.config = gw.config
-        self.supervisor = gw.supervisor
+    def __init__(self, ctl: Control) -> None:
+        self.ctl = ctl
+        self.config = ctl.config
+        self.supervisor = ctl.supervisor
         self.revisions: dict[str, Revision] = self.supervisor.revisions
         self.active: Revision | None = None
         self.canary: Revision | None = None
@@ -74,16 +75,29 @@ class RevisionManager:
         self._canary_samples: deque[tuple[float, int, int]] = deque()
         self.deploys = 0
 
+    # -- the one place a revision's state changes ------------------------------------
+
+    def _apply(self, rev: Revision, event: E) -> None:
+        """Apply a lifecycle event (core/lifecycle.py) and check the invariants."""
+        new = revision_next(rev.id, rev.state, event)
+        check_revisions((r.id, new if r is rev else r.state) for r in self.revisions.values())
+        rev.state = new
+        self.ctl.routing_changed()
+
+    def restore_state(self, rev: Revision, state: S) -> None:
+        """A revision loaded from the state store takes the state it was saved in."""
+        rev.state = state
+
     # -- queries -------------------------------------------------------------------
 
     def previous(self) -> Revision | None:
         """The revision a rollback returns to: the newest one before the active one."""
-        order = [r for r in self.revisions.values() if r.state in ("draining", "retired")
+        order = [r for r in self.revisions.values() if r.state in (S.DRAINING, S.RETIRED)
                  and r is not self.active and r is not self.canary]
         return order[-1] if order else None
 
     def status(self) -> dict[str, Any]:
-        gw = self.gw
+        gw = self.ctl
         out = []
         for rev in self.revisions.values():
             out.append({
@@ -131,7 +145,7 @@ class RevisionManager:
         """The revision ``holdover run`` starts with when the store has none running."""
         rev = await self._start(self._new_id(None, None), None, None, None, None)
         self._activate(rev)
-        await self.gw.record_event("deploy", f"revision {rev.id} is active", rev.id)
+        await self.ctl.record_event("deploy", f"revision {rev.id} is active", rev.id)
 
     async def deploy(self, revision: str | None = None, from_dir: str | None = None,
                      command: str | None = None, workers: int | None = None,
@@ -160,21 +174,21 @@ class RevisionManager:
             if canary is not None:
                 rev.canary_percent = float(canary)
                 self.canary = rev
-                rev.state = "active"
-                self.gw.routing_changed()
-                await self.gw.record_event("canary", f"revision {rid} gets {canary:g}% of new "
+                self._apply(rev, E.START_CANARY)
+                self.ctl.routing_changed()
+                await self.ctl.record_event("canary", f"revision {rid} gets {canary:g}% of new "
                                            f"sessions", rid)
             else:
                 self._activate(rev)
-                await self.gw.record_event(
+                await self.ctl.record_event(
                     "deploy", f"revision {rid} is active" + (
                         f"; {old.id} is draining" if old is not None else ""), rid)
             self.deploys += 1
-            await self.gw.save_revisions()
+            await self.ctl.save_revisions()
             return {"revision": rid, "previous": old.id if old else None,
-                    "previous_sessions": self.gw.sessions.per_revision.get(old.id, 0)
+                    "previous_sessions": self.ctl.sessions.per_revision.get(old.id, 0)
                     if old else 0, "canary_percent": canary or 0,
-                    "workers": [self.gw.worker_status(w) for w in rev.workers]}
+                    "workers": [self.ctl.worker_status(w) for w in rev.workers]}
         finally:
             self._busy = None
 
@@ -194,7 +208,7 @@ class RevisionManager:
                                               str(release) if release else None)
         rolling = (cfg.app_mode == "stateless" and cfg.app_strategy == "rolling"
                    and self.active is not None and not canary)
-        await self.gw.record_event("starting", f"revision {rid}: starting {size} worker(s)",
+        await self.ctl.record_event("starting", f"revision {rid}: starting {size} worker(s)",
                                    rid)
         try:
             if rolling:
@@ -203,13 +217,13 @@ class RevisionManager:
             else:
                 await self.start_workers_of(rev)
         except RevisionFailed as exc:
-            rev.state = "failed"
-            await self.gw.record_event("failed", f"revision {rid} failed: {exc}", rid,
+            self._apply(rev, E.FAIL)
+            await self.ctl.record_event("failed", f"revision {rid} failed: {exc}", rid,
                                        exc.worker, {"log_tail": exc.log_tail})
-            await self.gw.save_revisions()
+            await self.ctl.save_revisions()
             raise DeployError(f"revision {rid} failed to start: worker {exc.worker} never "
                               f"became ready; the active revision is unchanged", 422,
-                              exc.log_tail) from None
+                              log_tail=exc.log_tail) from None
         return rev
 
     async def start_workers_of(self, rev: Revision) -> None:
@@ -236,30 +250,30 @@ class RevisionManager:
         try:
             for _ in range(size):
                 await self.supervisor.start_workers(rev, 1)
-                self.gw.rolling = rev
-                self.gw.routing_changed()
+                self.ctl.rolling = rev
+                self.ctl.routing_changed()
                 victims = [w for w in old.running() if w not in self._stopping]
                 if victims:
                     await self._retire_worker(victims[0], wait=True)
         except RevisionFailed:
             # Undo: the new revision's workers go, the old one is brought back to size.
-            self.gw.rolling = None
-            self.gw.routing_changed()
+            self.ctl.rolling = None
+            self.ctl.routing_changed()
             await asyncio.gather(*(w.stop() for w in rev.running()))
             await self._top_up(old)
             raise
         for w in old.running():
             await self._retire_worker(w, wait=True)
-        self.gw.rolling = None
+        self.ctl.rolling = None
 
     def _activate(self, rev: Revision) -> None:
         old = self.active
-        rev.state = "active"
-        self.active = rev
         if old is not None and old is not rev:
-            old.state = "draining"
+            self._apply(old, E.DRAIN)
             old.drain_started = time.monotonic()
-        self.gw.routing_changed()
+        self.active = rev
+        self._apply(rev, E.ACTIVATE)
+        self.ctl.routing_changed()
 
     async def promote(self) -> dict[str, Any]:
         """Make the canary the active revision; the old active one starts draining."""
@@ -271,8 +285,8 @@ class RevisionManager:
             self.canary = None
             rev.canary_percent = 0.0
             self._activate(rev)
-            await self.gw.record_event("promote", f"canary {rev.id} promoted", rev.id)
-            await self.gw.save_revisions()
+            await self.ctl.record_event("promote", f"canary {rev.id} promoted", rev.id)
+            await self.ctl.save_revisions()
             return {"revision": rev.id, "previous": old.id if old else None}
         finally:
             self._busy = None
@@ -285,29 +299,29 @@ class RevisionManager:
                 rev = self.canary
                 self.canary = None
                 rev.canary_percent = 0.0
-                rev.state = "draining"
+                self._apply(rev, E.DRAIN)
                 rev.drain_started = time.monotonic()
-                self.gw.routing_changed()
-                await self.gw.record_event("rollback", f"canary {rev.id} aborted; it drains",
+                self.ctl.routing_changed()
+                await self.ctl.record_event("rollback", f"canary {rev.id} aborted; it drains",
                                            rev.id)
-                await self.gw.save_revisions()
+                await self.ctl.save_revisions()
                 return {"revision": self.active.id if self.active else None,
                         "aborted_canary": rev.id}
             prev = self.previous()
             if prev is None:
                 raise DeployError("nothing to roll back to: no earlier revision", 409)
             current = self.active
-            if prev.state == "retired" or not prev.running():
+            if prev.state is S.RETIRED or not prev.running():
                 restarted = await self._restart_retired(prev)
                 self._activate(restarted)
                 prev = restarted
             else:
                 self._activate(prev)  # at once: its sessions never noticed
                 await self._top_up(prev)
-            await self.gw.record_event(
+            await self.ctl.record_event(
                 "rollback", f"revision {prev.id} is active again" + (
                     f"; {current.id} is draining" if current else ""), prev.id)
-            await self.gw.save_revisions()
+            await self.ctl.save_revisions()
             return {"revision": prev.id, "previous": current.id if current else None}
         finally:
             self._busy = None
@@ -324,25 +338,25 @@ class RevisionManager:
                     rev, self.config.app_standby - len([w for w in live if w.standby]),
                     standby=True)
         except RevisionFailed as exc:
-            await self.gw.record_event("failed", f"revision {rev.id}: could not start worker "
+            await self.ctl.record_event("failed", f"revision {rev.id}: could not start worker "
                                        f"{exc.worker} again; it serves with fewer", rev.id,
                                        exc.worker, {"log_tail": exc.log_tail})
-        self.gw.routing_changed()
+        self.ctl.routing_changed()
 
     async def _restart_retired(self, rev: Revision) -> Revision:
         """Start a retired revision again from its release folder (same id)."""
         if rev.release_dir and not Path(rev.release_dir).is_dir():
             raise DeployError(f"revision {rev.id}: its release folder {rev.release_dir} is "
                               f"gone", 409)
-        rev.state = "starting"
-        rev.workers = [w for w in rev.workers if w.state not in ("stopped", "failed")]
+        self._apply(rev, E.RESTART)
+        rev.workers = [w for w in rev.workers if w.state not in (W.STOPPED, W.FAILED)]
         rev.tasks = [t for t in rev.tasks if not t.done()]
         try:
             await self.start_workers_of(rev)
         except RevisionFailed as exc:
-            rev.state = "retired"
+            self._apply(rev, E.RETIRE)
             raise DeployError(f"revision {rev.id} failed to start again: worker {exc.worker} "
-                              f"never became ready", 422, exc.log_tail) from None
+                              f"never became ready", 422, log_tail=exc.log_tail) from None
         return rev
 
     def _revision(self, rid: str) -> Revision:
@@ -360,18 +374,15 @@ class RevisionManager:
         if rev is self.active:
             raise DeployError(f"revision {rid} is the active one: deploy another revision or "
                               f"roll back instead of draining it", 409)
-        if rev.state != "draining":
-            raise DeployError(f"revision {rid} is {rev.state}; only an active revision can "
-                              f"start draining", 409)
+        if rev.state is not S.DRAINING:
+            revision_next(rid, rev.state, E.DRAIN)  # refused with the table's sentence
         return {"revision": rid, "state": rev.state}
 
     async def retire(self, rid: str) -> dict[str, Any]:
         """Retire a draining revision now: its remaining sessions end (counted as lost)."""
         rev = self._revision(rid)
-        if rev.state != "draining":
-            raise DeployError(f"revision {rid} is {rev.state}; only a draining revision can "
-                              f"be retired", 409)
-        lost = self.gw.end_sessions_of(rid, reason="retired by an operator")
+        revision_next(rid, rev.state, E.RETIRE)  # only a draining revision (409 otherwise)
+        lost = self.ctl.end_sessions_of(rid, reason="retired by an operator")
         await asyncio.gather(*(self._retire_worker(w) for w in rev.running()
                                if w not in self._stopping))
         return {"revision": rid, "sessions_ended": lost}
@@ -379,7 +390,7 @@ class RevisionManager:
     def worker(self, wid: str) -> Any:
         for rev in self.revisions.values():
             for w in rev.workers:
-                if w.id == wid and w.state not in ("stopped", "failed"):
+                if w.id == wid and w.state not in (W.STOPPED, W.FAILED):
                     return w
         raise DeployError(f"no running worker {wid!r}", 404)
 
@@ -395,9 +406,9 @@ class RevisionManager:
         """restart / disable / enable / standby / unstandby one worker."""
         w = self.worker(wid)
         if action == "restart":
-            lost = self.gw.sessions.per_worker.get(w.id, 0)
+            lost = self.ctl.sessions.per_worker.get(w.id, 0)
             w.restart()
-            await self.gw.record_event("worker-restart", f"worker {wid} restarted by an "
+            await self.ctl.record_event("worker-restart", f"worker {wid} restarted by an "
                                        f"operator ({lost} session(s) lost)", w.spec.revision,
                                        wid)
             return {"worker": wid, "action": action, "sessions_lost": lost}
@@ -407,8 +418,8 @@ class RevisionManager:
             w.standby = action == "standby"
         else:
             raise DeployError(f"unknown worker action {action!r}", 400)
-        self.gw.routing_changed()
-        await self.gw.record_event(f"worker-{action}", f"worker {wid}: {action}",
+        self.ctl.routing_changed()
+        await self.ctl.record_event(f"worker-{action}", f"worker {wid}: {action}",
                                    w.spec.revision, wid)
         return {"worker": wid, "action": action, "state": w.state, "disabled": w.disabled,
                 "standby": w.standby}
@@ -422,24 +433,23 @@ class RevisionManager:
         if rev is None or not budget or self._busy is not None:
             self._canary_samples.clear()
             return
-        reqs = sum(w.requests for w in rev.workers)
-        errs = sum(w.errors for w in rev.workers)
+        stats = [self.ctl.stats(w) for w in rev.workers]
         samples = self._canary_samples
-        samples.append((now, reqs, errs))
-        window = self.config.app_canary_window
-        while len(samples) > 1 and now - samples[1][0] >= window:
+        samples.append((now, sum(s.requests for s in stats), sum(s.errors for s in stats)))
+        verdict, drop = judge_canary(samples, now, self.config.app_canary_window,
+                                     self.config.app_canary_min_requests, budget)
+        for _ in range(drop):
             samples.popleft()
-        _, reqs0, errs0 = samples[0]
-        n, bad = reqs - reqs0, errs - errs0
-        if n >= self.config.app_canary_min_requests and bad / n > budget:
+        if verdict.abort:
+            n, bad = verdict.requests, verdict.errors
             self._canary_samples.clear()
             msg = (f"canary {rev.id} answered {bad} of {n} requests with 5xx "
                    f"({bad / n:.0%} > {budget:.0%}): aborting it")
             log.error(msg)
-            asyncio.get_running_loop().create_task(self._abort_canary(msg))
+            self.ctl.tasks.spawn(self._abort_canary(msg), "abort-canary")
 
     async def _abort_canary(self, why: str) -> None:
-        await self.gw.record_event("canary-failed", why, self.canary.id if self.canary
+        await self.ctl.record_event("canary-failed", why, self.canary.id if self.canary
                                    else None)
         try:
             await self.rollback()
@@ -451,45 +461,45 @@ class RevisionManager:
         if self.canary is not None:
             self._judge_canary(now)
         max_drain = self.config.app_max_drain
-        sessions = self.gw.sessions
+        sessions = self.ctl.sessions
         for rev in list(self.revisions.values()):
-            if rev.state != "draining":
+            if rev.state is not S.DRAINING:
                 continue
-            if max_drain and now - rev.drain_started > max_drain:
-                lost = self.gw.end_sessions_of(rev.id, reason="max_drain")
+            if drain_expired(now, rev.drain_started, max_drain):
+                lost = self.ctl.end_sessions_of(rev.id, reason="max_drain")
                 if lost:
                     log.warning("revision %s: max_drain reached, %d session(s) ended", rev.id,
                                 lost)
-            for w in rev.running():
-                if w in self._stopping:
-                    continue
-                if w.inflight == 0 and not sessions.per_worker.get(w.id):
-                    asyncio.get_running_loop().create_task(self._retire_worker(w))
-            if not rev.running() and not any(w in self._stopping for w in rev.workers):
-                rev.state = "retired"
-                asyncio.get_running_loop().create_task(self._retired(rev))
+            running = {w.id: w for w in rev.running()}
+            plan = workers_to_stop(
+                ((w.id, self.ctl.inflight(w), sessions.per_worker.get(w.id, 0))
+                 for w in running.values()), (w.id for w in self._stopping))
+            for wid in plan:
+                self.ctl.tasks.spawn(self._retire_worker(running[wid]), "retire-worker")
+            if not running and not any(w in self._stopping for w in rev.workers):
+                self._apply(rev, E.RETIRE)
+                self.ctl.tasks.spawn(self._retired(rev), "retired")
 
     async def _retired(self, rev: Revision) -> None:
-        await self.gw.record_event("retired", f"revision {rev.id} retired: its last worker "
+        await self.ctl.record_event("retired", f"revision {rev.id} retired: its last worker "
                                    f"stopped", rev.id)
-        await self.gw.save_revisions()
+        await self.ctl.save_revisions()
 
     async def _retire_worker(self, w: Any, wait: bool = False) -> None:
         """Take ``w`` out of service; stop it when nothing runs on it any more."""
         self._stopping.add(w)
         try:
-            w.routable = False
-            self.gw.routing_changed()
+            self.ctl.routing_changed()  # retiring: it takes no new session
             if wait:
                 # A rolling deploy lets the old worker drain like a draining revision: its
                 # requests and open WebSockets finish, bounded only by max_drain.
                 limit = self.config.app_max_drain
                 deadline = time.monotonic() + limit if limit else None
-                while w.inflight and (deadline is None or time.monotonic() < deadline):
+                while self.ctl.inflight(w) and (deadline is None or time.monotonic() < deadline):
                     await asyncio.sleep(0.1)
-            cut = w.inflight
+            cut = self.ctl.inflight(w)
             await w.stop()
-            await self.gw.record_event(
+            await self.ctl.record_event(
                 "worker-stopped", f"worker {w.id} stopped (drained)" if not cut else
                 f"worker {w.id} stopped after max_drain with {cut} open request(s) or "
                 f"stream(s) cut", w.spec.revision, w.id)

@@ -8,7 +8,7 @@ Two kinds of secret live in ``state_dir/secret.json`` (created 0600 on first sta
   can be rotated by adding a new one in front and dropping the old one later.
 
 A forged, foreign (another gateway's key) or malformed cookie simply verifies to None:
-the request is treated as having no pin (SPEC rule 4).
+the request is treated as having no pin (rule 4 of docs/design.md).
 """
 
 from __future__ import annotations
@@ -102,6 +102,26 @@ def cookie_value(header: bytes | None, name: bytes) -> bytes | None:
             if len(v) >= 2 and v[:1] == b'"' and v[-1:] == b'"':
                 v = v[1:-1]
             return v
+        start = i + 1
+
+
+def cookie_values(header: bytes | None, name: bytes) -> list[bytes]:
+    """Every value of cookie ``name`` in a Cookie request header, in order."""
+    out: list[bytes] = []
+    if not header:
+        return out
+    start = 0
+    needle = name + b"="
+    while True:
+        i = header.find(needle, start)
+        if i < 0:
+            return out
+        if i == 0 or header[i - 1] in b" ;":
+            j = header.find(b";", i)
+            v = header[i + len(needle): j if j >= 0 else len(header)].strip()
+            if len(v) >= 2 and v[:1] == b'"' and v[-1:] == b'"':
+                v = v[1:-1]
+            out.append(v)
         start = i + 1
 
 

@@ -75,7 +75,7 @@ class Waiter:
 class WaitQueue:
     """A bounded FIFO of requests waiting for a worker, each with a deadline.
 
-    SPEC rule 6: when all workers are restarting, a request waits a bounded time in a
+    Rule 6 (docs/design.md): when all workers are restarting, a request waits a bounded time in a
     bounded queue, then gets 503 with Retry-After (the caller's ``expire``).
     """
 

@@ -1,6 +1,6 @@
 """Sessions and their pins, as plain data.
 
-A *pin* binds a session to the worker process that created it (SPEC "Routing rules").
+A *pin* binds a session to the worker process that created it (docs/design.md, "Routing rules").
 The table answers three questions fast and without I/O: which worker holds this
 session, how many sessions each worker and revision holds (so a draining revision
 knows when it is unused), and which sessions have gone idle.  Persistence is someone
