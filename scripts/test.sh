@@ -37,6 +37,6 @@ if ! command -v redis-server >/dev/null 2>&1; then
         exit 1
     fi
 fi
-python3 -m ruff check holdover tests bench
+python3 -m ruff check holdover tests bench scripts
 # -rs: every skip is printed with its reason (docs/testing.md lists the allowed ones).
 exec python3 -m pytest -q -rs -p no:cacheprovider "$@"
