@@ -192,6 +192,8 @@ def _api_command(command: Command) -> Any:
             elif p.is_path:
                 v = os.path.abspath(v)
             values[p.name] = v
+        if command.name == "rollback" and not getattr(args, "json", False):
+            _announce_rollback(cfg, values.get("revision"))
         # A deploy or rollback lasts as long as starting (and, rolling, draining) takes.
         timeout = None if command.long_running else 30.0
         show = command.long_running and not getattr(args, "json", False)
@@ -219,6 +221,18 @@ def _api_command(command: Command) -> Any:
         return 0
 
     return run
+
+
+def _announce_rollback(cfg: config.Config, revision: str | None) -> None:
+    """Say where a rollback goes before it acts (the gateway decides; this is its answer)."""
+    st = _status(cfg)
+    if st is None:
+        return
+    if revision is None and st.get("canary"):
+        print(f"aborting canary {st['canary']} ({st['active']} stays active)", flush=True)
+    elif revision is not None or st.get("rollback_to"):
+        print(f"rolling back: {st.get('active') or '-'} -> {revision or st['rollback_to']}",
+              flush=True)
 
 
 def _status(cfg: config.Config) -> dict[str, Any] | None:
@@ -378,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
         for prm in command.params:
             flag = prm.cli or f"--{prm.name}"
             if not flag.startswith("-"):
-                sp.add_argument(prm.name, type=prm.type, help=prm.help)
+                sp.add_argument(prm.name, type=prm.type, help=prm.help,
+                                **({} if prm.required else {"nargs": "?"}))
             elif prm.type is dict:
                 sp.add_argument(flag, dest=prm.name, action="append", metavar="K=V", help=prm.help)
             elif prm.type is bool:

@@ -386,6 +386,15 @@ class Config:
     def app_dir(self) -> Path:
         return (self.base_dir / self.app_cwd).resolve()
 
+    def where(self, section: str, key: str) -> str:
+        """``[section] key in FILE, line N`` (or "default") for messages about a setting."""
+        try:
+            line = _line_of(self.path.read_text(encoding="utf-8"), section, key)
+        except OSError:
+            line = None
+        return f"[{section}] {key} in {self.path}" + (f", line {line}" if line else
+                                                       " (its default)")
+
     @property
     def node_name(self) -> str:
         """This node's name: ``node``, or the host name when it is not set."""

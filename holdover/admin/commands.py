@@ -98,7 +98,7 @@ async def _deploy(gw: Gateway, args: dict[str, Any]) -> Any:
 
 
 async def _rollback(gw: Gateway, args: dict[str, Any]) -> Any:
-    return await gw.revs.rollback()
+    return await gw.revs.rollback(args.get("revision"))
 
 
 async def _promote(gw: Gateway, args: dict[str, Any]) -> Any:
@@ -138,9 +138,11 @@ async def _logs(gw: Gateway, args: dict[str, Any]) -> Any:
 
 
 async def _reload(gw: Gateway, args: dict[str, Any]) -> Any:
-    # Answer first: the reload stops this admin server on its way.
+    gw.check_reload()  # a configuration the new image would refuse: 400, nothing happens
+    # Answer first: the reload stops this admin server on its way.  A deploy under way
+    # is waited for (``waits_for``), then the gateway re-executes.
     asyncio.get_running_loop().call_later(0.2, gw.schedule_reload)
-    return {"reloading": True, "pid": os.getpid()}
+    return {"reloading": True, "pid": os.getpid(), "waits_for": gw.revs._busy}
 
 
 async def _events(gw: Gateway, args: dict[str, Any]) -> Any:
@@ -171,8 +173,11 @@ COMMANDS: tuple[Command, ...] = (
                 Param("canary", float, "send only this percentage of new sessions to it",
                       cli="--canary"),
             ), long_running=True),
-    Command("rollback", "POST", "make the previous revision active again (or abort a canary)",
-            _rollback, long_running=True),
+    Command("rollback", "POST", "make the previous revision (the one active before this "
+            "one), or REV, active again; or abort a canary", _rollback,
+            (Param("revision", str, "the revision to go back to (default: the previous one; "
+                   "a retired revision is started again)", cli="revision"),),
+            long_running=True),
     Command("promote", "POST", "make the canary the active revision", _promote),
     Command("workers", "GET", "every worker with its state, load and sessions", _workers),
     Command("sessions", "GET", "live sessions per revision, and their history", _sessions),

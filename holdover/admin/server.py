@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -268,13 +269,13 @@ class AdminServer:
             pass
         return resp
 
-    async def start(self, host: str, port: int) -> None:
+    async def start_on(self, sock: socket.socket) -> None:
+        """Serve on an already bound (or inherited) listening socket."""
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        site = web.SockSite(self.runner, sock)
         await site.start()
-        server = site._server  # type: ignore[attr-defined]
-        self.bound = server.sockets[0].getsockname()[:2]
+        self.bound = sock.getsockname()[:2]
 
     async def stop(self) -> None:
         self._closing.set()  # ends open /api/stream responses, or cleanup waits for them

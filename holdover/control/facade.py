@@ -57,6 +57,7 @@ class Control:
         self.session_history: deque[tuple[float, dict[str, int]]] = deque(maxlen=720)
         self.connections: set[ClientConnection] = set()  # the public listener's, for status
         self.schedule_reload: Callable[[], None] = lambda: None  # set by the root
+        self.check_reload: Callable[[], None] = lambda: None  # Refused if it would fail
         self.closing = False
 
     # -- wiring -------------------------------------------------------------------

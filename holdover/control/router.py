@@ -64,6 +64,8 @@ class Router:
         # configured off, or the app speaks the explicit session protocol.
         self.pin_clients = self.app_cookie is None and c.app_pin_clients
         self.protocol_seen = False
+        # A load balancer's health checks are not sessions: never pin that path.
+        self.health_path = c.app_health_path.encode() or None
         self.latest_header = b""
         self.cookie_attrs = b"; Path=/; HttpOnly; SameSite=Lax"
         self.connect_timeout = c.gateway_connect_timeout
@@ -285,7 +287,7 @@ class Router:
             elif event == b"end-pin":
                 out = b"Set-Cookie: " + PIN_COOKIE + b"=; Max-Age=0" + self.cookie_attrs + b"\r\n"
         elif self.pin_clients and not self.protocol_seen and ex.pin is None \
-                and ex.worker is not None and ex.status < 500:
+                and ex.worker is not None and ex.status < 500 and not self._is_health(ex.url):
             # No app cookie configured: holdover pins each client with its own cookie.
             key = self.keys.new_key()
             if self._pin_here(ex, key) is not None:
@@ -297,6 +299,11 @@ class Router:
                 out += b"X-Holdover-Revision: " + ep.revision.encode() + b"\r\n"
             out += self.latest_header
         return out or None
+
+    def _is_health(self, url: bytes) -> bool:
+        hp = self.health_path
+        return hp is not None and url.startswith(hp) and (
+            len(url) == len(hp) or url[len(hp):len(hp) + 1] == b"?")
 
     # -- sessions lost (rule 5) -------------------------------------------------------
 

@@ -105,10 +105,9 @@ class SessionTable:
         A session with a request or stream in flight is never idle: a WebSocket that
         stays open keeps its session (and so its worker) alive.
         """
-        cutoff = now - idle_timeout
         return [p for p in self.pins.values() if not p.active and (
             (p.expires_at is not None and p.expires_at <= now)
-            or (p.expires_at is None and p.last_seen <= cutoff))]
+            or (p.expires_at is None and now - p.last_seen >= idle_timeout))]
 
     def of_worker(self, worker: str) -> list[Pin]:
         return [p for p in self.pins.values() if p.worker == worker]

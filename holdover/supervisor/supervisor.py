@@ -63,6 +63,7 @@ class Revision:
     drain_started: float = 0.0
     canary_percent: float = 0.0
     next_index: int = 1
+    meta: dict[str, Any] = field(default_factory=dict)  # kept in the store with the revision
 
     def running(self) -> list[Worker]:
         """Workers whose process is (or is about to be) up."""
