@@ -41,6 +41,6 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
              "and apt-get); the systemd unit docs test needs it" >&2
     fi
 fi
-python3 -m ruff check holdover tests bench
+python3 -m ruff check holdover tests bench scripts
 # -rs: every skip is printed with its reason (docs/testing.md lists the allowed ones).
 exec python3 -m pytest -q -rs -p no:cacheprovider "$@"

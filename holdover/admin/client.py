@@ -17,6 +17,10 @@ from typing import Any
 from ..config import Config
 from .commands import Command
 
+# The admin address is the gateway's own, so a proxy from the environment (HTTP_PROXY) is
+# never used: it would be handed the bearer token, and could not reach loopback anyway.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
 
 class GatewayNotRunning(Exception):
     """No gateway answers at the admin address of this config."""
@@ -78,7 +82,7 @@ def call(cfg: Config, command: Command, args: dict[str, Any], timeout: float | N
         req = urllib.request.Request(base + command.path, data=data, method="POST",
                                      headers={**headers, "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with _DIRECT.open(req, timeout=timeout) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:
