@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -291,6 +292,12 @@ class RevisionManager:
             shutil.rmtree(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(source, dest, symlinks=True, ignore=ignore)
+        for root, dirs, files in os.walk(dest):  # private like the rest of state_dir
+            for name in (*dirs, *files):
+                path = os.path.join(root, name)
+                if not os.path.islink(path):
+                    os.chmod(path, os.stat(path).st_mode & ~0o077)
+        os.chmod(dest, 0o700)
         log.info("snapshot of %s taken for %s in %.2fs", source, dest.name,
                  time.monotonic() - t0)
 
