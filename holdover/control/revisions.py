@@ -302,7 +302,11 @@ class RevisionManager:
                  time.monotonic() - t0)
 
     async def _roll(self, rev: Revision, size: int) -> None:
-        """Stateless rolling deploy: one new worker in, one old worker out, repeated."""
+        """Stateless rolling deploy: one new worker in, one old worker out, repeated.
+
+        An old worker leaves rotation at once and drains in the background (its requests
+        and open streams finish, bounded by max_drain): the deploy does not wait for a
+        WebSocket that stays open for hours, and rollback is free meanwhile."""
         old = self.active
         assert old is not None
         try:
@@ -312,7 +316,7 @@ class RevisionManager:
                 self.ctl.routing_changed()
                 victims = [w for w in old.running() if w not in self._stopping]
                 if victims:
-                    await self._retire_worker(victims[0], wait=True)
+                    self._drain_in_background(victims[0])
         except RevisionFailed:
             # Undo: the new revision's workers go, the old one is brought back to size.
             self.ctl.rolling = None
@@ -321,8 +325,14 @@ class RevisionManager:
             await self._top_up(old)
             raise
         for w in old.running():
-            await self._retire_worker(w, wait=True)
+            if w not in self._stopping:
+                self._drain_in_background(w)
         self.ctl.rolling = None
+
+    def _drain_in_background(self, w: Any) -> None:
+        self._stopping.add(w)  # out of rotation now; _retire_worker keeps it there
+        self.ctl.routing_changed()
+        self.ctl.tasks.spawn(self._retire_worker(w, wait=True), f"drain {w.id}")
 
     def _activate(self, rev: Revision, push: bool = True) -> None:
         if push:
