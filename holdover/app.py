@@ -29,7 +29,9 @@ from .admin.server import AdminServer, load_or_create_token
 from .config import Config
 from .control import handover
 from .control.facade import Control
+from .control.planes import PlaneFailed, PlaneSet
 from .control.revisions import DeployError
+from .control.shared import PlanesRouter, SharedTable
 from .core.affinity import Keys
 from .core.errors import Refused
 from .proxy.ports import Limits, Plane
@@ -49,9 +51,19 @@ class Gateway:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.ctl = Control(config)
+        self.processes = config.processes
+        self.planes: PlaneSet | None = None
+        if self.processes > 1:
+            # Several data-plane processes: this one routes no request, it keeps the one
+            # truth they share (holdover/control/planes.py).
+            self.ctl = Control(config, router=PlanesRouter,
+                               sessions=SharedTable(limit=config.app_max_sessions))
+            self.planes = self.ctl.planes = PlaneSet(self.ctl, self.processes)
+        else:
+            self.ctl = Control(config)
         self.plane: Plane | None = None
         self.server: asyncio.AbstractServer | None = None
+        self._listen_sock: socket.socket | None = None
         self.redirect_server: asyncio.AbstractServer | None = None
         self.admin: AdminServer | None = None
         self.bound: tuple[str, int] | None = None
@@ -110,13 +122,14 @@ class Gateway:
             private.mkdir(parents=True, exist_ok=True, mode=0o700)
         inherit = handover.inherited() or {}
         self._lock_fd = inherit["lock_fd"] if inherit else handover.lock_state_dir(c.state_dir)
-        sock = self._bind("listen", c.gateway_listen, inherit.get("listen_fd"))
+        sock = self._listen_sock = self._bind("listen", c.gateway_listen,
+                                              inherit.get("listen_fd"))
         self._admin_sock = self._bind("admin_listen", c.gateway_admin_listen,
                                       inherit.get("admin_fd"))
         if c.gateway_redirect_listen is not None:
             self._redirect_sock = self._bind("redirect_listen", c.gateway_redirect_listen,
                                              inherit.get("redirect_fd"))
-        if c.gateway_access_log != "off":
+        if c.gateway_access_log != "off" and self.planes is None:
             ctl.router.access_log = AccessLog(c.gateway_access_log,
                                               c.gateway_access_log_format, c.state_dir)
         ctl.use_keys(Keys.load_or_create(c.state_dir / "secret.json"))
@@ -143,10 +156,13 @@ class Gateway:
             self.proto = b"https"
             ctl.router.cookie_attrs += b"; Secure"
         router = ctl.router
-        plane = self.plane = Plane(self._limits(), router, router, router, router)
-        ctl.connections = plane.connections
-        self.server = await self.loop.create_server(lambda: ClientConnection(plane), sock=sock,
-                                                    backlog=4096, ssl=ssl_ctx)
+        if self.planes is not None:
+            await self._start_planes(sock)
+        else:
+            plane = self.plane = Plane(self._limits(), router, router, router, router)
+            ctl.connections = plane.connections
+            self.server = await self.loop.create_server(lambda: ClientConnection(plane),
+                                                        sock=sock, backlog=4096, ssl=ssl_ctx)
         if self._redirect_sock is not None:
             self.redirect_server = await self.loop.create_server(
                 lambda: RedirectToHttps(self.bound[1]), sock=self._redirect_sock)
@@ -168,6 +184,23 @@ class Gateway:
                  self.bound[1], active.id if active else "-",
                  len(active.workers) if active else 0, c.app_mode)
 
+    async def _start_planes(self, sock: socket.socket) -> None:
+        """processes > 1: the data-plane processes accept on ``sock``, this one does not."""
+        c = self.config
+        planes = self.planes
+        assert planes is not None
+        log_target = c.gateway_access_log
+        if log_target not in ("-", "off"):
+            log_target = str(c.state_dir / log_target)
+        tls = (str(c.base_dir / c.gateway_tls_cert), str(c.base_dir / c.gateway_tls_key)) \
+            if c.gateway_tls_cert else None
+        planes.configure(sock, self._limits(), self.ctl.keys, tls, log_target,
+                         self.ctl.router.cookie_attrs)
+        try:
+            await planes.start()
+        except PlaneFailed as exc:
+            raise ListenError(str(exc)) from None
+
     def node_info(self) -> dict[str, object]:
         """What this node's heartbeat tells others: where it is, since when."""
         c = self.config
@@ -186,7 +219,7 @@ class Gateway:
         self._set_closing()
         ctl = self.ctl
         timeout = self.config.gateway_shutdown_timeout
-        if self.server is not None:
+        if self.server is not None or self.planes is not None:
             log.info("shutting down: waiting up to %.0fs for %d connection(s)", timeout,
                      len(ctl.connections))
             await self.drain_connections(timeout)
@@ -213,6 +246,9 @@ class Gateway:
             self.server.close()
         if self.redirect_server is not None:
             self.redirect_server.close()
+        if self.planes is not None:
+            await self.planes.close(timeout)
+            return
         conns = self.ctl.connections
         for conn in list(conns):
             conn.sweep(monotonic())  # closes idle keep-alive connections now
@@ -247,7 +283,8 @@ class Gateway:
         """Replace this gateway's program image without stopping workers or sessions."""
         ctl = self.ctl
         try:
-            if ctl.closing or self.server is None:
+            if ctl.closing or self._listen_sock is None or (
+                    self.server is None and self.planes is None):
                 return
             try:
                 self.check_reload()
@@ -264,7 +301,7 @@ class Gateway:
             log.info("reloading: finishing in-flight requests, then re-executing")
             await ctl.record_event("reloading", "gateway re-executes itself; workers and "
                                    "sessions are kept")
-            fds = {"listen_fd": os.dup(self.server.sockets[0].fileno())}  # backlog stays
+            fds = {"listen_fd": os.dup(self._listen_sock.fileno())}  # backlog stays
             if self._admin_sock is not None:
                 fds["admin_fd"] = os.dup(self._admin_sock.fileno())
             if self._redirect_sock is not None:
@@ -332,5 +369,7 @@ class Gateway:
 
     def _hard_stop(self) -> None:
         log.warning("second signal: stopping now")
+        if self.planes is not None:
+            self.planes.kill_all()
         self.ctl.supervisor.kill_all()
         sys.exit(1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import math
+import os
 import re
 import shlex
 import socket
@@ -216,6 +217,15 @@ def _advertise(value: Any) -> str:
     return value
 
 
+def _processes(value: Any) -> int | str:
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
+        raise ValueError(f"expected a number of processes from 1 to 256, or \"auto\" (one "
+                         f"per usable core), got {value!r}")
+    return value
+
+
 def _access_log(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a file path, \"-\" for standard output or \"off\"")
@@ -241,6 +251,12 @@ SETTINGS: tuple[Setting, ...] = (
     # [gateway]
     Setting("gateway", "listen", parse_address, "127.0.0.1:8080",
             "Public address (host:port) the proxy listens on."),
+    Setting("gateway", "processes", _processes, 1,
+            "Proxy processes accepting on listen: 1 = the whole gateway in one process; N > 1 "
+            "= N data-plane processes beside one control process (supervisor, store, admin "
+            "side); \"auto\" = one per usable core. Sessions stay pinned across all of "
+            "them; queue_size and queue_timeout then apply to each process on its own "
+            "(docs/design.md, \"Several processes\")."),
     Setting("gateway", "tls_cert", _string, "",
             "PEM certificate (chain) for TLS on the public side; \"\" = plain HTTP."),
     Setting("gateway", "tls_key", _string, "",
@@ -298,7 +314,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gateway", "upstream_keepalive", _int_at_least(0), 64,
             "Idle connections kept per worker for reuse."),
     Setting("gateway", "queue_size", _int_at_least(0), 1024,
-            "Requests that may wait for a worker when none is ready; more get 503."),
+            "Requests that may wait for a worker when none is ready; more get 503 (with "
+            "processes > 1: in each process)."),
     Setting("gateway", "queue_timeout", parse_duration, "15s",
             "How long a request waits for a ready worker before it gets 503."),
     Setting("gateway", "shutdown_timeout", parse_duration, "30s",
@@ -409,6 +426,12 @@ class Config:
             line = None
         return f"[{section}] {key} in {self.path}" + (f", line {line}" if line else
                                                        " (its default)")
+
+    @property
+    def processes(self) -> int:
+        """How many proxy processes: ``[gateway] processes``, "auto" = the usable cores."""
+        value = self.gateway_processes
+        return len(os.sched_getaffinity(0)) if value == "auto" else int(value)
 
     @property
     def node_name(self) -> str:

@@ -42,13 +42,15 @@ class Control:
     """Revisions, workers, sessions and routing of one gateway, and their jobs."""
 
     def __init__(self, config: Config, supervisor: type[Supervisor] = Supervisor,
-                 router: type[Router] = Router) -> None:
+                 router: type[Router] = Router, sessions: PinDirectory | None = None) -> None:
         """``supervisor`` and ``router`` are the classes to build (tests pass subclasses
-        that start no process and open no connection)."""
+        that start no process and open no connection); ``sessions`` the pin directory
+        (several processes share one that tells them its changes)."""
         self.config = config
         self.tasks = Tasks()
         self.ticker = Ticker()
-        self.sessions: PinDirectory = local_directory(config.app_max_sessions)
+        self.sessions: PinDirectory = sessions if sessions is not None else \
+            local_directory(config.app_max_sessions)
         self._refused_told = 0
         self.supervisor = supervisor(config, self._worker_state)
         self.persist = Persistence(self)
@@ -64,6 +66,7 @@ class Control:
         self.closing = False
         self._node_info: dict[str, Any] | None = None  # set on a shared store
         self.ready = False  # serving, and not shutting down (the admin side's /readyz)
+        self.planes: Any = None  # the data-plane processes, with processes > 1 (planes.py)
 
     # -- wiring -------------------------------------------------------------------
 

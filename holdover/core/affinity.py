@@ -57,6 +57,16 @@ class Keys:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}: not a valid holdover secret file ({exc})") from None
 
+    def secrets(self) -> dict[str, object]:
+        """The key material, for a data-plane process's control channel (never argv/env)."""
+        return {"hash_key": self._hash_key.hex(), "signing_keys": [k.hex() for k in self._signing]}
+
+    @classmethod
+    def from_secrets(cls, data: dict[str, object]) -> Keys:
+        """The inverse of ``secrets``."""
+        return cls(bytes.fromhex(str(data["hash_key"])),
+                   [bytes.fromhex(str(k)) for k in data["signing_keys"]])  # type: ignore[attr-defined]
+
     def session_key(self, kind: bytes, session_id: bytes) -> str:
         """The opaque pin-table key of a session id (``kind`` keeps id spaces apart)."""
         return hashlib.blake2b(kind + b":" + session_id, key=self._hash_key,

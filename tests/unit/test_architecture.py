@@ -1,11 +1,12 @@
 """The shape of the code, enforced: imports point down only, and nothing forms a cycle.
 
-docs/design.md draws the layers: core ← proxy, state ← config ← supervisor ← control ←
-admin ← app ← demo ← cli (the access log sits at the bottom beside core; the middleware
-for apps imports nothing of holdover).  This test walks every import of every module —
-those under ``if TYPE_CHECKING:`` and inside functions too — and fails on a cycle, on
-an import of a higher or sibling layer, on the proxy importing anything but itself and
-core, and on anything but the CLI, the demo and the composition root importing admin.
+docs/design.md draws the layers: core ← proxy, state ← config, plane ← supervisor ←
+control ← admin ← app ← demo ← cli (the access log sits at the bottom beside core; the
+middleware for apps imports nothing of holdover).  This test walks every import of every
+module — those under ``if TYPE_CHECKING:`` and inside functions too — and fails on a
+cycle, on an import of a higher or sibling layer, on the proxy importing anything but
+itself and core, on a data-plane process importing anything but the proxy and core, and
+on anything but the CLI, the demo and the composition root importing admin.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2] / "holdover"
 # layer -> rank; a module may import its own layer or a layer of lower rank.
 RANKS = {"core": 0, "accesslog": 0, "gatewaylog": 0, "cliformat": 0, "__init__": 0,
          "middleware": 0,
-         "proxy": 1, "state": 1, "config": 2, "supervisor": 3, "control": 4, "admin": 5,
+         "proxy": 1, "state": 1, "config": 2, "plane": 2, "supervisor": 3, "control": 4, "admin": 5,
          "app": 6, "demo": 7, "init": 7, "cli": 8, "__main__": 9}
 ADMIN_USERS = {"admin", "app", "cli", "demo"}
 
@@ -82,6 +83,9 @@ def test_imports_point_down(module: str) -> None:
             f"depend on {theirs} (docs/design.md, 'Layers')"
         if mine == "proxy":
             assert theirs == "core", f"the data plane imports {target}: only its ports and core"
+        if mine == "plane":
+            assert theirs in ("core", "proxy", "accesslog", "gatewaylog"), \
+                f"a data-plane process imports {target}: only the proxy and core"
         if mine == "supervisor":
             assert theirs != "proxy", f"the supervisor knows no HTTP, yet imports {target}"
         if theirs == "admin":
