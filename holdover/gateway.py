@@ -682,8 +682,10 @@ class Gateway:
         url_fd = os.open(c.state_dir / "admin.url", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(url_fd, "w") as f:
             f.write(admin_url + "\n")
+        # Where the token is, never the token itself: service logs keep standard error.
         print(f"holdover: admin {admin_url} (token in {c.state_dir / 'admin.token'})"
-              + (f"; new admin token: {token}" if created else ""), file=sys.stderr, flush=True)
+              + ("; a new token was written there" if created else ""), file=sys.stderr,
+              flush=True)
         active = self.revs.active
         log.info("listening on http://%s:%d/ (revision %s, %d workers, mode %s)", host,
                  self.bound[1], active.id if active else "-",

@@ -17,11 +17,16 @@ import base64
 import hashlib
 import hmac
 import json
-import os
+import logging
 import secrets
 import time
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import NamedTuple
+
+from ..private_files import tighten, write_private
+
+log = logging.getLogger("holdover.affinity")
 
 PIN_COOKIE = b"holdover_pin"
 
@@ -46,10 +51,11 @@ class Keys:
         """Read ``secret.json``, creating it (mode 0600) with fresh keys if missing."""
         if not path.exists():
             data = {"hash_key": secrets.token_hex(32), "signing_keys": [secrets.token_hex(32)]}
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=2)
+            write_private(path, json.dumps(data, indent=2))
+        mode = tighten(path)
+        if mode is not None:
+            log.warning("%s was readable by other users (mode %04o); made it 0600. If "
+                        "someone read it, rotate its signing keys (SECURITY.md)", path, mode)
         try:
             data = json.loads(path.read_text())
             return cls(bytes.fromhex(data["hash_key"]),
@@ -85,6 +91,17 @@ class Keys:
                 return k.decode("ascii", "replace")
         return None
 
+    def pin_in(self, cookie_header: bytes | None) -> str | None:
+        """The pin key of the first ``holdover_pin`` cookie that verifies, if any.
+
+        A browser sends every cookie whose path and domain match, so a forged cookie a
+        client (or a sibling site) planted in front of the real one must not hide it."""
+        for value in cookie_values(cookie_header, PIN_COOKIE, MAX_PIN_COOKIES):
+            key = self.verify(value)
+            if key is not None:
+                return key
+        return None
+
 
 def cookie_value(header: bytes | None, name: bytes) -> bytes | None:
     """The value of cookie ``name`` in a Cookie request header (first one wins)."""
@@ -103,6 +120,92 @@ def cookie_value(header: bytes | None, name: bytes) -> bytes | None:
                 v = v[1:-1]
             return v
         start = i + 1
+
+
+# More holdover_pin cookies than this in one request are not looked at: a browser has
+# one per path/domain it was set for; checking each costs a MAC.
+MAX_PIN_COOKIES = 8
+
+
+def cookie_values(header: bytes | None, name: bytes, limit: int = MAX_PIN_COOKIES
+                  ) -> list[bytes]:
+    """Every value of cookie ``name`` in a Cookie header, in order, at most ``limit``."""
+    out: list[bytes] = []
+    if not header:
+        return out
+    needle = name + b"="
+    start = 0
+    while len(out) < limit:
+        i = header.find(needle, start)
+        if i < 0:
+            break
+        start = i + 1
+        if i == 0 or header[i - 1] in b" ;":
+            j = header.find(b";", i)
+            v = header[i + len(needle): j if j >= 0 else len(header)].strip()
+            if len(v) >= 2 and v[:1] == b'"' and v[-1:] == b'"':
+                v = v[1:-1]
+            out.append(v)
+            if j < 0:
+                break
+            start = j
+    return out
+
+
+# -- the explicit session protocol: ``X-Holdover-Session`` (docs/session-protocol.md) ---
+
+# The longest session an app may announce: 400 days, the cap RFC 6265bis puts on a
+# cookie's Max-Age.  A longer max-age is cut to it, as browsers cut cookies.
+MAX_SESSION_AGE = 400 * 86400
+_MAX_AGE_DIGITS = len(str(MAX_SESSION_AGE))
+
+
+def parse_max_age(value: bytes) -> float | None:
+    """Seconds of a ``max-age`` value: a whole decimal number, cut to MAX_SESSION_AGE.
+
+    None for anything else (``inf``, ``nan``, ``1e23``, ``-1``, ``1.5``, empty), so that
+    the caller can ignore the header instead of pinning a session forever."""
+    if not value or not value.isdigit():
+        return None
+    if len(value) > _MAX_AGE_DIGITS:
+        return float(MAX_SESSION_AGE)
+    return float(min(int(value), MAX_SESSION_AGE))
+
+
+class SessionHeader(NamedTuple):
+    """One parsed ``X-Holdover-Session`` value."""
+
+    sid: bytes  # b"": the session the request was pinned to (a bare ``end``)
+    end: bool
+    max_age: float | None  # None: ends after session_idle_timeout without a request
+
+
+def _visible_id(sid: bytes) -> bool:
+    return all(0x21 <= c <= 0x7E and c not in b";," for c in sid)
+
+
+def parse_session_header(value: bytes) -> SessionHeader | None:
+    """``<id>; max-age=N``, ``<id>; end``, ``<id>`` or a bare ``end``; None if malformed.
+
+    A malformed header is ignored whole: it pins nothing, ends nothing, and does not
+    count as the app speaking the protocol.  Unknown parameters are skipped."""
+    sid, _, params = value.partition(b";")
+    sid = sid.strip()
+    if not sid or (sid.lower() == b"end" and not params.strip()):
+        return SessionHeader(b"", True, None)
+    if not _visible_id(sid):
+        return None
+    end, max_age = False, None
+    for param in params.split(b";"):
+        name, eq, arg = param.strip().partition(b"=")
+        name = name.strip().lower()
+        if name == b"end" and not eq:
+            end = True
+        elif name == b"max-age":
+            max_age = parse_max_age(arg.strip())
+            if max_age is None:
+                return None
+    return SessionHeader(sid, end, None if end else max_age)
 
 
 def parse_set_cookie(value: bytes) -> tuple[bytes, bytes, bool]:
