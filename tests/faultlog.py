@@ -1,7 +1,7 @@
 """The fault table: every fault and hostile case the suite tries, and what it observed.
 
 A pytest plugin (``pytest_plugins = ["faultlog"]`` in tests/test_faults.py,
-tests/test_hostile.py and tests/test_fuzz.py).  Tests take the ``observe`` fixture and
+tests/test_hostile.py, tests/test_hardening.py and tests/test_fuzz.py).  Tests take the ``observe`` fixture and
 call ``observe(case_id, "what happened")`` with what they actually saw, *before* they
 assert; the verdict column comes from the test's outcome (passed → as expected,
 failed → differs, xfailed → known bug).  At the end of the session the table is written
@@ -223,6 +223,30 @@ CASES: tuple[Case, ...] = (
          "gateway with a pinned session",
          "never routed into the real session: either refused (400) or a new pin is "
          "issued; only a byte-identical value (after quote stripping) reaches the session"),
+    Case("admin-token-empty", "Security",
+         "state_dir/admin.token empty at start, then POST /api/deploy (a command of the "
+         "client's choosing) with an empty Bearer credential",
+         "a new token is written (0600, atomically) and the replacement logged; every "
+         "empty credential gets 401; the command never runs"),
+    Case("secret-file-exposed", "Security",
+         "secret.json readable by every user (0644) at start",
+         "made 0600 with a warning that says to rotate the keys if someone read them; "
+         "the keys themselves are kept (sessions stay valid)"),
+    Case("token-not-printed", "Security",
+         "what `holdover run` writes to standard output and standard error at start",
+         "the path of the token file, never the token (service logs keep both streams)"),
+    Case("admin-exposed", "Security",
+         "`holdover check` with admin_listen on 0.0.0.0 and secrets readable by others",
+         "exit 0 with one warning per exposure: the plain-HTTP admin side off loopback, "
+         "each loose file; `holdover run` logs the listen warning at start"),
+    Case("session-header-max-age", "Security",
+         "the app sends X-Holdover-Session with max-age inf, nan and 1e23, then an "
+         "anonymous client arrives (sessions mode, no session_cookie)",
+         "each malformed header is ignored (no pin); the anonymous client still gets "
+         "holdover's pin cookie"),
+    Case("pin-cookie-several", "Security",
+         "a forged holdover_pin cookie in front of the real one in the same Cookie header",
+         "the real (first valid) cookie routes the request to its session's worker"),
 )
 
 
@@ -296,11 +320,14 @@ HEADER = """\
 # Faults and hostile input: what was tried and what happened
 
 This table is produced by the test suite itself (`tests/faultlog.py`): every fault and
-hostile case that `tests/test_faults.py`, `tests/test_hostile.py` and `tests/test_fuzz.py`
-try, what holdover should do, and what the last refreshing run observed.  Each run writes
-`test-artifacts/faults.md`; to refresh this checked-in copy run
+hostile case that `tests/test_faults.py`, `tests/test_hostile.py`, `tests/test_hardening.py`
+and `tests/test_fuzz.py` try, what holdover should do, and what the last refreshing run
+observed.  Each run writes `test-artifacts/faults.md`; to refresh this checked-in copy run
 
-    HOLDOVER_WRITE_FAULT_TABLE=1 python -m pytest tests/test_faults.py tests/test_hostile.py tests/test_fuzz.py
+    HOLDOVER_WRITE_FAULT_TABLE=1 python -m pytest tests/test_faults.py tests/test_hostile.py tests/test_hardening.py tests/test_fuzz.py
+
+(rows of cases not run keep what the file had, so running only the tests of the changed
+cases refreshes their rows).
 
 `tests/test_hostile.py::test_fault_table_is_current` fails when a case is added, removed
 or re-worded without refreshing this file.  The request corpus lives in `tests/corpus/`

@@ -52,16 +52,17 @@ class Keys:
         if not path.exists():
             data = {"hash_key": secrets.token_hex(32), "signing_keys": [secrets.token_hex(32)]}
             write_private(path, json.dumps(data, indent=2))
+        try:
+            data = json.loads(path.read_text())
+            keys = cls(bytes.fromhex(data["hash_key"]),
+                       [bytes.fromhex(k) for k in data["signing_keys"]])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a valid holdover secret file ({exc})") from None
         mode = tighten(path)
         if mode is not None:
             log.warning("%s was readable by other users (mode %04o); made it 0600. If "
                         "someone read it, rotate its signing keys (SECURITY.md)", path, mode)
-        try:
-            data = json.loads(path.read_text())
-            return cls(bytes.fromhex(data["hash_key"]),
-                       [bytes.fromhex(k) for k in data["signing_keys"]])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}: not a valid holdover secret file ({exc})") from None
+        return keys
 
     def session_key(self, kind: bytes, session_id: bytes) -> str:
         """The opaque pin-table key of a session id (``kind`` keeps id spaces apart)."""
