@@ -292,6 +292,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("app", "max_drain", parse_duration, "0",
             "Longest a draining revision may keep running (0 = until its last session ends); "
             "then its remaining sessions are ended and counted as lost."),
+    Setting("app", "keep_retired", _int_at_least(1), 5,
+            "Finished (retired or failed) revisions kept in status, metrics and on disk "
+            "(release snapshot, logs); older ones remain only as events."),
 )
 
 SECTIONS = tuple(dict.fromkeys(s.section for s in SETTINGS))

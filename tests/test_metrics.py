@@ -64,7 +64,8 @@ def fake_gateway() -> SimpleNamespace:
                          canary_percent=10.0)
     revs = SimpleNamespace(revisions={"v1": v1, "v2": v2}, canary=v2, active=v1, deploys=3)
     return SimpleNamespace(revs=revs, sessions=SimpleNamespace(per_revision={"v1": 4, "v2": 1}),
-                           sessions_lost=2, queue=[object()], connections={1, 2, 3})
+                           sessions_lost=2, queue=[object()], connections={1, 2, 3},
+                           config=SimpleNamespace(app_keep_retired=5))
 
 
 def test_collector_reads_the_gateway_state() -> None:
