@@ -157,6 +157,18 @@ CASES: tuple[Case, ...] = (
     Case("client-never-reads", "Resources",
          "5 clients each start a 512 MiB download and never read",
          "backpressure: gateway memory grows by less than 64 MiB; other clients served"),
+    Case("error-read-in-full", "Resources",
+         "a client sends a 200 kB request head, or a 6 MiB body over max_body_size (1 MiB), "
+         "all of it before reading (raw socket), 5 times each",
+         "it reads the whole 431 or 413 every time, then the connection closes (lingering "
+         "close: the gateway stops writing, reads and discards for a bounded time and size)"),
+    Case("slow-upload-response-timeout", "Resources",
+         "a 900 KiB upload at about 200 KiB/s (4.5 s) with response_timeout 3 s",
+         "200: response_timeout counts from the end of the request body"),
+    Case("slow-reader-send-timeout", "Resources",
+         "40 clients each start a 64 MiB download and stop reading (send_timeout 2 s)",
+         "each is cut once a write has made no progress for send_timeout; gateway memory "
+         "per stalled connection stays small; other clients are served"),
     Case("worker-never-reads-body", "Resources",
          "a 256 MiB upload to a worker that never reads its request body",
          "backpressure: gateway memory stays bounded; 504 after response_timeout"),
@@ -184,6 +196,19 @@ CASES: tuple[Case, ...] = (
          "deploy (admin API) with revision id \"v2\\n\" — the id goes into the gateway's own "
          "X-Holdover-Revision / X-Holdover-Latest response headers",
          "400 (not a valid revision id); no response header ever contains CR or LF"),
+    Case("host-invalid", "Hostile input (headers, paths, cookies)",
+         "Host values that are not a host[:port] (space, slash, quote, backslash, @, tab, "
+         "an unclosed IPv6 literal, a bad port, empty on HTTP/1.1), and valid ones with "
+         "sub-delimiters, IPv6, an empty port",
+         "400 and closed for the invalid ones, nothing reaches the worker (RFC 9112 3.2); "
+         "the valid ones are served and passed on as X-Forwarded-Host"),
+    Case("trace-method", "Hostile input (headers, paths, cookies)",
+         "a TRACE request carrying a cookie",
+         "405 (as nginx answers); nothing reaches the worker, nothing is echoed"),
+    Case("chunk-size-over-limit", "Hostile input (headers, paths, cookies)",
+         "a chunked upload whose first chunk declares 2 MiB, or 2^64-1 bytes, or a size that "
+         "overflows 64 bits (max_body_size 1 MiB), then 1000 bytes and a pause",
+         "413 (400 for the overflow) within a second; nothing waits for a response_timeout"),
     Case("path-normalisation", "Hostile input (headers, paths, cookies)",
          "paths with ../, %2e%2e, //, %2f, backslash, ;params, absolute-form",
          "forwarded byte for byte (the gateway neither decodes nor normalises)"),
@@ -223,6 +248,15 @@ CASES: tuple[Case, ...] = (
          "gateway with a pinned session",
          "never routed into the real session: either refused (400) or a new pin is "
          "issued; only a byte-identical value (after quote stripping) reaches the session"),
+    Case("app-forges-gateway-headers", "Security",
+         "the app answers with X-Holdover-Revision, X-Holdover-Latest and Set-Cookie: "
+         "holdover_pin=… of its own (stateless and sessions mode)",
+         "removed; the client sees only the gateway's own (none when stateless; the real "
+         "revision and a signed pin cookie in sessions mode); the app's other cookies kept"),
+    Case("client-sends-holdover-headers", "Security",
+         "a client sends X-Holdover-Session, X-Holdover-Revision, X-Holdover-Latest "
+         "(any case) to the app",
+         "removed before the worker: an X-Holdover-* header the app gets came from holdover"),
     Case("admin-token-empty", "Security",
          "state_dir/admin.token empty at start, then POST /api/deploy (a command of the "
          "client's choosing) with an empty Bearer credential",
