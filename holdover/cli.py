@@ -60,7 +60,7 @@ def _load(path: str) -> config.Config:
 def _serve(cfg: config.Config) -> int:
     import uvloop
 
-    from .gateway import Gateway
+    from .app import Gateway
 
     async def main() -> int:
         return await Gateway(cfg).run()
@@ -100,7 +100,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     home = Path(args.dir).resolve()
     if args.action == "next":
         return launch.deploy_next(home)
-    from .gateway import INHERIT_ENV
+    from .control.handover import INHERIT_ENV
 
     # A fresh demo each time; but not when `holdover reload` re-executes this one.
     busy = launch.fresh_state(home) if INHERIT_ENV not in os.environ else None
@@ -115,23 +115,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     import uvloop
 
-    from .gateway import Gateway
+    from .app import Gateway
 
     gw = Gateway(cfg)
-    start = gw.start
 
-    async def start_then_tell() -> None:
-        await start()
+    def tell() -> None:
         host, port = cfg.gateway_listen[0], gw.bound[1] if gw.bound else cfg.gateway_listen[1]
         admin_url = (cfg.state_dir / "admin.url").read_text().strip()
         token = (cfg.state_dir / "admin.token").read_text().strip()
-        nxt = launch.next_revision(gw.revs.status())
+        nxt = launch.next_revision(gw.ctl.revs.status())
         rid, folder = nxt if nxt else ("v2", launch.RELEASES / "v2")
         print(launch.banner(path, f"http://{host}:{port}/", admin_url, token,
                             args.idle_timeout, rid, folder), flush=True)
 
-    gw.start = start_then_tell  # type: ignore[method-assign]
-    return uvloop.run(gw.run())
+    return uvloop.run(gw.run(on_started=tell))
 
 
 def _print_status(st: dict[str, Any]) -> None:

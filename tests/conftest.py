@@ -2,11 +2,15 @@
 
 Every gateway listens on port 0 (the kernel picks) on 127.0.0.1 and reports the port it
 got; every process a test starts is stopped and checked for leftovers at the end.
+
+tests/unit/ holds tests that need no socket and no process; the hooks below run each of
+them under ``isolation``'s guard.  tests/e2e/ starts real gateways and workers.
 """
 
 from __future__ import annotations
 
 import http.client
+import importlib
 import json
 import os
 import re
@@ -21,11 +25,63 @@ import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import isolation
 import psutil
 import pytest
+import skippolicy
 
 APPS = Path(__file__).parent / "apps"
+UNIT = Path(__file__).parent / "unit"
 PY = sys.executable
+
+
+# -- no skip goes unnoticed -------------------------------------------------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    skippolicy.watch(config)
+
+
+# -- unit tests stay in-process ------------------------------------------------------------
+
+
+def _guarded(item: pytest.Item) -> Iterator[None]:
+    if not item.path.is_relative_to(UNIT):
+        yield
+        return
+    mp = pytest.MonkeyPatch()
+    isolation.install(mp)
+    try:
+        yield
+    finally:
+        mp.undo()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    return (yield from _guarded(item))
+
+
+def require(module: str) -> object:
+    """Import a test dependency, failing (never skipping) the test when it is missing.
+
+    Everything the suite needs is in the ``test`` extra, so a missing module is a broken
+    setup to report, not an optional part to leave out quietly.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        pytest.fail(f"{module} is not installed ({exc}): pip install -e '.[test]'")
 
 
 def wait_for(cond: Callable[[], object], timeout: float = 15.0, interval: float = 0.05,

@@ -1,10 +1,9 @@
 """The fault table: every fault and hostile case the suite tries, and what it observed.
 
-A pytest plugin (``pytest_plugins = ["faultlog"]`` in tests/test_faults.py,
-tests/test_hostile.py, tests/test_hardening.py and tests/test_fuzz.py).  Tests take the ``observe`` fixture and
-call ``observe(case_id, "what happened")`` with what they actually saw, *before* they
-assert; the verdict column comes from the test's outcome (passed → as expected,
-failed → differs, xfailed → known bug).  At the end of the session the table is written
+A pytest plugin (``pytest_plugins = ["faultlog"]`` in the modules ``HEADER`` below
+lists).  Tests take the ``observe`` fixture and call ``observe(case_id, "what happened")``
+with what they actually saw, *before* they assert; the verdict column comes from the
+test's outcome (passed → as expected, failed → differs, xfailed → known bug).  At the end of the session the table is written
 to ``test-artifacts/faults.md``; with ``HOLDOVER_WRITE_FAULT_TABLE=1`` it also rewrites
 the checked-in copy ``docs/faults.md`` (cases not run in this session keep the
 observation the file already had).
@@ -354,19 +353,26 @@ HEADER = """\
 # Faults and hostile input: what was tried and what happened
 
 This table is produced by the test suite itself (`tests/faultlog.py`): every fault and
-hostile case that `tests/test_faults.py`, `tests/test_hostile.py`, `tests/test_hardening.py`
-and `tests/test_fuzz.py` try, what holdover should do, and what the last refreshing run
-observed.  Each run writes `test-artifacts/faults.md`; to refresh this checked-in copy run
+hostile case that `tests/e2e/test_faults.py`, `tests/e2e/test_hostile.py`,
+`tests/e2e/test_admin_hardening.py`, `tests/e2e/test_proxy_hardening.py`,
+`tests/unit/test_session_signals.py`, `tests/unit/test_fuzz.py` and
+`tests/e2e/test_fuzz_live.py` try, what holdover should do, and what the last refreshing
+run observed.  Each run writes `test-artifacts/faults.md`; to refresh this checked-in copy
+run
 
-    HOLDOVER_WRITE_FAULT_TABLE=1 python -m pytest tests/test_faults.py tests/test_hostile.py tests/test_hardening.py tests/test_fuzz.py
+    HOLDOVER_WRITE_FAULT_TABLE=1 python -m pytest tests/e2e/test_faults.py \\
+        tests/e2e/test_hostile.py tests/e2e/test_admin_hardening.py \\
+        tests/e2e/test_proxy_hardening.py tests/unit/test_session_signals.py \\
+        tests/unit/test_fuzz.py tests/e2e/test_fuzz_live.py
 
 (rows of cases not run keep what the file had, so running only the tests of the changed
 cases refreshes their rows).
 
-`tests/test_hostile.py::test_fault_table_is_current` fails when a case is added, removed
-or re-worded without refreshing this file.  The request corpus lives in `tests/corpus/`
-(one raw request per `.http` file, indexed by `cases.toml`).  "known bug" rows are
-strict xfail tests: they start failing the day the bug is fixed, so the row gets updated.
+`tests/unit/test_fault_table.py::test_fault_table_is_current` fails when a case is added,
+removed or re-worded without refreshing this file.  The request corpus lives in
+`tests/corpus/` (one raw request per `.http` file, indexed by `cases.toml`).  "known bug"
+rows are strict xfail tests: they start failing the day the bug is fixed, so the row gets
+updated.
 """
 
 

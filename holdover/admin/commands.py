@@ -8,24 +8,20 @@ it everywhere.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..core.errors import Refused
+
+CommandError = Refused  # what the admin commands raise: the one "refused" error
+
 if TYPE_CHECKING:
-    from ..gateway import Gateway
+    from ..control.facade import Control as Gateway
 
 
-class CommandError(Exception):
-    """A request the command refuses; ``status`` is the HTTP status, ``field`` what's wrong."""
-
-    def __init__(self, message: str, status: int = 400, field: str | None = None,
-                 detail: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.field = field
-        self.detail = detail or {}
 
 
 @dataclass(frozen=True)
@@ -48,7 +44,7 @@ class Param:
         if not ok:
             want = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
                     dict: "an object of string values"}[t]
-            raise CommandError(f"{self.name}: expected {want}, got {value!r}", 400, self.name)
+            raise CommandError(f"{self.name}: expected {want}, got {value!r}", 400, field=self.name)
         return float(value) if t is float else value
 
 
@@ -78,13 +74,13 @@ class Command:
         for key in body:
             if key not in known:
                 raise CommandError(f"{key}: unknown field; expected one of "
-                                   f"{', '.join(known) or 'none'}", 400, key)
+                                   f"{', '.join(known) or 'none'}", 400, field=key)
         out: dict[str, Any] = {}
         for p in self.params:
             if p.name in body and body[p.name] is not None:
                 out[p.name] = p.check(body[p.name])
             elif p.required:
-                raise CommandError(f"{p.name}: required", 400, p.name)
+                raise CommandError(f"{p.name}: required", 400, field=p.name)
         return out
 
 
@@ -143,16 +139,16 @@ async def _logs(gw: Gateway, args: dict[str, Any]) -> Any:
 
 async def _reload(gw: Gateway, args: dict[str, Any]) -> Any:
     # Answer first: the reload stops this admin server on its way.
-    gw.loop.call_later(0.2, gw.schedule_reload)
+    asyncio.get_running_loop().call_later(0.2, gw.schedule_reload)
     return {"reloading": True, "pid": os.getpid()}
 
 
 async def _events(gw: Gateway, args: dict[str, Any]) -> Any:
     limit, after = args.get("limit", 50), args.get("after", 0)
     if not 0 <= limit <= 10000:
-        raise CommandError(f"limit: expected 0 to 10000, got {limit}", 400, "limit")
+        raise CommandError(f"limit: expected 0 to 10000, got {limit}", 400, field="limit")
     if not 0 <= after < 1 << 63:
-        raise CommandError(f"after: expected an event id (>= 0), got {after}", 400, "after")
+        raise CommandError(f"after: expected an event id (>= 0), got {after}", 400, field="after")
     events = await gw.store.events(limit=limit, after_id=after)
     return {"events": [{"id": e.id, "ts": e.ts, "kind": e.kind, "revision": e.revision,
                         "worker": e.worker, "message": e.message, "data": e.data}

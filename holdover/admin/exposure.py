@@ -5,7 +5,7 @@ machine.  It speaks plain HTTP: on a non-loopback ``admin_listen`` the token cro
 network readable by anyone on the path.  Its files (the token, the cookie signing
 secrets) must be readable by the gateway's user only.  Both are warnings, not errors:
 an operator may have a private network or a TLS proxy in front, and the gateway
-takes away loose file permissions by itself at start (see ``holdover.private_files``).
+takes away loose file permissions by itself at start (see ``holdover.core.private_files``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import ipaddress
 from pathlib import Path
 
 from ..config import Config
-from ..private_files import loose_mode
+from ..core.private_files import loose_mode
 
 PRIVATE_FILES = ("admin.token", "secret.json")
 

@@ -1,7 +1,7 @@
 """Prometheus metrics, read from the gateway's own state when scraped.
 
-The proxy's hot path keeps plain integer counters on each ``Worker`` (requests by status
-class, body bytes, a latency histogram over ``LATENCY_BOUNDS``); nothing here runs per
+The proxy's hot path keeps plain integer counters on each worker's endpoint (requests by
+status class, body bytes, a latency histogram over ``LATENCY_BOUNDS``); nothing here runs per
 request.  At scrape time ``GatewayCollector`` sums those counters per revision and turns
 them, with the session table and the revision states, into metric families that
 ``prometheus_client`` renders in the exposition format.
@@ -34,11 +34,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from ..retention import to_forget
-from ..supervisor.worker import LATENCY_BOUNDS
+from ..core.retention import to_forget
+from ..proxy.endpoint import LATENCY_BOUNDS
 
 if TYPE_CHECKING:
-    from ..gateway import Gateway
+    from ..control.facade import Control as Gateway
 
 # Index of Worker.status_classes -> the ``class`` label (index 0: no valid status, e.g.
 # the client went away before an answer).
@@ -87,15 +87,15 @@ class GatewayCollector(Collector):
         self.gw = gw
         # Workers seen at the last scrape, per revision, by identity; and the counts of
         # those that have left their revision's list since.
-        self._seen: dict[str, dict[int, Any]] = {}
+        self._seen: dict[str, dict[int, tuple[Any, Any]]] = {}
         self._gone: dict[str, Totals] = {}
         self._gone_restarts: dict[tuple[str, str], int] = {}
 
     def _fold_departed(self, rid: str, workers: list[Any]) -> None:
-        current = {id(w): w for w in workers}
-        for key, w in self._seen.get(rid, {}).items():
+        current = {id(w): (w, self.gw.stats(w)) for w in workers}
+        for key, (w, stats) in self._seen.get(rid, {}).items():
             if key not in current:
-                self._gone.setdefault(rid, Totals()).add(w)
+                self._gone.setdefault(rid, Totals()).add(stats)
                 k = (rid, w.id)
                 self._gone_restarts[k] = self._gone_restarts.get(k, 0) + w.restarts
         self._seen[rid] = current
@@ -123,7 +123,7 @@ class GatewayCollector(Collector):
             self._fold_departed(rev.id, rev.workers)
             t = Totals()
             for w in rev.workers:
-                t.add(w)
+                t.add(gw.stats(w))
             per_rev[rev.id] = t.plus(self._gone[rev.id]) if rev.id in self._gone else t
 
         requests = CounterMetricFamily(
@@ -179,7 +179,7 @@ class GatewayCollector(Collector):
             for w in rev.workers:
                 counts[w.state] = counts.get(w.state, 0) + 1
                 per_worker[w.id] = per_worker.get(w.id, 0) + w.restarts
-                busy += w.inflight
+                busy += gw.inflight(w)
             for (rid, wid), n in self._gone_restarts.items():
                 if rid == rev.id:
                     per_worker[wid] = per_worker.get(wid, 0) + n
@@ -202,6 +202,13 @@ class GatewayCollector(Collector):
                                 "worker", value=len(gw.queue))
         yield GaugeMetricFamily("holdover_connections", "Open client connections",
                                 value=len(gw.connections))
+        errors = CounterMetricFamily("holdover_periodic_job_errors", "Runs of a periodic job "
+                                     "that raised (the others went on)", labels=["job"])
+        for job, n in gw.ticker.errors.items():
+            errors.add_metric([job], n)
+        yield errors
+        yield CounterMetricFamily("holdover_task_failures", "Background tasks that ended with "
+                                  "an exception", value=gw.tasks.failed)
 
 
 def metrics_registry(gw: Gateway) -> CollectorRegistry:
@@ -303,8 +310,9 @@ def overview(gw: Gateway, procs: ProcessStats | None = None) -> dict[str, Any]:
         for wd, w in zip(rd["workers"], rev.workers, strict=False):
             rss, cpu = usage.get(w.pid, (None, None)) if w.state in _LIVE_STATES else (
                 None, None)
-            wd.update(standby=w.standby, disabled=w.disabled, requests=w.requests,
-                      errors=w.errors, rss=rss, cpu=cpu)
+            stats = gw.stats(w)
+            wd.update(standby=w.standby, disabled=w.disabled, requests=stats.requests,
+                      errors=stats.errors, rss=rss, cpu=cpu)
     return {"ts": time.time(), "status": st,
             "sessions": {"total": len(gw.sessions), "lost": gw.sessions_lost,
                          "by_revision": dict(gw.sessions.per_revision)},

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from ..private_files import loose_mode, write_private
-from ..revisions import DeployError
+from ..core.errors import Refused
+from ..core.private_files import loose_mode, write_private
 from ..state import StoreError
 from .commands import BY_NAME, COMMANDS, Command, CommandError
 from .metrics import CONTENT_TYPE_LATEST, ProcessStats, metrics_registry, overview, render
 
 if TYPE_CHECKING:
-    from ..gateway import Gateway
+    from ..control.facade import Control as Gateway
 
 log = logging.getLogger("holdover.admin")
 
@@ -206,7 +206,7 @@ class AdminServer:
                                 raw[k] = int(v)
                             except ValueError:
                                 raise CommandError(f"{k}: expected an integer, got {v!r}",
-                                                   400, k) from None
+                                                   400, field=k) from None
                         else:
                             raw[k] = v
                     args = command.parse(raw)
@@ -220,11 +220,9 @@ class AdminServer:
                                                400) from None
                     args = command.parse(body)
                 result = await command.handler(self.gw, args)
-            except CommandError as exc:
-                return _error(exc.status, str(exc), exc.field, **exc.detail)
-            except DeployError as exc:
+            except Refused as exc:
                 extra = {"log_tail": exc.log_tail} if exc.log_tail else {}
-                return _error(exc.status, str(exc), **extra)
+                return _error(exc.status, str(exc), exc.field, **exc.detail, **extra)
             return web.json_response(result)
 
         return handle

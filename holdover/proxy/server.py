@@ -21,6 +21,16 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from .exchange import (
+    BODY_CHUNKED,
+    BODY_LENGTH,
+    BODY_NONE,
+    PAUSE_CONNECTING,
+    PAUSE_PIPELINE,
+    PAUSE_TUNNEL,
+    PAUSE_UPSTREAM,
+    Exchange,
+)
 from .http1 import (
     FORWARDING,
     HOP_BY_HOP,
@@ -38,7 +48,7 @@ from .http1 import (
 from .upstream import WRITE_HIGH_WATER, UpstreamConnection
 
 if TYPE_CHECKING:
-    from ..gateway import Gateway
+    from .ports import Plane
 
 
 # Request headers that need more than passing through, by lower-cased name.  Codes below
@@ -52,118 +62,21 @@ _SPECIAL: dict[bytes, int] = {
     b"forwarded": _H_FORWARDED, b"host": _H_HOST, b"cookie": _H_COOKIE, b"accept": _H_ACCEPT,
 }
 
-# Reasons to stop reading from the client (bits of ClientConnection.paused).
-PAUSE_PIPELINE = 1  # a pipelined request waits for the one before it
-PAUSE_UPSTREAM = 2  # the worker's socket buffer is full
-PAUSE_CONNECTING = 4  # body bytes wait for the connection to the worker
-PAUSE_TUNNEL = 8  # bytes after an Upgrade request wait for the worker's 101
-
-BODY_NONE, BODY_LENGTH, BODY_CHUNKED = range(3)
 _UNSET = object()
-
-
-class Exchange:
-    """One request and its response, from first byte in to last byte out."""
-
-    __slots__ = (
-        "accept",
-        "body_buf",
-        "body_mode",
-        "body_seen",
-        "conn",
-        "cookie",
-        "head",
-        "host",
-        "http11",
-        "keep_alive",
-        "method",
-        "pin",
-        "request_done",
-        "resp_bytes",
-        "resp_started",
-        "revision",
-        "sent_at",
-        "session_event",
-        "skey",
-        "status",
-        "t0",
-        "tried",
-        "tunnel_early",
-        "upgrade",
-        "upstream",
-        "url",
-        "waiter",
-        "worker",
-    )
-
-    def __init__(self, conn: ClientConnection, t0: float) -> None:
-        self.conn = conn
-        self.t0 = t0
-        self.method = b""
-        self.url = b""
-        self.head = b""
-        self.host: bytes | None = None
-        self.accept: bytes | None = None
-        self.cookie: bytes | None = None
-        self.http11 = True
-        self.keep_alive = True
-        self.upgrade = False
-        self.body_mode = BODY_NONE
-        self.body_seen = 0
-        self.body_buf: list[bytes] | None = []
-        self.request_done = False
-        self.resp_started = False
-        self.resp_bytes = 0
-        self.status = 0
-        self.sent_at = 0.0
-        self.worker = None
-        self.revision = None
-        self.pin = None
-        self.upstream: UpstreamConnection | None = None
-        self.waiter = None
-        self.tried: list | None = None
-        self.tunnel_early = b""
-        self.skey: str | None = None  # key of the app session cookie the request carried
-        self.session_event: bytes | None = None  # what the response did to its session
 
 
 class ClientConnection(asyncio.Protocol):
     """One client connection: parse, route, stream, answer in order."""
 
-    __slots__ = (
-        "_body_left",
-        "_cl",
-        "_conn_tokens",
-        "_fwd",
-        "_fwd_host",
-        "_fwd_key",
-        "_hdr_count",
-        "_head_bytes",
-        "_head_raw",
-        "_lines",
-        "_prior_fwd",
-        "_prior_xff",
-        "_route_next",
-        "_te",
-        "_upgrade_value",
-        "_url_parts",
-        "client_ip",
-        "cookie_cache",
-        "current",
-        "gw",
-        "last_active",
-        "parser",
-        "parsing",
-        "paused",
-        "pending",
-        "served",
-        "transport",
-        "tunnel",
-        "write_paused",
-    )
+    __slots__ = ("_body_left", "_cl", "_conn_tokens", "_fwd", "_fwd_host", "_fwd_key",
+                 "_hdr_count", "_head_bytes", "_head_raw", "_lines", "_prior_fwd", "_prior_xff",
+                 "_route_next", "_te", "_upgrade_value", "_url_parts", "client_ip",
+                 "cookie_cache", "current", "last_active", "lim", "parser", "parsing", "paused",
+                 "pending", "plane", "served", "transport", "tunnel", "write_paused")
 
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
+    def __init__(self, plane: Plane) -> None:
+        self.plane = plane
+        self.lim = plane.limits
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser = httptools.HttpRequestParser(self)
         self.parsing: Exchange | None = None
@@ -203,11 +116,11 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = ip.encode()
         self._fwd = forwarded_for_element(ip)
         self.last_active = monotonic()
-        self.gw.connections.add(self)
+        self.plane.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        gw = self.gw
-        gw.connections.discard(self)
+        plane = self.plane
+        plane.connections.discard(self)
         tunnel = self.tunnel
         if tunnel is not None:
             self.tunnel = None
@@ -224,7 +137,7 @@ class ClientConnection(asyncio.Protocol):
                 up.transport.abort()  # the worker may still be sending: do not reuse
             if not ex.resp_started:
                 ex.status = 499  # the client went away before its answer
-            gw.exchange_done(ex)
+            plane.reporter.exchange_done(ex)
         self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
@@ -232,7 +145,6 @@ class ClientConnection(asyncio.Protocol):
         if tunnel is not None:
             tunnel.write(data)
             return
-        gw = self.gw
         if self.parsing is not None or self.current is not None:
             # Activity is a request in progress; bytes that start none (blank lines
             # between requests) must not keep an idle connection open for ever.
@@ -262,7 +174,7 @@ class ClientConnection(asyncio.Protocol):
                     # A head still incomplete after this much input is refused before
                     # llhttp (which buffers partial header lines) is made to hold more.
                     self._head_raw += len(data)
-                    if self._head_raw > gw.max_head_bytes:
+                    if self._head_raw > self.lim.max_head_bytes:
                         self.reject(431, "request head too large")
                 elif ex.body_mode == BODY_LENGTH:
                     self._body_left = int(self._cl) - ex.body_seen  # type: ignore[arg-type]
@@ -329,9 +241,9 @@ class ClientConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url_parts.append(url)
-        if len(self._url_parts) > 1 and sum(map(len, self._url_parts)) > self.gw.max_request_line:
+        if len(self._url_parts) > 1 and sum(map(len, self._url_parts)) > self.lim.max_request_line:
             raise RequestRejected(414, "request line too long")
-        if len(url) > self.gw.max_request_line:
+        if len(url) > self.lim.max_request_line:
             raise RequestRejected(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -339,8 +251,8 @@ class ClientConnection(asyncio.Protocol):
             return  # a trailer field of a chunked body: not forwarded (bodies are re-framed)
         self._hdr_count += 1
         self._head_bytes += len(name) + len(value) + 4
-        gw = self.gw
-        if self._hdr_count > gw.max_headers or self._head_bytes > gw.max_header_size:
+        lim = self.lim
+        if self._hdr_count > lim.max_headers or self._head_bytes > lim.max_header_size:
             raise RequestRejected(431, "request headers too large")
         kind = _SPECIAL.get(name.lower())
         if kind is None:  # the common case: passed through as it came
@@ -357,7 +269,7 @@ class ClientConnection(asyncio.Protocol):
                     self._conn_tokens + b"," + value
             elif kind == _H_UPGRADE:
                 self._upgrade_value = value
-            elif gw.append_forwarded:
+            elif lim.append_forwarded:
                 if kind == _H_XFF:
                     prior = self._prior_xff
                     self._prior_xff = value if prior is None else prior + b", " + value
@@ -378,7 +290,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         ex = self.parsing
-        gw = self.gw
+        lim = self.lim
         parser = self.parser
         ex.method = method = parser.get_method()
         parts = self._url_parts
@@ -406,7 +318,7 @@ class ClientConnection(asyncio.Protocol):
             ex.body_mode = BODY_CHUNKED
             framing = b"Transfer-Encoding: chunked\r\n"
         elif self._cl is not None:
-            if gw.max_body_size and int(self._cl) > gw.max_body_size:
+            if lim.max_body_size and int(self._cl) > lim.max_body_size:
                 raise RequestRejected(413, "request body too large")
             ex.body_mode = BODY_LENGTH if self._cl != b"0" else BODY_NONE
             framing = b"Content-Length: " + self._cl + b"\r\n"
@@ -417,14 +329,14 @@ class ClientConnection(asyncio.Protocol):
             framing += b"Connection: upgrade\r\nUpgrade: " + self._upgrade_value + b"\r\n"
         host = ex.host
         if host is None:
-            lines.append(b"Host: " + gw.listen_host + b"\r\n")
+            lines.append(b"Host: " + lim.listen_host + b"\r\n")
         if self._prior_xff is None and self._prior_fwd is None:
             if host != self._fwd_key:  # usually the same for the whole connection
                 self._fwd_key = host
-                self._fwd_host = forwarded_headers(self.client_ip, self._fwd, gw.proto, host)
+                self._fwd_host = forwarded_headers(self.client_ip, self._fwd, lim.proto, host)
             fwd = self._fwd_host
         else:
-            fwd = forwarded_headers(self.client_ip, self._fwd, gw.proto, host,
+            fwd = forwarded_headers(self.client_ip, self._fwd, lim.proto, host,
                                     self._prior_xff, self._prior_fwd)
         ex.head = b"".join((method, b" ", url, b" HTTP/1.1\r\n", *lines, fwd, framing, b"\r\n"))
         if self.current is None:
@@ -456,8 +368,8 @@ class ClientConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
         ex.body_seen += len(body)
-        gw = self.gw
-        if gw.max_body_size and ex.body_seen > gw.max_body_size:
+        limit = self.lim.max_body_size
+        if limit and ex.body_seen > limit:
             raise RequestRejected(413, "request body too large")
         if ex.body_mode == BODY_CHUNKED:
             body = b"%x\r\n%b\r\n" % (len(body), body)
@@ -498,14 +410,14 @@ class ClientConnection(asyncio.Protocol):
         ex = self._route_next
         self._route_next = None
         if ex is self.current and not self.transport.is_closing():
-            self.gw.route(ex)
+            self.plane.router.route(ex)
 
     # -- driven by the gateway and the worker side -----------------------------------
 
     def attach(self, ex: Exchange, up: UpstreamConnection) -> None:
         """A connection to the chosen worker is ready: send the request on it."""
         if self.current is not ex or self.transport.is_closing():
-            self.gw.release_upstream(up, reusable=True)
+            self.plane.releaser.release_upstream(up, reusable=True)
             return
         ex.sent_at = monotonic()
         up.attach(ex)
@@ -515,7 +427,7 @@ class ClientConnection(asyncio.Protocol):
         """The worker finished its answer to ``ex``."""
         ex.upstream = None
         self.resume_reading_for(PAUSE_UPSTREAM)
-        self.gw.release_upstream(up, reusable)
+        self.plane.releaser.release_upstream(up, reusable)
         if not ex.request_done or ex.upgrade:
             # The worker answered before the whole body arrived; the rest of the body
             # cannot be told apart from a next request, so this connection ends here.
@@ -523,18 +435,18 @@ class ClientConnection(asyncio.Protocol):
         self._finish(ex)
 
     def _finish(self, ex: Exchange) -> None:
-        gw = self.gw
-        gw.exchange_done(ex)
+        plane = self.plane
+        plane.reporter.exchange_done(ex)
         self.served = True
         self.current = None
-        if not ex.keep_alive or gw.closing:
+        if not ex.keep_alive or plane.closing:
             self.transport.close()
             return
         self.last_active = monotonic()
         if self.pending:
             nxt = self.pending.popleft()
             self.current = nxt
-            gw.route(nxt)
+            plane.router.route(nxt)
             if nxt.body_buf and not nxt.request_done:
                 self.pause_reading_for(PAUSE_CONNECTING)
         if not self.pending:
@@ -544,18 +456,18 @@ class ClientConnection(asyncio.Protocol):
         """The worker's connection failed or spoke garbage during ``ex``."""
         ex.upstream = None
         self.resume_reading_for(PAUSE_UPSTREAM)
-        gw = self.gw
+        plane = self.plane
         if ex.resp_started:  # part of the answer is out: the client must see it broke
             ex.keep_alive = False
-            gw.exchange_done(ex)
+            plane.reporter.exchange_done(ex)
             self.current = None
             self.transport.abort()
             return
-        if (not malformed and not up.got_bytes and gw.retry_safe and ex.method in SAFE_METHODS
+        if (not malformed and not up.got_bytes and ex.method in SAFE_METHODS
                 and ex.body_mode == BODY_NONE and not ex.upgrade):
             # Nothing came back and the request is safe by definition (RFC 9110 9.2.1),
             # so a browser would resend it; do that here, on another worker.
-            if gw.retry(ex):
+            if plane.router.retry(ex):
                 return
         self.fail(ex, 502)
 
@@ -564,7 +476,7 @@ class ClientConnection(asyncio.Protocol):
         if ex is not self.current:
             return
         if ex.resp_started:
-            self.gw.exchange_done(ex)
+            self.plane.reporter.exchange_done(ex)
             self.current = None
             self.transport.abort()
             return
@@ -586,7 +498,6 @@ class ClientConnection(asyncio.Protocol):
     def reject(self, status: int, reason: str) -> None:
         """A request we refuse before any of it reaches a worker; the connection ends."""
         ex = self.parsing or self.current
-        gw = self.gw
         if self.current is not None and self.current is not ex:
             if self.current is self._route_next:
                 # The request before it came in the same packet and was not sent to any
@@ -614,7 +525,7 @@ class ClientConnection(asyncio.Protocol):
                 ex.waiter.cancel()
             if not ex.method:
                 ex.method = b"-"
-            gw.exchange_done(ex, reason)
+            self.plane.reporter.exchange_done(ex, reason)
         self.current = self.parsing = self._route_next = None
         self.pending.clear()
         self.transport.write(data)
@@ -638,30 +549,30 @@ class ClientConnection(asyncio.Protocol):
         self.current = None
         self.tunnel = None
         self.transport.close()
-        self.gw.exchange_done(ex)
+        self.plane.reporter.exchange_done(ex)
 
     def sweep(self, now: float) -> None:
         """Enforce this connection's timeouts (called about once a second)."""
-        gw = self.gw
+        lim = self.lim
         if self.tunnel is not None:
             return
         ex = self.current
         if ex is None:
             if self.parsing is not None:
-                if self._lines is not None and now - self.parsing.t0 > gw.header_timeout:
+                if self._lines is not None and now - self.parsing.t0 > lim.header_timeout:
                     self.reject(408, "request head not received in time")
-                elif now - self.last_active > gw.body_timeout:
+                elif now - self.last_active > lim.body_timeout:
                     self.reject(408, "request body not received in time")
-            elif now - self.last_active > (gw.keepalive_timeout if not gw.closing else
+            elif now - self.last_active > (lim.keepalive_timeout if not self.plane.closing else
                                            0 if self.served else 1.0):
                 # Closing down: idle keep-alive connections go at once, but a connection
                 # just accepted gets a moment to send the request it was opened for.
                 self.transport.close()
             return
         if ex.upstream is not None and not ex.resp_started and ex.sent_at and \
-                now - ex.sent_at > gw.response_timeout:
+                now - ex.sent_at > lim.response_timeout:
             self.fail(ex, 504)
-        elif not ex.request_done and not self.paused and now - self.last_active > gw.body_timeout:
+        elif not ex.request_done and not self.paused and now - self.last_active > lim.body_timeout:
             if ex.resp_started:
                 self.transport.abort()
             else:

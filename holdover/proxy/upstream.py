@@ -19,7 +19,7 @@ import httptools
 from .http1 import LAST_CHUNK, status_line
 
 if TYPE_CHECKING:
-    from .server import Exchange
+    from .exchange import Exchange
 
 _CONNECTION = b"connection"
 _CONTENT_LENGTH = b"content-length"
@@ -259,13 +259,13 @@ class UpstreamConnection(asyncio.Protocol):
         if lname == b"x-holdover-session":  # the app talking to us: never to the client
             ex = self.ex
             if ex is not None:
-                ex.conn.gw.on_session_header(ex, value)
+                ex.conn.plane.hooks.on_session_header(ex, value)
             return
         self._lines.append(name + b": " + value + b"\r\n")
         if lname == b"set-cookie":
             ex = self.ex
             if ex is not None:
-                ex.conn.gw.on_set_cookie(ex, value)
+                ex.conn.plane.hooks.on_set_cookie(ex, value)
 
     def on_headers_complete(self) -> None:
         ex = self.ex
@@ -281,7 +281,8 @@ class UpstreamConnection(asyncio.Protocol):
             if status == 101 and not (ex.upgrade and self._upgrade is not None):
                 raise ValueError("101 Switching Protocols to a request that asked for none")
             if status == 101:
-                extra = ex.conn.gw.response_extra_headers(ex)  # a WebSocket can start a session
+                # A WebSocket can start a session.
+                extra = ex.conn.plane.hooks.response_extra_headers(ex)
                 if extra:
                     head.append(extra)
                 head.append(b"Connection: upgrade\r\nUpgrade: " + self._upgrade + b"\r\n\r\n")
@@ -315,10 +316,10 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self._mode = BODY_UNTIL_CLOSE_RAW
             ex.keep_alive = False
-        extra = ex.conn.gw.response_extra_headers(ex)
+        extra = ex.conn.plane.hooks.response_extra_headers(ex)
         if extra:
             head.append(extra)
-        if not ex.keep_alive or ex.conn.gw.closing:
+        if not ex.keep_alive or ex.conn.plane.closing:
             ex.keep_alive = False
             head.append(b"Connection: close\r\n\r\n")
         elif not client_11:
@@ -357,10 +358,10 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamPool:
     """Idle keep-alive connections to one worker, most recently used first."""
 
-    __slots__ = ("host", "idle", "limit", "port", "worker")
+    __slots__ = ("endpoint", "host", "idle", "limit", "port")
 
-    def __init__(self, worker: object, host: str, port: int, limit: int) -> None:
-        self.worker = worker
+    def __init__(self, endpoint: object, host: str, port: int, limit: int) -> None:
+        self.endpoint = endpoint
         self.host = host
         self.port = port
         self.limit = limit

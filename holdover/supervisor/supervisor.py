@@ -19,9 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..core.lifecycle import RUNNING, RevisionState
 from .worker import AdoptedProcess, Adoption, Worker, WorkerSpec
 
 log = logging.getLogger("holdover.supervisor")
+
+
+def _watched(task: asyncio.Task[None]) -> asyncio.Task[None]:
+    """A worker's life task whose failure is logged the moment it happens."""
+    def done(t: asyncio.Task[None]) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            log.error("%s: its life task failed: %r", t.get_name(), t.exception(),
+                      exc_info=t.exception())
+    task.add_done_callback(done)
+    return task
 
 
 class RevisionFailed(Exception):
@@ -36,13 +47,16 @@ class RevisionFailed(Exception):
 
 @dataclass(eq=False)
 class Revision:
-    """One deployable version of the app and its workers."""
+    """One deployable version of the app and its workers.
+
+    ``state`` is the revision's lifecycle state (core/lifecycle.py); the supervisor
+    never changes it: the control side applies its transitions."""
 
     id: str
     spec: WorkerSpec
     size: int = 1  # workers it should run
     workers: list[Worker] = field(default_factory=list)
-    state: str = "starting"
+    state: RevisionState = RevisionState.STARTING
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     created_at: float = 0.0
     release_dir: str | None = None
@@ -52,7 +66,7 @@ class Revision:
 
     def running(self) -> list[Worker]:
         """Workers whose process is (or is about to be) up."""
-        return [w for w in self.workers if w.state not in ("stopped", "failed", "stopping")]
+        return [w for w in self.workers if w.state in RUNNING]
 
 
 class Guard:
@@ -147,7 +161,7 @@ class Supervisor:
             new.append(w)
             fut: asyncio.Future[bool] = loop.create_future()
             ready.append(fut)
-            rev.tasks.append(loop.create_task(w.run(fut)))
+            rev.tasks.append(_watched(loop.create_task(w.run(fut), name=f"worker {w.id}")))
         results = await asyncio.gather(*ready)
         if not all(results):
             bad = new[results.index(False)]
@@ -169,19 +183,9 @@ class Supervisor:
             rev.workers.append(w)
             fut: asyncio.Future[bool] = loop.create_future()
             ready.append(fut)
-            rev.tasks.append(loop.create_task(w.run(fut, adopt=info)))
+            rev.tasks.append(_watched(loop.create_task(w.run(fut, adopt=info),
+                                                       name=f"worker {w.id}")))
         await asyncio.gather(*ready)
-
-    async def start_revision(self, spec: WorkerSpec, workers: int) -> Revision:
-        """Create a revision and start all its workers (RevisionFailed if they fail)."""
-        rev = self.create_revision(spec, workers)
-        try:
-            await self.start_workers(rev, workers)
-        except RevisionFailed:
-            rev.state = "failed"
-            raise
-        rev.state = "active"
-        return rev
 
     async def stop_revision(self, rev: Revision) -> None:
         """Stop every worker of ``rev`` (SIGTERM, grace, SIGKILL) in parallel."""
@@ -190,8 +194,6 @@ class Supervisor:
             if not t.done():
                 t.cancel()
         await asyncio.gather(*rev.tasks, return_exceptions=True)
-        if rev.state != "failed":
-            rev.state = "retired"
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop_revision(r) for r in self.revisions.values()))

@@ -2,9 +2,9 @@
 
 A worker's life is one coroutine (``Worker.run``) that loops: spawn → wait ready →
 serve while health checks pass → on exit or failure restart with capped exponential
-back-off, until ``stop()`` is called.  The proxy reads only three attributes from here —
-``routable``, ``inflight`` and ``pool`` — so routing stays independent of process
-management.
+back-off, until ``stop()`` is called.  It knows nothing of HTTP traffic: every change of
+state or health is reported through ``on_state``, and the control side turns that into
+routing (see holdover/proxy/endpoint.py).
 
 States: ``starting`` → ``ready`` → (``unhealthy`` | ``crashed`` → ``backoff`` →
 ``starting`` …) → ``stopping`` → ``stopped``.  ``failed`` is a worker that never became
@@ -28,17 +28,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from ..core.lifecycle import WORKER_TRANSITIONS, WorkerEvent, WorkerState, next_state
 from .logs import PipeToLog, RotatingLog, tail
 
-if TYPE_CHECKING:
-    from ..proxy.upstream import UpstreamPool
-
 log = logging.getLogger("holdover.supervisor")
-
-# Upper bounds (seconds) of the request latency histogram buckets.
-LATENCY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 _SHELL_CHARS = set("|&;<>()$`\\\"'*?[]#~=%{}\n")
 _PR_SET_PDEATHSIG = 1
@@ -155,32 +149,22 @@ class WorkerSpec:
 
 @dataclass(eq=False)
 class Worker:
-    """A worker of a revision, as the proxy and the admin side see it."""
+    """A worker process of a revision: its state, health and restarts."""
 
     id: str
     spec: WorkerSpec
     standby: bool = False
-    state: str = "starting"
+    state: WorkerState = WorkerState.STARTING
     port: int = 0
     pid: int = 0
     restarts: int = 0
     incarnation: str = ""
-    inflight: int = 0
-    requests: int = 0  # answered requests, and those answered 5xx (metrics, canary budget)
-    errors: int = 0
-    # Metrics, updated by the gateway per request: counts by status class (index =
-    # status // 100), body bytes sent, and a latency histogram over LATENCY_BOUNDS.
-    status_classes: list[int] = field(default_factory=lambda: [0] * 6)
-    bytes_out: int = 0
-    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS) + 1))
-    latency_sum: float = 0.0
-    routable: bool = False
+    healthy: bool = False  # the last health check passed (and no connection was refused)
     disabled: bool = False  # an operator took it out of rotation (pinned sessions still served)
     started_at: float = 0.0
     ready_at: float = 0.0
     last_exit: int | None = None
     crash_loop: bool = False
-    pool: UpstreamPool | None = None
     on_state: Callable[[Worker], None] | None = None
     guard: Callable[[str], None] | None = None
     _proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
@@ -199,16 +183,17 @@ class Worker:
     def log_tail(self, lines: int = 20) -> str:
         return tail(self.log_path, lines)
 
-    def _set(self, state: str) -> None:
-        self.state = state
-        self.routable = state == "ready" and not self.disabled
+    def _on(self, event: WorkerEvent) -> None:
+        """Apply a lifecycle event (core/lifecycle.py's table) and report the new state."""
+        state = next_state(WORKER_TRANSITIONS, self.state, event, f"worker {self.id}")
+        self.state = state  # type: ignore[assignment]
+        self.healthy = state is WorkerState.READY
         if self.on_state is not None:
             self.on_state(self)
 
     def set_disabled(self, disabled: bool) -> None:
         """Take this worker out of rotation for new sessions, or put it back."""
         self.disabled = disabled
-        self.routable = self.state == "ready" and not disabled
         if self.on_state is not None:
             self.on_state(self)
 
@@ -222,7 +207,9 @@ class Worker:
         """The proxy could not connect: leave rotation and get checked at once."""
         if self.state == "ready":
             log.warning("worker %s refused a connection; checking it", self.id)
-            self.routable = False
+            self.healthy = False
+            if self.on_state is not None:
+                self.on_state(self)
             self._wake.set()
 
     # -- the life of a worker -------------------------------------------------------
@@ -245,7 +232,7 @@ class Worker:
                 if first_ready is not None and not first_ready.done():
                     first_ready.set_result(ok)
                     if not ok:
-                        self._set("failed")
+                        self._on(WorkerEvent.NEVER_READY)
                         return
                 if self._stopping:
                     break
@@ -268,13 +255,13 @@ class Worker:
                               "lines:\n%s", self.id, len(self._restart_times),
                               self.spec.crash_loop_window, self.log_tail(10))
                 delay = min(self.spec.backoff_max, 0.5 * 2 ** (failures - 1))
-                self._set("backoff")
+                self._on(WorkerEvent.EXITED)
                 log.info("worker %s restarts in %.1fs", self.id, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop_ev.wait(), delay)
         finally:
-            if self.state not in ("failed",):
-                self._set("stopped")
+            if self.state is not WorkerState.FAILED:
+                self._on(WorkerEvent.STOPPED)
             if self._log is not None:
                 self._log.close()
 
@@ -283,7 +270,7 @@ class Worker:
         self.port = free_port(self.spec.host)
         self.ready_at = 0.0
         self.incarnation = uuid.uuid4().hex[:12]  # sessions pinned to the old process are gone
-        self._set("starting")
+        self._on(WorkerEvent.SPAWN)
         env = dict(os.environ)
         env.update(self.spec.env)
         env.update(PORT=str(self.port), HOLDOVER_REVISION=self.spec.revision,
@@ -313,7 +300,7 @@ class Worker:
         ready = await self._wait_ready(proc)
         if ready:
             self.ready_at = time.monotonic()
-            self._set("ready")
+            self._on(WorkerEvent.READY)
             log.info("worker %s ready in %.2fs", self.id, self.ready_at - self.started_at)
             if first_ready is not None and not first_ready.done():
                 first_ready.set_result(True)
@@ -349,7 +336,7 @@ class Worker:
             self.guard(f"+{proc.pid}")
         ready = proc.returncode is None
         if ready:
-            self._set("ready")
+            self._on(WorkerEvent.READY)
             log.info("worker %s adopted pid=%d port=%d", self.id, proc.pid, self.port)
             if first_ready is not None and not first_ready.done():
                 first_ready.set_result(True)
@@ -394,20 +381,23 @@ class Worker:
                 if self._restart_requested:
                     self._restart_requested = False
                     log.info("worker %s: restart requested", self.id)
-                    self._set("restarting")
+                    self._on(WorkerEvent.RESTART)
                     return
                 if await self.check():
                     failures = 0
-                    if self.state == "ready" and not self.routable and not self.disabled:
-                        self.routable = True
+                    if self.state == "ready" and not self.healthy:
+                        self.healthy = True
                         if self.on_state:
                             self.on_state(self)
                     continue
                 failures += 1
-                self.routable = False
+                if self.healthy:
+                    self.healthy = False
+                    if self.on_state:
+                        self.on_state(self)
                 if failures >= self.spec.health_failures:
                     log.error("worker %s failed %d health checks; restarting", self.id, failures)
-                    self._set("unhealthy")
+                    self._on(WorkerEvent.UNHEALTHY)
                     return
         finally:
             if not wait.done():
@@ -466,9 +456,9 @@ class Worker:
     async def stop(self) -> None:
         """Stop for good: no restart; returns when the process is gone."""
         self._stopping = True
-        self.routable = False
-        if self.state in ("ready", "starting", "unhealthy"):
-            self._set("stopping")
+        self.healthy = False
+        if self.state in (WorkerState.READY, WorkerState.STARTING, WorkerState.UNHEALTHY):
+            self._on(WorkerEvent.STOP)
         self._wake.set()
         self._stop_ev.set()
         proc = self._proc

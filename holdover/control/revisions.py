@@ -1,0 +1,511 @@
+"""Revisions over time: deploy, canary, promote, rollback, drain and retire.
+
+This is the revision lifecycle of docs/design.md: ``starting`` → ``active`` → ``draining`` →
+``retired`` (or ``starting`` → ``failed``, leaving the active revision as it was).  The
+manager decides and records; the supervisor runs processes; the gateway's routing
+tables are refreshed through ``Gateway.routing_changed`` after every change.
+
+Draining is driven by the gateway's once-a-second tick: a draining worker stops as soon
+as it holds no pinned session, no request in flight and no open WebSocket or stream;
+the revision is retired when its last worker has stopped, or after ``max_drain``, when
+the sessions still on it are ended and counted as lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import shutil
+import subprocess
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..core.errors import Refused
+from ..core.lifecycle import RevisionEvent as E
+from ..core.lifecycle import RevisionState as S
+from ..core.lifecycle import WorkerState as W
+from ..core.lifecycle import check_revisions, revision_next
+from ..core.policy import drain_expired, judge_canary, workers_to_stop
+from ..supervisor.supervisor import Revision, RevisionFailed
+
+DeployError = Refused  # a deploy-side request refused: the one "refused" error
+
+if TYPE_CHECKING:
+    from .context import Context as Control
+
+log = logging.getLogger("holdover.revisions")
+
+_REVISION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
+_SNAPSHOT_IGNORE = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".holdover",
+                                          ".holdover-demo", "node_modules", ".venv")
+
+
+
+
+def git_short_sha(path: Path) -> str | None:
+    """The short commit id of a git checkout (``-dirty`` if it has changes), or None."""
+    try:
+        out = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        sha = out.stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return f"{sha}-dirty" if dirty else sha
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class RevisionManager:
+    """All revisions of the app and the one or two that get new sessions."""
+
+    def __init__(self, ctl: Control) -> None:
+        self.ctl = ctl
+        self.config = ctl.config
+        self.supervisor = ctl.supervisor
+        self.revisions: dict[str, Revision] = self.supervisor.revisions
+        self.active: Revision | None = None
+        self.canary: Revision | None = None
+        self._busy: str | None = None  # what deploy-side action is under way
+        self._stopping: set[Any] = set()
+        self._canary_samples: deque[tuple[float, int, int]] = deque()
+        self.deploys = 0
+
+    # -- the one place a revision's state changes ------------------------------------
+
+    def _apply(self, rev: Revision, event: E) -> None:
+        """Apply a lifecycle event (core/lifecycle.py) and check the invariants."""
+        new = revision_next(rev.id, rev.state, event)
+        check_revisions((r.id, new if r is rev else r.state) for r in self.revisions.values())
+        rev.state = new
+        self.ctl.routing_changed()
+
+    def restore_state(self, rev: Revision, state: S) -> None:
+        """A revision loaded from the state store takes the state it was saved in."""
+        rev.state = state
+
+    # -- queries -------------------------------------------------------------------
+
+    def previous(self) -> Revision | None:
+        """The revision a rollback returns to: the newest one before the active one."""
+        order = [r for r in self.revisions.values() if r.state in (S.DRAINING, S.RETIRED)
+                 and r is not self.active and r is not self.canary]
+        return order[-1] if order else None
+
+    def status(self) -> dict[str, Any]:
+        gw = self.ctl
+        out = []
+        for rev in self.revisions.values():
+            out.append({
+                "id": rev.id, "state": rev.state,
+                "canary_percent": rev.canary_percent if rev is self.canary else 0,
+                "sessions": gw.sessions.per_revision.get(rev.id, 0),
+                "created_at": rev.created_at, "command": rev.spec.command,
+                "release_dir": rev.release_dir,
+                "workers": [gw.worker_status(w) for w in rev.workers],
+            })
+        return {"revisions": out, "active": self.active.id if self.active else None,
+                "canary": self.canary.id if self.canary else None,
+                "mode": self.config.app_mode, "sessions": len(gw.sessions),
+                "sessions_lost": gw.sessions_lost, "deploying": self._busy}
+
+    # -- changes -------------------------------------------------------------------
+
+    def _claim(self, what: str) -> None:
+        if self._busy is not None:
+            raise DeployError(f"cannot {what}: {self._busy} is in progress; try again when "
+                              f"it has finished", 409)
+        self._busy = what
+
+    def _new_id(self, requested: str | None, source: Path | None) -> str:
+        if requested is not None:
+            if not _REVISION_ID.fullmatch(requested):
+                raise DeployError(f"revision id {requested!r} is not valid: use letters, "
+                                  f"digits, '.', '_' or '-' (at most 64)", 400)
+            if requested in self.revisions:
+                raise DeployError(f"revision {requested!r} already exists (state "
+                                  f"{self.revisions[requested].state}); choose another id", 409)
+            return requested
+        base = git_short_sha(source) if source is not None else None
+        if base is None:
+            n = len(self.revisions) + 1
+            while f"v{n}" in self.revisions:
+                n += 1
+            return f"v{n}"
+        rid, n = base, 2
+        while rid in self.revisions:
+            rid, n = f"{base}-{n}", n + 1
+        return rid
+
+    async def start_first(self) -> None:
+        """The revision ``holdover run`` starts with when the store has none running."""
+        rev = await self._start(self._new_id(None, None), None, None, None, None)
+        self._activate(rev)
+        await self.ctl.record_event("deploy", f"revision {rev.id} is active", rev.id)
+
+    async def deploy(self, revision: str | None = None, from_dir: str | None = None,
+                     command: str | None = None, workers: int | None = None,
+                     env: dict[str, str] | None = None, canary: float | None = None
+                     ) -> dict[str, Any]:
+        """Start a revision, make it active (or canary) once every worker is ready."""
+        if canary is not None and not 0 < canary < 100:
+            raise DeployError("canary must be a percentage between 0 and 100 (exclusive)", 400)
+        if workers is not None and workers < 1:
+            raise DeployError("workers must be at least 1", 400)
+        source = None
+        if from_dir is not None:
+            source = Path(from_dir)
+            if not source.is_absolute():
+                source = self.config.base_dir / source
+            if not source.is_dir():
+                raise DeployError(f"--from {from_dir}: no such directory", 400)
+        if self.canary is not None:
+            raise DeployError(f"canary {self.canary.id} is running: promote or roll it back "
+                              f"first", 409)
+        self._claim("a deploy")
+        try:
+            rid = self._new_id(revision, source)
+            old = self.active
+            rev = await self._start(rid, source, command, workers, env, canary is not None)
+            if canary is not None:
+                rev.canary_percent = float(canary)
+                self.canary = rev
+                self._apply(rev, E.START_CANARY)
+                self.ctl.routing_changed()
+                await self.ctl.record_event("canary", f"revision {rid} gets {canary:g}% of new "
+                                           f"sessions", rid)
+            else:
+                self._activate(rev)
+                await self.ctl.record_event(
+                    "deploy", f"revision {rid} is active" + (
+                        f"; {old.id} is draining" if old is not None else ""), rid)
+            self.deploys += 1
+            await self.ctl.save_revisions()
+            return {"revision": rid, "previous": old.id if old else None,
+                    "previous_sessions": self.ctl.sessions.per_revision.get(old.id, 0)
+                    if old else 0, "canary_percent": canary or 0,
+                    "workers": [self.ctl.worker_status(w) for w in rev.workers]}
+        finally:
+            self._busy = None
+
+    async def _start(self, rid: str, source: Path | None, command: str | None,
+                     workers: int | None, env: dict[str, str] | None,
+                     canary: bool = False) -> Revision:
+        cfg = self.config
+        release = None
+        cwd = None
+        if source is not None:
+            release = cfg.state_dir / "releases" / rid
+            await asyncio.to_thread(self._snapshot, source, release)
+            cwd = release
+        spec = self.supervisor.spec(rid, command=command, cwd=cwd, env=env)
+        size = workers or cfg.app_workers
+        rev = self.supervisor.create_revision(spec, size, time.time(),
+                                              str(release) if release else None)
+        rolling = (cfg.app_mode == "stateless" and cfg.app_strategy == "rolling"
+                   and self.active is not None and not canary)
+        await self.ctl.record_event("starting", f"revision {rid}: starting {size} worker(s)",
+                                   rid)
+        try:
+            if rolling:
+                await self._roll(rev, size)
+                await self._start_standby(rev)
+            else:
+                await self.start_workers_of(rev)
+        except RevisionFailed as exc:
+            self._apply(rev, E.FAIL)
+            await self.ctl.record_event("failed", f"revision {rid} failed: {exc}", rid,
+                                       exc.worker, {"log_tail": exc.log_tail})
+            await self.ctl.save_revisions()
+            raise DeployError(f"revision {rid} failed to start: worker {exc.worker} never "
+                              f"became ready; the active revision is unchanged", 422,
+                              log_tail=exc.log_tail) from None
+        return rev
+
+    async def start_workers_of(self, rev: Revision) -> None:
+        """Start a revision's workers and hot standbys (RevisionFailed if any fails)."""
+        await self.supervisor.start_workers(rev, rev.size)
+        await self._start_standby(rev)
+
+    async def _start_standby(self, rev: Revision) -> None:
+        if self.config.app_standby:
+            await self.supervisor.start_workers(rev, self.config.app_standby, standby=True)
+
+    @staticmethod
+    def _snapshot(source: Path, dest: Path) -> None:
+        """Copy the app's files so later edits of ``source`` never reach this revision."""
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(source, dest, symlinks=True, ignore=_SNAPSHOT_IGNORE)
+
+    async def _roll(self, rev: Revision, size: int) -> None:
+        """Stateless rolling deploy: one new worker in, one old worker out, repeated."""
+        old = self.active
+        assert old is not None
+        try:
+            for _ in range(size):
+                await self.supervisor.start_workers(rev, 1)
+                self.ctl.rolling = rev
+                self.ctl.routing_changed()
+                victims = [w for w in old.running() if w not in self._stopping]
+                if victims:
+                    await self._retire_worker(victims[0], wait=True)
+        except RevisionFailed:
+            # Undo: the new revision's workers go, the old one is brought back to size.
+            self.ctl.rolling = None
+            self.ctl.routing_changed()
+            await asyncio.gather(*(w.stop() for w in rev.running()))
+            await self._top_up(old)
+            raise
+        for w in old.running():
+            await self._retire_worker(w, wait=True)
+        self.ctl.rolling = None
+
+    def _activate(self, rev: Revision) -> None:
+        old = self.active
+        if old is not None and old is not rev:
+            self._apply(old, E.DRAIN)
+            old.drain_started = time.monotonic()
+        self.active = rev
+        self._apply(rev, E.ACTIVATE)
+        self.ctl.routing_changed()
+
+    async def promote(self) -> dict[str, Any]:
+        """Make the canary the active revision; the old active one starts draining."""
+        if self.canary is None:
+            raise DeployError("there is no canary to promote", 409)
+        self._claim("a promote")
+        try:
+            rev, old = self.canary, self.active
+            self.canary = None
+            rev.canary_percent = 0.0
+            self._activate(rev)
+            await self.ctl.record_event("promote", f"canary {rev.id} promoted", rev.id)
+            await self.ctl.save_revisions()
+            return {"revision": rev.id, "previous": old.id if old else None}
+        finally:
+            self._busy = None
+
+    async def rollback(self) -> dict[str, Any]:
+        """Abort a canary, or make the previous revision active again."""
+        self._claim("a rollback")
+        try:
+            if self.canary is not None:
+                rev = self.canary
+                self.canary = None
+                rev.canary_percent = 0.0
+                self._apply(rev, E.DRAIN)
+                rev.drain_started = time.monotonic()
+                self.ctl.routing_changed()
+                await self.ctl.record_event("rollback", f"canary {rev.id} aborted; it drains",
+                                           rev.id)
+                await self.ctl.save_revisions()
+                return {"revision": self.active.id if self.active else None,
+                        "aborted_canary": rev.id}
+            prev = self.previous()
+            if prev is None:
+                raise DeployError("nothing to roll back to: no earlier revision", 409)
+            current = self.active
+            if prev.state is S.RETIRED or not prev.running():
+                restarted = await self._restart_retired(prev)
+                self._activate(restarted)
+                prev = restarted
+            else:
+                self._activate(prev)  # at once: its sessions never noticed
+                await self._top_up(prev)
+            await self.ctl.record_event(
+                "rollback", f"revision {prev.id} is active again" + (
+                    f"; {current.id} is draining" if current else ""), prev.id)
+            await self.ctl.save_revisions()
+            return {"revision": prev.id, "previous": current.id if current else None}
+        finally:
+            self._busy = None
+
+    async def _top_up(self, rev: Revision) -> None:
+        """Start the workers a draining revision already let go, back up to its size."""
+        live = [w for w in rev.running() if w not in self._stopping]
+        missing = rev.size - len([w for w in live if not w.standby])
+        try:
+            if missing > 0:
+                await self.supervisor.start_workers(rev, missing)
+            if self.config.app_standby > len([w for w in live if w.standby]):
+                await self.supervisor.start_workers(
+                    rev, self.config.app_standby - len([w for w in live if w.standby]),
+                    standby=True)
+        except RevisionFailed as exc:
+            await self.ctl.record_event("failed", f"revision {rev.id}: could not start worker "
+                                       f"{exc.worker} again; it serves with fewer", rev.id,
+                                       exc.worker, {"log_tail": exc.log_tail})
+        self.ctl.routing_changed()
+
+    async def _restart_retired(self, rev: Revision) -> Revision:
+        """Start a retired revision again from its release folder (same id)."""
+        if rev.release_dir and not Path(rev.release_dir).is_dir():
+            raise DeployError(f"revision {rev.id}: its release folder {rev.release_dir} is "
+                              f"gone", 409)
+        self._apply(rev, E.RESTART)
+        rev.workers = [w for w in rev.workers if w.state not in (W.STOPPED, W.FAILED)]
+        rev.tasks = [t for t in rev.tasks if not t.done()]
+        try:
+            await self.start_workers_of(rev)
+        except RevisionFailed as exc:
+            self._apply(rev, E.RETIRE)
+            raise DeployError(f"revision {rev.id} failed to start again: worker {exc.worker} "
+                              f"never became ready", 422, log_tail=exc.log_tail) from None
+        return rev
+
+    def _revision(self, rid: str) -> Revision:
+        rev = self.revisions.get(rid)
+        if rev is None:
+            raise DeployError(f"no revision {rid!r}; known: {', '.join(self.revisions) or 'none'}",
+                              404)
+        return rev
+
+    async def drain(self, rid: str) -> dict[str, Any]:
+        """Stop giving a revision new sessions; it retires when its sessions end."""
+        rev = self._revision(rid)
+        if rev is self.canary:
+            return await self.rollback()
+        if rev is self.active:
+            raise DeployError(f"revision {rid} is the active one: deploy another revision or "
+                              f"roll back instead of draining it", 409)
+        if rev.state is not S.DRAINING:
+            revision_next(rid, rev.state, E.DRAIN)  # refused with the table's sentence
+        return {"revision": rid, "state": rev.state}
+
+    async def retire(self, rid: str) -> dict[str, Any]:
+        """Retire a draining revision now: its remaining sessions end (counted as lost)."""
+        rev = self._revision(rid)
+        revision_next(rid, rev.state, E.RETIRE)  # only a draining revision (409 otherwise)
+        lost = self.ctl.end_sessions_of(rid, reason="retired by an operator")
+        await asyncio.gather(*(self._retire_worker(w) for w in rev.running()
+                               if w not in self._stopping))
+        return {"revision": rid, "sessions_ended": lost}
+
+    def worker(self, wid: str) -> Any:
+        for rev in self.revisions.values():
+            for w in rev.workers:
+                if w.id == wid and w.state not in (W.STOPPED, W.FAILED):
+                    return w
+        raise DeployError(f"no running worker {wid!r}", 404)
+
+    def worker_any(self, wid: str) -> Any:
+        """A worker by id, stopped ones included (their logs are still there)."""
+        for rev in self.revisions.values():
+            for w in reversed(rev.workers):
+                if w.id == wid:
+                    return w
+        raise DeployError(f"no worker {wid!r}", 404)
+
+    async def worker_action(self, wid: str, action: str) -> dict[str, Any]:
+        """restart / disable / enable / standby / unstandby one worker."""
+        w = self.worker(wid)
+        if action == "restart":
+            lost = self.ctl.sessions.per_worker.get(w.id, 0)
+            w.restart()
+            await self.ctl.record_event("worker-restart", f"worker {wid} restarted by an "
+                                       f"operator ({lost} session(s) lost)", w.spec.revision,
+                                       wid)
+            return {"worker": wid, "action": action, "sessions_lost": lost}
+        if action in ("disable", "enable"):
+            w.set_disabled(action == "disable")
+        elif action in ("standby", "unstandby"):
+            w.standby = action == "standby"
+        else:
+            raise DeployError(f"unknown worker action {action!r}", 400)
+        self.ctl.routing_changed()
+        await self.ctl.record_event(f"worker-{action}", f"worker {wid}: {action}",
+                                   w.spec.revision, wid)
+        return {"worker": wid, "action": action, "state": w.state, "disabled": w.disabled,
+                "standby": w.standby}
+
+    # -- draining ------------------------------------------------------------------
+
+    def _judge_canary(self, now: float) -> None:
+        """Abort the canary when its 5xx ratio over the window exceeds the budget."""
+        rev = self.canary
+        budget = self.config.app_canary_max_error_ratio
+        if rev is None or not budget or self._busy is not None:
+            self._canary_samples.clear()
+            return
+        stats = [self.ctl.stats(w) for w in rev.workers]
+        samples = self._canary_samples
+        samples.append((now, sum(s.requests for s in stats), sum(s.errors for s in stats)))
+        verdict, drop = judge_canary(samples, now, self.config.app_canary_window,
+                                     self.config.app_canary_min_requests, budget)
+        for _ in range(drop):
+            samples.popleft()
+        if verdict.abort:
+            n, bad = verdict.requests, verdict.errors
+            self._canary_samples.clear()
+            msg = (f"canary {rev.id} answered {bad} of {n} requests with 5xx "
+                   f"({bad / n:.0%} > {budget:.0%}): aborting it")
+            log.error(msg)
+            self.ctl.tasks.spawn(self._abort_canary(msg), "abort-canary")
+
+    async def _abort_canary(self, why: str) -> None:
+        await self.ctl.record_event("canary-failed", why, self.canary.id if self.canary
+                                   else None)
+        try:
+            await self.rollback()
+        except DeployError as exc:
+            log.error("could not abort the canary: %s", exc)
+
+    def tick(self, now: float) -> None:
+        """Stop idle workers of draining revisions; retire revisions left with none."""
+        if self.canary is not None:
+            self._judge_canary(now)
+        max_drain = self.config.app_max_drain
+        sessions = self.ctl.sessions
+        for rev in list(self.revisions.values()):
+            if rev.state is not S.DRAINING:
+                continue
+            if drain_expired(now, rev.drain_started, max_drain):
+                lost = self.ctl.end_sessions_of(rev.id, reason="max_drain")
+                if lost:
+                    log.warning("revision %s: max_drain reached, %d session(s) ended", rev.id,
+                                lost)
+            running = {w.id: w for w in rev.running()}
+            plan = workers_to_stop(
+                ((w.id, self.ctl.inflight(w), sessions.per_worker.get(w.id, 0))
+                 for w in running.values()), (w.id for w in self._stopping))
+            for wid in plan:
+                self.ctl.tasks.spawn(self._retire_worker(running[wid]), "retire-worker")
+            if not running and not any(w in self._stopping for w in rev.workers):
+                self._apply(rev, E.RETIRE)
+                self.ctl.tasks.spawn(self._retired(rev), "retired")
+
+    async def _retired(self, rev: Revision) -> None:
+        await self.ctl.record_event("retired", f"revision {rev.id} retired: its last worker "
+                                   f"stopped", rev.id)
+        await self.ctl.save_revisions()
+
+    async def _retire_worker(self, w: Any, wait: bool = False) -> None:
+        """Take ``w`` out of service; stop it when nothing runs on it any more."""
+        self._stopping.add(w)
+        try:
+            self.ctl.routing_changed()  # retiring: it takes no new session
+            if wait:
+                # A rolling deploy lets the old worker drain like a draining revision: its
+                # requests and open WebSockets finish, bounded only by max_drain.
+                limit = self.config.app_max_drain
+                deadline = time.monotonic() + limit if limit else None
+                while self.ctl.inflight(w) and (deadline is None or time.monotonic() < deadline):
+                    await asyncio.sleep(0.1)
+            cut = self.ctl.inflight(w)
+            await w.stop()
+            await self.ctl.record_event(
+                "worker-stopped", f"worker {w.id} stopped (drained)" if not cut else
+                f"worker {w.id} stopped after max_drain with {cut} open request(s) or "
+                f"stream(s) cut", w.spec.revision, w.id)
+        finally:
+            self._stopping.discard(w)
+
+    async def stop_all(self) -> None:
+        await self.supervisor.stop_all()
+
