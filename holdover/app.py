@@ -64,7 +64,7 @@ class Gateway:
             max_header_size=c.gateway_max_header_size, max_body_size=c.gateway_max_body_size,
             header_timeout=c.gateway_header_timeout, body_timeout=c.gateway_body_timeout,
             keepalive_timeout=c.gateway_keepalive_timeout,
-            response_timeout=c.gateway_response_timeout,
+            response_timeout=c.gateway_response_timeout, send_timeout=c.gateway_send_timeout,
             append_forwarded=c.gateway_forwarded_headers == "append", proto=self.proto,
             listen_host=self.listen_host)
 

@@ -182,9 +182,10 @@ CASES: tuple[Case, ...] = (
          "served within 5 s of the flood ending"),
     # -- headers, paths, cookies -----------------------------------------------------
     Case("forwarded-quoting", "Hostile input (headers, paths, cookies)",
-         "Host values with quote, backslash, comma, semicolon, equals",
-         "the worker gets one Forwarded element with the host quoted and escaped, and "
-         "X-Forwarded-* set by the gateway only"),
+         "Host values with comma, semicolon, equals, one shaped to inject a for= element "
+         "(a quote or backslash is an invalid Host: see host-invalid)",
+         "the worker gets one Forwarded element with the host quoted, and X-Forwarded-* set "
+         "by the gateway only"),
     Case("forwarded-crlf", "Hostile input (headers, paths, cookies)",
          "CR, LF, NUL in Host, X-Forwarded-For, Forwarded, absolute-form authority",
          "400 and closed; nothing reaches the worker"),
