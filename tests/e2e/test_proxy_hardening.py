@@ -31,8 +31,6 @@ pytest_plugins = ["faultlog"]
 
 BACKEND = f"{PY} {APPS / 'backend.py'} {{port}}"
 MiB = 1024 * 1024
-# Until the proxy changes land (after the data plane's ports refactor).
-PENDING = pytest.mark.xfail(strict=True, reason="the proxy side of issue 11 is not done yet")
 
 
 def send_then_read(port: int, data: bytes, timeout: float = 10.0) -> tuple[bytes, str]:
@@ -96,7 +94,6 @@ def pinning(module_gateway_factory):  # type: ignore[no-untyped-def]
 # == 2, 3. the gateway's own headers ====================================================
 
 
-@PENDING
 def test_app_cannot_speak_for_the_gateway(stateless, pinning, observe) -> None:
     seen = {}
     for name, gw in (("stateless", stateless), ("sessions", pinning)):
@@ -118,7 +115,6 @@ def test_app_cannot_speak_for_the_gateway(stateless, pinning, observe) -> None:
     assert len(pins) == 1 and not pins[0].startswith("holdover_pin=forged"), pins
 
 
-@PENDING
 def test_client_cannot_send_holdover_headers_to_the_app(stateless, observe) -> None:
     raw, _ = send_then_read(stateless.port, b"GET /echo HTTP/1.1\r\nHost: a\r\n"
                             b"X-Holdover-Session: stolen; max-age=9\r\n"
@@ -141,7 +137,6 @@ GOOD_HOSTS = [b"example.com", b"example.com:8080", b"[::1]:80", b"127.0.0.1", b"
               b"xn--bcher-kva.example", b"h:", b"a-b_c~d!$&'()*+"]
 
 
-@PENDING
 def test_invalid_host_is_refused(stateless, observe) -> None:
     port = stateless.port
     before = reached(port)
@@ -167,7 +162,6 @@ def test_invalid_host_is_refused(stateless, observe) -> None:
     assert all(st == 200 and fh == h.decode() for h, (st, fh) in good.items()), good
 
 
-@PENDING
 def test_trace_is_refused(stateless, observe) -> None:
     before = reached(stateless.port)
     raw, how = send_then_read(stateless.port, b"TRACE /echo HTTP/1.1\r\nHost: a\r\n"
@@ -192,7 +186,6 @@ def limited(module_gateway_factory):  # type: ignore[no-untyped-def]
         """).wait_ready()
 
 
-@PENDING
 def test_error_responses_are_read_whole(limited, observe) -> None:
     big_head = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(
         b"X-Filler-%d: %b\r\n" % (i, b"f" * 1000) for i in range(200)) + b"\r\n"
@@ -208,13 +201,15 @@ def test_error_responses_are_read_whole(limited, observe) -> None:
             "; ".join(f"{k}: {sum(1 for s, c, _ in v if s == int(k) and c)}/{len(v)} read "
                       f"whole, ended {sorted({h for _, _, h in v})}" for k, v in results.items()))
     for want, got in results.items():
-        assert all(s == int(want) and c for s, c, _ in got), (want, got)
+        # Read whole, and ended by a close, not a reset: a reset can throw away an answer
+        # the client has not read yet (it did not here, on loopback; on a real network
+        # path it does).
+        assert all(s == int(want) and c and how == "closed" for s, c, how in got), (want, got)
 
 
 # == 11. response_timeout after the body ==================================================
 
 
-@PENDING
 def test_slow_upload_is_not_cut_by_response_timeout(limited, observe) -> None:
     """900 KiB (under max_body_size) at about 200 KiB/s: 4.5 s, over the 3 s timeout."""
     size, piece = 900 * 1024, 20 * 1024
@@ -251,7 +246,6 @@ def test_slow_upload_is_not_cut_by_response_timeout(limited, observe) -> None:
 # == 12. a chunk size over the limit ======================================================
 
 
-@PENDING
 def test_declared_chunk_size_over_the_limit_is_413_at_once(limited, observe) -> None:
     port = limited.port
     before = reached(port)
@@ -284,7 +278,6 @@ def _open_connections(gw) -> int:  # type: ignore[no-untyped-def]
     return json.loads(body)["connections"]
 
 
-@PENDING
 def test_client_that_stops_reading_is_cut_after_send_timeout(limited, observe) -> None:
     gw = limited
     proc = psutil.Process(gw.proc.pid)
@@ -312,6 +305,7 @@ def test_client_that_stops_reading_is_cut_after_send_timeout(limited, observe) -
         except AssertionError:
             cut_all = False
         took = time.monotonic() - t0
+        after = proc.memory_info().rss
     finally:
         for s in socks:
             s.close()
@@ -322,7 +316,11 @@ def test_client_that_stops_reading_is_cut_after_send_timeout(limited, observe) -
     observe("slow-reader-send-timeout",
             f"{n} clients stop reading a 64 MiB download (send_timeout 2 s): all cut "
             f"{'yes' if cut_all else 'NO'} after {took:.1f} s; gateway memory at most "
-            f"{per_conn / 1024:.0f} KiB per stalled connection; another client: {other}")
+            f"{per_conn / 1024:.0f} KiB per stalled connection, "
+            f"{(peak - after) / max(peak - baseline, 1):.0%} of it returned once they were cut; "
+            f"another client: {other}")
     assert cut_all and took < 10
-    assert per_conn < 160 * 1024, f"{per_conn / 1024:.0f} KiB per stalled connection"
+    # One read from the worker (up to ~250 kB) plus the 64 KiB write buffer: the gateway
+    # stops reading the worker then.  (Smaller reads would halve download throughput.)
+    assert per_conn < 360 * 1024, f"{per_conn / 1024:.0f} KiB per stalled connection"
     assert other == 200
