@@ -8,14 +8,20 @@ it can be found and what was expected, because an operator reads them at 3 a.m.
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import math
 import re
 import shlex
+import socket
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .state import StoreError, check_store
+from .state.url import check_files, is_redis_url, parse_redis_url
 
 DEFAULT_CONFIG = "holdover.toml"
 
@@ -164,6 +170,54 @@ def _cookie_name(value: Any) -> str:
     return value
 
 
+def _store(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected \"\" (SQLite in state_dir), a file path, or a redis://, "
+                         "rediss:// or unix:// URL")
+    try:
+        check_store(value)
+    except StoreError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,62}$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+def _node(value: Any) -> str:
+    if not isinstance(value, str) or (value and not _NODE.match(value)):
+        raise ValueError(f"expected a node name (1-63 letters, digits, '.', '_', '-', "
+                         f"starting with a letter or digit), got {value!r}")
+    return value
+
+
+def _advertise(value: Any) -> str:
+    """A host (IP address or DNS name), optionally with ``:port``; not a wildcard."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected an address like \"10.0.0.1\", got {value!r}")
+    if not value:
+        return value
+    host, port = value, None
+    m = re.match(r"^\[([^\]]+)\](?::(\d+))?$", value) or re.match(r"^([^:]+):(\d+)$", value)
+    if m:
+        host, port = m.group(1), m.group(2)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+        if not _HOSTNAME.match(host):
+            raise ValueError(f"expected an IP address or host name, optionally with :port "
+                             f"(e.g. \"10.0.0.1\" or \"[fd00::1]:8080\"), got {value!r}") from None
+    if ip is not None and ip.is_unspecified:
+        raise ValueError(f"{value!r} is a wildcard address that other nodes cannot reach; "
+                         "give this node's own address")
+    if port is not None and not 0 < int(port) <= 65535:
+        raise ValueError(f"port {port} is out of range 1-65535")
+    return value
+
+
 def _access_log(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a file path, \"-\" for standard output or \"off\"")
@@ -201,11 +255,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gateway", "state_dir", _string, ".holdover",
             "Folder for the state store, release snapshots, secrets and logs "
             "(relative to the config file)."),
+    Setting("gateway", "store", _store, "",
+            "Where revisions, pins and events are kept: \"\" = an SQLite file in state_dir; "
+            "a file path (relative to the config file); or the Redis a cluster of nodes "
+            "shares: redis://[:password@]host[:port]/db, rediss:// (TLS) or "
+            "unix:///path/redis.sock, with ?password_file=, cluster=, timeout= "
+            "(docs/cluster.md)."),
+    Setting("gateway", "node", _node, "",
+            "This node's name in a cluster; \"\" = the host name."),
+    Setting("gateway", "advertise", _advertise, "",
+            "The address other nodes of a cluster use to reach this node (IP or host name, "
+            "optionally :port); \"\" = the host of listen."),
     Setting("gateway", "access_log", _access_log, "access.log",
             "Access log: a file (relative to state_dir), \"-\" for standard output, "
             "or \"off\"."),
     Setting("gateway", "access_log_format", _choice("json", "combined"), "json",
             "One JSON object per request, or the combined log format."),
+    Setting("gateway", "log_format", _choice("plain", "json"), "plain",
+            "The gateway's own log lines on standard error: \"plain\" text, or \"json\" "
+            "(one object a line: time, level, logger, message, and fields such as revision, "
+            "worker, count). The access log keeps its own format."),
     Setting("gateway", "max_request_line", parse_size, "8KiB",
             "Longest request line accepted; longer gets 414."),
     Setting("gateway", "max_header_size", parse_size, "64KiB",
@@ -284,6 +353,12 @@ SETTINGS: tuple[Setting, ...] = (
             "the app sends X-Holdover-Session)."),
     Setting("app", "session_idle_timeout", parse_duration, "30m",
             "A session with no request for this long has ended."),
+    Setting("app", "max_sessions", _int_at_least(1), 1_000_000,
+            "At most this many live sessions are pinned; past it new sessions are served "
+            "unpinned (counted in holdover_sessions_refused_total) and no live session is "
+            "ever pushed out. Holdover's own pin cookie counts as a session only once the "
+            "client comes back with it; at most as many offered ones are kept, the oldest "
+            "dropped first."),
     Setting("app", "strategy", _choice("replace", "rolling"), "replace",
             "Stateless deploys: \"replace\" starts all new workers, then drains the old; "
             "\"rolling\" replaces one worker at a time, each old one draining (its requests "
@@ -331,6 +406,20 @@ class Config:
     def app_dir(self) -> Path:
         return (self.base_dir / self.app_cwd).resolve()
 
+    def where(self, section: str, key: str) -> str:
+        """``[section] key in FILE, line N`` (or "default") for messages about a setting."""
+        try:
+            line = _line_of(self.path.read_text(encoding="utf-8"), section, key)
+        except OSError:
+            line = None
+        return f"[{section}] {key} in {self.path}" + (f", line {line}" if line else
+                                                       " (its default)")
+
+    @property
+    def node_name(self) -> str:
+        """This node's name: ``node``, or the host name when it is not set."""
+        return self.gateway_node or socket.gethostname()
+
 
 def _line_of(text: str, section: str, key: str | None) -> int | None:
     """Best-effort line number of ``key`` in ``[section]`` (tomllib gives none)."""
@@ -357,6 +446,12 @@ def _line_of(text: str, section: str, key: str | None) -> int | None:
         ):
             return lineno
     return None
+
+
+def _did_you_mean(word: str, choices: Iterable[str], shape: str = "{}") -> str:
+    """`` (did you mean X?)`` for a near miss among ``choices`` (a typo), else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {shape.format(close[0])}?)" if close else ""
 
 
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
@@ -390,15 +485,19 @@ def from_dict(data: dict[str, Any], path: Path, text: str = "",
             raise ConfigError(f"{path}: top-level key {section!r} must be inside a section "
                               f"({', '.join(f'[{s}]' for s in SECTIONS)})")
         if section not in SECTIONS:
-            raise ConfigError(f"{where(section)}: unknown section; expected one of "
+            raise ConfigError(f"{where(section)}: unknown section"
+                              f"{_did_you_mean(section, SECTIONS, '[{}]')}; expected one of "
                               f"{', '.join(f'[{s}]' for s in SECTIONS)}")
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: {section}: expected a table [{section}]")
         for key in table:
             if (section, key) not in known:
                 names = sorted(n for (sec, n) in known if sec == section)
-                raise ConfigError(f"{where(section, key)}: unknown key; expected one of "
-                                  f"{', '.join(names)}")
+                elsewhere = [sec for (sec, n) in known if n == key]
+                hint = (f" (it is a [{elsewhere[0]}] key)" if elsewhere
+                        else _did_you_mean(key, names))
+                raise ConfigError(f"{where(section, key)}: unknown key{hint}; expected one "
+                                  f"of {', '.join(names)}")
     values: dict[str, Any] = {}
     overrides = overrides or {}
     for s in SETTINGS:
@@ -424,6 +523,17 @@ def from_dict(data: dict[str, Any], path: Path, text: str = "",
         name = values[f"gateway_{key}"]
         if name and not (cfg.base_dir / name).is_file():
             raise ConfigError(f"{where('gateway', key)}: no such file {name!r}")
+    store = values["gateway_store"]
+    if is_redis_url(store):
+        try:
+            check_files(parse_redis_url(store), cfg.base_dir)
+        except StoreError as exc:
+            raise ConfigError(f"{where('gateway', 'store')}: {exc}") from None
+        listen_host = values["gateway_listen"][0]
+        if not values["gateway_advertise"] and listen_host in ("0.0.0.0", "::", ""):
+            raise ConfigError(f"{where('gateway', 'advertise')}: with a shared store, other "
+                              f"nodes must reach this one, and listen is on every address "
+                              f"({listen_host!r}): set advertise to this node's own address")
     if values["gateway_redirect_listen"] is not None and not values["gateway_tls_cert"]:
         raise ConfigError(f"{where('gateway', 'redirect_listen')}: redirecting to HTTPS needs "
                           f"tls_cert and tls_key")

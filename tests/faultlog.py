@@ -176,7 +176,8 @@ CASES: tuple[Case, ...] = (
          "connections past the limit closed at once (no hang); the gateway does not crash "
          "or spin; an existing keep-alive client is still served"),
     Case("fd-exhaustion-workers", "Resources",
-         "the same fd exhaustion held for 6 s, then the flood closes",
+         "the same fd exhaustion held through three health checks of the worker, then the "
+         "flood closes",
          "the healthy worker is not restarted because the gateway itself is out of file "
          "descriptors (its sessions survive), the problem is logged, and a new client is "
          "served within 5 s of the flood ending"),

@@ -45,6 +45,12 @@ if TYPE_CHECKING:
 STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 WORKER_STATES = ("starting", "ready", "unhealthy", "crashed", "backoff", "stopping",
                  "stopped", "failed")
+# Kinds of operator events (``holdover events``) counted by ``holdover_events_total``;
+# each is shown from the first scrape on (at 0), so that ``increase()`` sees its first
+# occurrence.  A kind not listed here is counted too, from when it first happens.
+EVENT_KINDS = ("starting", "deploy", "canary", "promote", "rollback", "canary-failed",
+               "failed", "retired", "sessions-lost", "worker-restart", "worker-stopped",
+               "restore", "reload")
 
 __all__ = ["CONTENT_TYPE_LATEST", "GatewayCollector", "ProcessStats", "Totals",
            "metrics_registry", "overview", "render"]
@@ -90,6 +96,42 @@ class GatewayCollector(Collector):
         self._seen: dict[str, dict[int, tuple[Any, Any]]] = {}
         self._gone: dict[str, Totals] = {}
         self._gone_restarts: dict[tuple[str, str], int] = {}
+        self.events: dict[str, int] = dict.fromkeys(EVENT_KINDS, 0)
+        self._event_cursor = 0
+        self._since = 0.0
+
+    async def read_events(self, store: Any) -> None:
+        """Count the events the store got since this gateway process started (the scrape
+        handler calls this first: reading the store is a coroutine, ``collect`` is not).
+
+        The process's start time is the kernel's, which a re-exec (``holdover reload``)
+        keeps, so the counters go on where they were after a reload."""
+        if store is None:
+            return
+        from ..state.base import StoreError
+
+        try:
+            if not self._since:
+                import psutil
+
+                self._since = psutil.Process().create_time()
+            while True:
+                # A cursor of 0 asks for the tail: enough for what happened before the
+                # first scrape (or while the store had none); later, pages after the cursor.
+                limit = 10_000 if not self._event_cursor else 1000
+                batch = await store.events(limit=limit, after_id=self._event_cursor)
+                new = [e for e in batch if e.id > self._event_cursor]
+                self._count([e for e in new if e.ts >= self._since])
+                if new:
+                    self._event_cursor = new[-1].id
+                if len(batch) < limit or not new:
+                    return
+        except StoreError:
+            return  # the store's own errors are logged where it is written; counts wait
+
+    def _count(self, batch: list[Any]) -> None:
+        for e in batch:
+            self.events[e.kind] = self.events.get(e.kind, 0) + 1
 
     def _fold_departed(self, rid: str, workers: list[Any]) -> None:
         current = {id(w): (w, self.gw.stats(w)) for w in workers}
@@ -158,6 +200,12 @@ class GatewayCollector(Collector):
             if rid not in shown and n:
                 sessions.add_metric([rid], n)
         yield sessions
+        yield CounterMetricFamily("holdover_sessions_refused", "New sessions served unpinned "
+                                  "because the session table was full (max_sessions)",
+                                  value=getattr(gw.sessions, "refused", 0))
+        yield GaugeMetricFamily("holdover_sessions_offered", "Pin cookies offered to clients "
+                                "that have not come back with them yet (not sessions)",
+                                value=len(getattr(gw.sessions, "offered", ())))
         yield CounterMetricFamily("holdover_sessions_lost", "Sessions whose worker process "
                                   "went away (restart, crash, retire, max_drain)",
                                   value=gw.sessions_lost)
@@ -166,6 +214,14 @@ class GatewayCollector(Collector):
                                     "state", labels=["revision", "state"])
         restarts = CounterMetricFamily("holdover_worker_restarts", "Restarts of a worker",
                                        labels=["revision", "worker"])
+        looping = GaugeMetricFamily("holdover_worker_crash_looping", "1 while a worker is "
+                                    "crash-looping (crash_loop_restarts restarts within "
+                                    "crash_loop_window), else 0", labels=["revision", "worker"])
+        draining = GaugeMetricFamily("holdover_revision_drain_started_timestamp_seconds",
+                                     "When a draining revision began to drain (Unix time; "
+                                     "since the gateway's start if it started later)",
+                                     labels=["revision"])
+        wall = time.time() - time.monotonic()
         inflight = GaugeMetricFamily("holdover_requests_in_flight", "Requests (and open "
                                      "WebSockets) being served", labels=["revision"])
         info = InfoMetricFamily("holdover_revision", "A revision and its state",
@@ -187,17 +243,29 @@ class GatewayCollector(Collector):
                 workers.add_metric([rev.id, state], n)
             for wid, n in per_worker.items():
                 restarts.add_metric([rev.id, wid], n)
+            for w in rev.workers:
+                looping.add_metric([rev.id, w.id], 1.0 if getattr(w, "crash_loop", False) else 0.0)
+            if rev.state == "draining" and getattr(rev, "drain_started", 0.0):
+                draining.add_metric([rev.id], round(wall + rev.drain_started, 3))
             inflight.add_metric([rev.id], busy)
             info.add_metric([rev.id], {"state": rev.state})
             canary.add_metric([rev.id], rev.canary_percent if rev is rm.canary else 0.0)
         yield workers
         yield restarts
+        yield looping
+        yield draining
         yield inflight
         yield info
         yield canary
 
         yield CounterMetricFamily("holdover_deploys", "Deploys that made a revision active "
                                   "or canary", value=rm.deploys)
+        events = CounterMetricFamily("holdover_events", "Operator events (holdover events) "
+                                     "since the gateway process started, by kind",
+                                     labels=["kind"])
+        for kind, n in sorted(self.events.items()):
+            events.add_metric([kind], n)
+        yield events
         yield GaugeMetricFamily("holdover_queue_length", "Requests waiting for a ready "
                                 "worker", value=len(gw.queue))
         yield GaugeMetricFamily("holdover_connections", "Open client connections",
@@ -211,10 +279,11 @@ class GatewayCollector(Collector):
                                   "an exception", value=gw.tasks.failed)
 
 
-def metrics_registry(gw: Gateway) -> CollectorRegistry:
+def metrics_registry(gw: Gateway, collector: GatewayCollector | None = None
+                     ) -> CollectorRegistry:
     """A private registry holding only the gateway's collector (no process defaults)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GatewayCollector(gw))
+    registry.register(collector if collector is not None else GatewayCollector(gw))
     return registry
 
 

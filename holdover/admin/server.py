@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import secrets
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,14 @@ from ..core.errors import Refused
 from ..core.private_files import loose_mode, write_private
 from ..state import StoreError
 from .commands import BY_NAME, COMMANDS, Command, CommandError
-from .metrics import CONTENT_TYPE_LATEST, ProcessStats, metrics_registry, overview, render
+from .metrics import (
+    CONTENT_TYPE_LATEST,
+    GatewayCollector,
+    ProcessStats,
+    metrics_registry,
+    overview,
+    render,
+)
 
 if TYPE_CHECKING:
     from ..control.facade import Control as Gateway
@@ -41,7 +49,8 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
-    # No 'unsafe-inline': an injected <script> or style="" in the page does not run.
+    # No 'unsafe-inline': an injected <script> or style="" in the page does not run (the
+    # page colours each revision through the CSSOM, which the policy allows).
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
                                "object-src 'none'; base-uri 'none'; form-action 'self'; "
                                "frame-ancestors 'none'",
@@ -119,6 +128,8 @@ def openapi() -> dict[str, Any]:
                     "schema": {"$ref": "#/components/schemas/Error"}}}},
                 "401": {"description": "missing or wrong token", "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                "404": {"description": "no such revision, worker or session", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
             }}
         if c.method == "POST":
             op["requestBody"] = {"required": False, "content": {"application/json": {"schema": {
@@ -162,7 +173,8 @@ class AdminServer:
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/api/stream", self._stream)
         app.router.add_get("/metrics", self._metrics)
-        self._registry = metrics_registry(gw)
+        self._collector = GatewayCollector(gw)
+        self._registry = metrics_registry(gw, self._collector)
         self._procs = ProcessStats()
         self._closing = asyncio.Event()
         self.app = app
@@ -248,6 +260,7 @@ class AdminServer:
                             headers={"Content-Type": ctype})
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        await self._collector.read_events(getattr(self.gw, "store", None))
         return web.Response(body=render(self._registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -307,13 +320,13 @@ class AdminServer:
             pass
         return resp
 
-    async def start(self, host: str, port: int) -> None:
+    async def start_on(self, sock: socket.socket) -> None:
+        """Serve on an already bound (or inherited) listening socket."""
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        site = web.SockSite(self.runner, sock)
         await site.start()
-        server = site._server  # type: ignore[attr-defined]
-        self.bound = server.sockets[0].getsockname()[:2]
+        self.bound = sock.getsockname()[:2]
 
     async def stop(self) -> None:
         self._closing.set()  # ends open /api/stream responses, or cleanup waits for them

@@ -34,6 +34,7 @@ from .ticker import Tasks, Ticker
 log = logging.getLogger("holdover.control")
 
 _NO_STATS = Stats()
+OFFER_TTL = 600.0  # seconds an offered pin waits for its client to come back
 
 
 class Control:
@@ -46,7 +47,8 @@ class Control:
         self.config = config
         self.tasks = Tasks()
         self.ticker = Ticker()
-        self.sessions: PinDirectory = local_directory()
+        self.sessions: PinDirectory = local_directory(config.app_max_sessions)
+        self._refused_told = 0
         self.supervisor = supervisor(config, self._worker_state)
         self.persist = Persistence(self)
         self.router = router(config, None, self.sessions, self.tasks.spawn,  # type: ignore[arg-type]
@@ -57,6 +59,7 @@ class Control:
         self.session_history: deque[tuple[float, dict[str, int]]] = deque(maxlen=720)
         self.connections: set[ClientConnection] = set()  # the public listener's, for status
         self.schedule_reload: Callable[[], None] = lambda: None  # set by the root
+        self.check_reload: Callable[[], None] = lambda: None  # Refused if it would fail
         self.closing = False
 
     # -- wiring -------------------------------------------------------------------
@@ -112,8 +115,19 @@ class Control:
             self.router.queue.expire(now)
 
     def end_idle_sessions(self, now: float) -> int:
-        """End the sessions that idled out or passed their expiry (rule 3)."""
-        if not self.router.sessions_mode or not self.sessions.pins:
+        """End the sessions that idled out or passed their expiry (rule 3).
+
+        Offers of holdover's pin cookie that no client brought back within
+        ``OFFER_TTL`` (or the idle timeout, if shorter) are forgotten too."""
+        sessions = self.sessions
+        if sessions.offered:
+            sessions.expire_offers(now, min(OFFER_TTL, self.config.app_session_idle_timeout))
+        if sessions.refused > self._refused_told:
+            log.warning("%d new session(s) not pinned: the session table is full "
+                        "(max_sessions = %d)", sessions.refused - self._refused_told,
+                        self.config.app_max_sessions)
+            self._refused_told = sessions.refused
+        if not self.router.sessions_mode or not sessions.pins:
             return 0
         idle = self.sessions.idle(now, self.config.app_session_idle_timeout)
         for p in idle:

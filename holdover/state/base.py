@@ -5,6 +5,10 @@ it"), so the supervisor and the router persist them through this one interface, 
 the backend.  Records are frozen values; a backend copies them in and out (the JSON fields
 ``env``, ``meta`` and ``data`` included), so nothing a caller holds can change what is
 stored, and every backend accepts exactly what JSON can represent.
+
+``SharedStore`` adds what only a store that several gateway nodes share needs (a cluster,
+docs/cluster.md): who is alive, a feed of changes between nodes, and pins that two nodes
+cannot both claim.
 """
 
 from __future__ import annotations
@@ -159,6 +163,145 @@ class StateStore(abc.ABC):
         await self.close()
 
 
+@dataclass(frozen=True, slots=True)
+class LiveNode:
+    """A node whose last heartbeat has not expired.
+
+    ``info`` is what the node sent with its heartbeat (advertise address, start time ...);
+    ``expires_in`` is how many seconds the heartbeat has left, by the store's own clock, so
+    it means the same on every node whatever their clocks say.
+    """
+
+    name: str
+    info: dict[str, Any]
+    expires_in: float
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of the change feed: ``node`` says ``kind`` happened, with ``data``.
+
+    ``seq`` is the entry's position in the feed; positions increase, and a consumer
+    resumes after the last one it has handled.
+    """
+
+    seq: int
+    ts: float
+    node: str
+    kind: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeBatch:
+    """What ``read_changes`` found: the changes after the position asked for, in order.
+
+    ``position`` is what to pass as ``after`` next time.  ``missed`` is True when changes
+    after the position asked for are gone (trimmed from a bounded feed, or lost with the
+    store's data): ``changes`` is then empty, and the consumer must reload what it keeps
+    from the store and go on from ``position``.  A reload may see changes that the feed
+    delivers again afterwards, so applying a change must be idempotent.
+    """
+
+    changes: list[Change]
+    position: int
+    missed: bool = False
+
+
+PinTouch = tuple[str, str, float, float | None]
+"""``(key, incarnation, last_seen, expires_at)``: a pin was used again (``touch_pins``)."""
+
+PinEnd = tuple[str, str]
+"""``(key, incarnation)``: the session pinned to this worker incarnation ended."""
+
+
+class SharedStore(StateStore):
+    """A state store that several gateway nodes share: the facts a cluster agrees on.
+
+    Beyond ``StateStore`` it keeps:
+
+    - heartbeats: each node renews its own with a time to live; ``live_nodes`` lists the
+      nodes whose heartbeat has not expired, so a node that dies is noticed within a ttl;
+    - a change feed: a node publishes what it changed, the others read it from their own
+      position, and resume from that position after a disconnect.  The feed is bounded;
+      a consumer that fell too far behind is told it missed changes (``ChangeBatch``);
+    - pins that are claimed atomically: two nodes seeing a new session at once agree on
+      one worker (``claim_pin``); touches and ends are conditional, so a late or repeated
+      one cannot resurrect an ended session or end a newer one.
+
+    Consistency (docs/cluster.md): a pin's first claim and a session's end are strong (one
+    atomic step in the store); last-seen times converge (a touch never moves them back).
+    """
+
+    # -- nodes -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def heartbeat(self, node: str, info: dict[str, Any], ttl: float) -> None:
+        """Say that ``node`` is alive for the next ``ttl`` seconds, with ``info``."""
+
+    @abc.abstractmethod
+    async def live_nodes(self) -> list[LiveNode]:
+        """The nodes whose heartbeat has not expired, ordered by name."""
+
+    @abc.abstractmethod
+    async def forget_node(self, node: str) -> None:
+        """Drop ``node``'s heartbeat at once (it shut down cleanly)."""
+
+    # -- change feed -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def publish_change(self, node: str, kind: str,
+                             data: dict[str, Any] | None = None) -> Change:
+        """Append a change to the feed; returns it with its position."""
+
+    @abc.abstractmethod
+    async def read_changes(self, after: int = 0, limit: int = 100,
+                           wait: float = 0.0) -> ChangeBatch:
+        """The first ``limit`` changes after position ``after`` (0: the feed's start).
+
+        With none yet and ``wait > 0``, waits up to ``wait`` seconds for one.  Pass the
+        ``position`` of the batch as ``after`` next time; start a new consumer from
+        ``feed_position()`` after loading the state it keeps.
+        """
+
+    @abc.abstractmethod
+    async def feed_position(self) -> int:
+        """The position of the newest change (reading after it waits for the next one)."""
+
+    # -- pins --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_pin(self, key: str) -> PinRecord | None:
+        """The pin of ``key``, or None."""
+
+    @abc.abstractmethod
+    async def claim_pin(self, rec: PinRecord) -> PinRecord:
+        """Pin ``rec.key`` to ``rec``'s worker unless it already has a pin; returns the winner.
+
+        The winner is ``rec`` if the key had no pin, else the pin it has (unchanged).  The
+        claim succeeded when the winner names ``rec``'s worker incarnation; a repeated
+        claim of the same pin (a retry) therefore succeeds too.
+        """
+
+    @abc.abstractmethod
+    async def touch_pins(self, touches: Sequence[PinTouch]) -> list[str]:
+        """Record that pins were used again; returns the keys whose pin is gone.
+
+        A touch applies only to a pin that still names its incarnation (else the key is
+        returned: that session ended, or was claimed again elsewhere).  It never creates a
+        pin and never moves ``last_seen`` back: a touch older than the stored one is
+        ignored, so touches from several nodes can arrive in any order.
+        """
+
+    @abc.abstractmethod
+    async def end_pins(self, ends: Sequence[PinEnd]) -> list[str]:
+        """End the pins that still name the given incarnation; returns the keys ended.
+
+        A pin claimed again meanwhile (another incarnation) is kept, so a late end cannot
+        end a newer session.
+        """
+
+
 def dump_json(value: Any, where: str, what: str) -> str:
     """``value`` as JSON text, or StoreError naming the store and the field."""
     try:
@@ -177,3 +320,20 @@ def check_meta_value(key: str, value: str) -> None:
     """Meta values are text; anything else is a caller's bug, refused the same everywhere."""
     if not isinstance(key, str) or not isinstance(value, str):
         raise TypeError(f"set_meta(): key and value must be str, got {key!r}: {value!r}")
+
+
+def check_ttl(ttl: float) -> None:
+    """A heartbeat must live for some time; anything else is a caller's bug."""
+    if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 0 < ttl < 1e9:
+        raise ValueError(f"heartbeat(): ttl must be a number of seconds > 0, got {ttl!r}")
+
+
+def check_feed_args(after: int, limit: int, wait: float) -> None:
+    """Refuse arguments of ``read_changes`` that have no sensible meaning."""
+    if after < 0 or limit < 0 or not 0 <= wait <= MAX_FEED_WAIT:
+        raise ValueError(f"read_changes(): after and limit must be >= 0 and wait from 0 to "
+                         f"{MAX_FEED_WAIT}, got {after}, {limit}, {wait}")
+
+
+MAX_FEED_WAIT = 60.0
+"""Longest ``read_changes`` may wait; a consumer that wants longer calls again."""

@@ -1,14 +1,19 @@
-"""A state store in process memory: for tests, demos and ``state_store = "memory:"``.
+"""A state store in process memory: for tests, demos and ``store = "memory:"``.
 
 It keeps the exact semantics of the SQLite store (same ordering, same copies, same JSON
 rules) so code tested against it behaves the same on disk; it just forgets everything
 when the process ends.  JSON fields are kept as JSON text, which both validates them like
 the SQLite store does and makes every record handed out a fresh, independent copy.
+
+It is also a ``SharedStore`` with the Redis store's semantics, so that several gateway
+objects in one process (and unit tests) can share heartbeats, a change feed and pins.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import collections
 import json
 import time
 from collections.abc import Sequence
@@ -16,23 +21,33 @@ from dataclasses import replace
 from typing import Any
 
 from .base import (
+    Change,
+    ChangeBatch,
     Event,
+    LiveNode,
+    PinEnd,
     PinRecord,
+    PinTouch,
     RevisionRecord,
-    StateStore,
+    SharedStore,
     StoreError,
+    check_feed_args,
     check_limits,
     check_meta_value,
+    check_ttl,
     dump_json,
 )
 
 _WHERE = "memory state store"
 
 
-class MemoryStore(StateStore):
-    """Dicts and a list; every method completes without awaiting anything."""
+class MemoryStore(SharedStore):
+    """Dicts and a list; every method completes without awaiting anything.
 
-    def __init__(self) -> None:
+    ``feed_maxlen`` bounds the change feed as the Redis store's does (oldest dropped).
+    """
+
+    def __init__(self, *, feed_maxlen: int = 10_000) -> None:
         self._open = False
         # id -> (record with empty env/meta, env JSON, meta JSON); dict order = insertion
         self._revisions: dict[str, tuple[RevisionRecord, str, str]] = {}
@@ -41,6 +56,11 @@ class MemoryStore(StateStore):
         self._event_ids: list[int] = []  # parallel to _events, for bisect
         self._last_event_id = 0
         self._meta: dict[str, str] = {}
+        self._nodes: dict[str, tuple[float, str]] = {}  # name -> (monotonic expiry, info JSON)
+        self._feed: collections.deque[tuple[Change, str]] = collections.deque(
+            maxlen=feed_maxlen)  # (change with empty data, data JSON)
+        self._feed_seq = 0
+        self._feed_waiters: list[asyncio.Future[None]] = []
 
     def _check_open(self) -> None:
         if not self._open:
@@ -143,3 +163,102 @@ class MemoryStore(StateStore):
         self._check_open()
         check_meta_value(key, value)
         self._meta[key] = value
+
+    # -- nodes -------------------------------------------------------------------------
+
+    async def heartbeat(self, node: str, info: dict[str, Any], ttl: float) -> None:
+        self._check_open()
+        check_ttl(ttl)
+        text = dump_json(info, _WHERE, f"node {node!r} info")
+        self._nodes[node] = (time.monotonic() + ttl, text)
+
+    async def live_nodes(self) -> list[LiveNode]:
+        self._check_open()
+        now = time.monotonic()
+        for name in [n for n, (expiry, _) in self._nodes.items() if expiry <= now]:
+            del self._nodes[name]
+        return [LiveNode(name, json.loads(text), expiry - now)
+                for name, (expiry, text) in sorted(self._nodes.items())]
+
+    async def forget_node(self, node: str) -> None:
+        self._check_open()
+        self._nodes.pop(node, None)
+
+    # -- change feed -------------------------------------------------------------------
+
+    async def publish_change(self, node: str, kind: str,
+                             data: dict[str, Any] | None = None) -> Change:
+        self._check_open()
+        text = dump_json(data or {}, _WHERE, f"change {kind!r} data")
+        self._feed_seq += 1
+        change = Change(self._feed_seq, time.time(), node, kind, {})
+        self._feed.append((change, text))
+        waiters, self._feed_waiters = self._feed_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        return replace(change, data=json.loads(text))
+
+    def _batch(self, after: int, limit: int) -> ChangeBatch:
+        if after > self._feed_seq or (after < self._feed_seq and (
+                not self._feed or self._feed[0][0].seq > after + 1)):
+            return ChangeBatch([], self._feed_seq, missed=True)
+        first = self._feed[0][0].seq if self._feed else after + 1
+        start = max(0, after + 1 - first)
+        found = [replace(c, data=json.loads(text))
+                 for c, text in list(self._feed)[start:start + limit]]
+        return ChangeBatch(found, found[-1].seq if found else after)
+
+    async def read_changes(self, after: int = 0, limit: int = 100,
+                           wait: float = 0.0) -> ChangeBatch:
+        self._check_open()
+        check_feed_args(after, limit, wait)
+        batch = self._batch(after, limit)
+        if batch.changes or batch.missed or wait <= 0 or limit == 0:
+            return batch
+        waiter = asyncio.get_running_loop().create_future()
+        self._feed_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, wait)
+        except TimeoutError:
+            pass
+        finally:
+            if waiter in self._feed_waiters:
+                self._feed_waiters.remove(waiter)
+        self._check_open()
+        return self._batch(after, limit)
+
+    async def feed_position(self) -> int:
+        self._check_open()
+        return self._feed_seq
+
+    # -- shared pins -------------------------------------------------------------------
+
+    async def get_pin(self, key: str) -> PinRecord | None:
+        self._check_open()
+        return self._pins.get(key)
+
+    async def claim_pin(self, rec: PinRecord) -> PinRecord:
+        self._check_open()
+        return self._pins.setdefault(rec.key, rec)
+
+    async def touch_pins(self, touches: Sequence[PinTouch]) -> list[str]:
+        self._check_open()
+        gone = []
+        for key, incarnation, last_seen, expires_at in touches:
+            old = self._pins.get(key)
+            if old is None or old.incarnation != incarnation:
+                gone.append(key)
+            elif last_seen >= old.last_seen:
+                self._pins[key] = replace(old, last_seen=last_seen, expires_at=expires_at)
+        return gone
+
+    async def end_pins(self, ends: Sequence[PinEnd]) -> list[str]:
+        self._check_open()
+        ended = []
+        for key, incarnation in ends:
+            old = self._pins.get(key)
+            if old is not None and old.incarnation == incarnation:
+                del self._pins[key]
+                ended.append(key)
+        return ended

@@ -36,13 +36,19 @@ def _watched(task: asyncio.Task[None]) -> asyncio.Task[None]:
 
 
 class RevisionFailed(Exception):
-    """A revision's workers never became ready; carries the failing worker's log tail."""
+    """A revision's workers never became ready.
 
-    def __init__(self, revision: str, worker: str, log_tail: str) -> None:
-        super().__init__(f"revision {revision}: worker {worker} never became ready")
+    Carries what the operator needs to fix it: ``reason`` (what the failing worker's
+    last health check got, or how its process ended) and its log tail, which ends with
+    that reason too, so every place that shows the tail shows why."""
+
+    def __init__(self, revision: str, worker: str, log_tail: str, reason: str = "") -> None:
+        super().__init__(f"revision {revision}: worker {worker} never became ready"
+                         + (f": {reason}" if reason else ""))
         self.revision = revision
         self.worker = worker
         self.log_tail = log_tail
+        self.reason = reason
 
 
 @dataclass(eq=False)
@@ -63,6 +69,7 @@ class Revision:
     drain_started: float = 0.0
     canary_percent: float = 0.0
     next_index: int = 1
+    meta: dict[str, Any] = field(default_factory=dict)  # kept in the store with the revision
 
     def running(self) -> list[Worker]:
         """Workers whose process is (or is about to be) up."""
@@ -166,7 +173,7 @@ class Supervisor:
         if not all(results):
             bad = new[results.index(False)]
             await asyncio.gather(*(w.stop() for w in new))
-            raise RevisionFailed(rev.id, bad.id, bad.log_tail(20))
+            raise RevisionFailed(rev.id, bad.id, bad.log_tail(20), bad.start_failure)
         return new
 
     async def adopt_workers(self, rev: Revision, adopted: list[tuple[str, bool, Adoption]]

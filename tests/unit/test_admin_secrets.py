@@ -116,7 +116,7 @@ def test_run_warns_about_an_exposed_admin_side(tmp_path: Path,
     """The warning comes before anything listens (the gateway itself is not started)."""
     served: list[Any] = []
     monkeypatch.setattr(cli, "_serve", lambda cfg: served.append(cfg) or 0)
-    monkeypatch.setattr(cli, "_setup_logging", lambda verbose: None)
+    monkeypatch.setattr(cli, "_setup_logging", lambda *args: None)
     path = _config(tmp_path, "[::]:8081")
     with caplog.at_level(logging.WARNING):
         assert cli.main(["run", "-c", str(path)]) == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,45 @@ def test_reference_lists_every_setting() -> None:
     assert len(rows) == len(config.SETTINGS)
 
 
+
+
+def test_cluster_settings(tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, MINIMAL))
+    assert (cfg.gateway_store, cfg.gateway_node, cfg.gateway_advertise) == ("", "", "")
+    assert cfg.node_name == socket.gethostname()
+    text = MINIMAL + ('[gateway]\nstore = "rediss://10.0.0.9:6380/1?cluster=shop"\n'
+                      'node = "web-1"\nadvertise = "[fd00::1]:8080"\n')
+    cfg = load(write(tmp_path, text))
+    assert cfg.gateway_store == "rediss://10.0.0.9:6380/1?cluster=shop"
+    assert (cfg.node_name, cfg.gateway_advertise) == ("web-1", "[fd00::1]:8080")
+    with pytest.raises(ConfigError) as info:  # a bad URL's message hides its password
+        load(write(tmp_path, MINIMAL + '[gateway]\nstore = "redis://:hunter2@h:port/0"\n'))
+    assert "hunter2" not in str(info.value) and ":***@" in str(info.value)
+    for store in ("state/other.db", "sqlite:///x.db", "memory:", "unix:///run/redis.sock"):
+        assert load(write(tmp_path, MINIMAL + f'[gateway]\nstore = "{store}"\n')).gateway_store \
+            == store
+
+
+def test_store_files_are_checked_relative_to_the_config_file(tmp_path: Path) -> None:
+    text = MINIMAL + '[gateway]\n# shared\nstore = "redis://h/0?password_file=redis.pass"\n'
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load(p)
+    msg = str(info.value)
+    assert "[gateway] store (line 5)" in msg and "no such file" in msg
+    assert str(tmp_path / "redis.pass") in msg
+    (tmp_path / "redis.pass").write_text("pw\n")
+    (tmp_path / "redis.pass").chmod(0o604)
+    with pytest.raises(ConfigError, match=r"line 5.*other users can read.*0604"):
+        load(p)
+    (tmp_path / "redis.pass").chmod(0o600)
+    assert load(p).gateway_store.endswith("password_file=redis.pass")
+
+
+def test_a_cluster_node_on_every_address_must_say_how_to_reach_it(tmp_path: Path) -> None:
+    text = MINIMAL + '[gateway]\nlisten = "0.0.0.0:8080"\nstore = "redis://10.0.0.9/0"\n'
+    with pytest.raises(ConfigError, match=r"\[gateway\] advertise.*set advertise"):
+        load(write(tmp_path, text))
+    assert load(write(tmp_path, text + 'advertise = "10.0.0.1"\n')).gateway_advertise \
+        == "10.0.0.1"
+    load(write(tmp_path, MINIMAL + '[gateway]\nlisten = "0.0.0.0:8080"\n'))  # one node: fine

@@ -1,311 +1,53 @@
 """One contract for every state store backend, so a restart (or a backend swap) forgets nothing.
 
-Each contract test runs against MemoryStore and SQLiteStore; the tests after them are about
-what only a file can do wrong (permissions, foreign files, read-only, full disk) and about
-the SQLite store never blocking the event loop.
+The contract (tests/storecontract.py) runs here against MemoryStore and SQLiteStore, and
+in tests/e2e/test_state_store_redis.py against a real redis-server; the tests here are about what only a file can do
+wrong (permissions, foreign files, read-only, full disk) and about the SQLite store never
+blocking the event loop.  What only Redis can do wrong is in tests/test_redis_store.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import hashlib
 import os
 import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvloop
+from storecontract import (  # noqa: F401 - the contract's tests, collected here
+    Backend,
+    pin,
+    rev,
+    run,
+    test_closed_store_refuses_calls_and_reopen_keeps_everything,
+    test_concurrent_calls_all_land_with_unique_increasing_ids,
+    test_events_have_increasing_ids_and_filter_and_prune,
+    test_meta,
+    test_pins_upsert_delete_load_in_batches_of_10k,
+    test_records_handed_out_are_independent_copies,
+    test_revisions_upsert_get_and_list_in_creation_order,
+    test_values_json_cannot_hold_are_refused_and_nothing_is_stored,
+    with_store,
+)
 
 from holdover.state import (
-    Event,
     MemoryStore,
-    PinRecord,
-    RevisionRecord,
+    RedisStore,
     SQLiteStore,
-    StateStore,
     StoreError,
     open_store,
 )
 from holdover.state.sqlite import APPLICATION_ID
 
 
-def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    return asyncio.run(coro)
-
-
-def rev(id: str, created_at: float, state: str = "active", **kw: Any) -> RevisionRecord:
-    return RevisionRecord(id=id, state=state, command=f"python app.py --rev {id}", cwd="/srv/app",
-                          env={"MODE": id}, workers=2, created_at=created_at, release_dir=None,
-                          updated_at=created_at, **kw)
-
-
-def pin(i: int, worker: str = "w1", revision: str = "v1") -> PinRecord:
-    key = hashlib.sha256(f"session-{i}".encode()).hexdigest()
-    return PinRecord(key=key, worker=worker, incarnation=f"{worker}-inc", revision=revision,
-                     created_at=1000.0 + i, last_seen=2000.0 + i,
-                     expires_at=None if i % 2 else 3000.0 + i)
-
-
-class Backend:
-    """Makes stores of one kind; ``reopen`` gives a fresh store on the same storage."""
-
-    def __init__(self, kind: str, tmp: Path) -> None:
-        self.kind = kind
-        self.path = tmp / "state" / "holdover.db"
-        self._memory = MemoryStore()
-
-    def make(self) -> StateStore:
-        return self._memory if self.kind == "memory" else SQLiteStore(self.path)
-
-
 @pytest.fixture(params=["memory", "sqlite"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return Backend(request.param, tmp_path)
-
-
-def with_store(backend: Backend, body: Callable[[StateStore], Coroutine[Any, Any, Any]]) -> Any:
-    async def main() -> Any:
-        async with backend.make() as store:
-            return await body(store)
-    return run(main())
-
-
-# -- the contract, for every backend ---------------------------------------------------
-
-
-def test_revisions_upsert_get_and_list_in_creation_order(backend: Backend) -> None:
-    async def body(store: StateStore) -> None:
-        assert await store.get_revision("v1") is None
-        assert await store.list_revisions() == []
-        # put out of creation order; two with the same created_at keep insertion order
-        await store.put_revision(rev("v3", 30.0))
-        await store.put_revision(rev("v1", 10.0, meta={"git": "abc"}))
-        await store.put_revision(rev("v2b", 20.0))
-        await store.put_revision(rev("v2a", 20.0))
-        assert [r.id for r in await store.list_revisions()] == ["v1", "v2b", "v2a", "v3"]
-
-        got = await store.get_revision("v1")
-        assert got == rev("v1", 10.0, meta={"git": "abc"})
-        assert got.canary_percent == 0.0 and got.release_dir is None
-
-        # upsert replaces every field, keeps one row, and keeps the position among equals
-        newer = dataclasses.replace(rev("v2b", 20.0), state="draining", workers=4,
-                                    env={"A": "1", "B": "2"}, release_dir="/rel/v2b",
-                                    canary_percent=12.5, updated_at=99.5, meta={"n": [1, 2]})
-        await store.put_revision(newer)
-        assert await store.get_revision("v2b") == newer
-        listed = await store.list_revisions()
-        assert [r.id for r in listed] == ["v1", "v2b", "v2a", "v3"]
-        assert listed[1] == newer
-
-    with_store(backend, body)
-
-
-def test_pins_upsert_delete_load_in_batches_of_10k(backend: Backend) -> None:
-    async def body(store: StateStore) -> None:
-        assert await store.load_pins() == []
-        pins = [pin(i) for i in range(10_000)]
-        started = time.perf_counter()
-        await store.put_pins(pins)
-        assert time.perf_counter() - started < 1.0
-        loaded = await store.load_pins()
-        assert loaded == sorted(pins, key=lambda p: p.key)
-
-        # upsert: 100 existing pins move to another worker, 5 new ones appear
-        moved = [dataclasses.replace(p, worker="w2", incarnation="w2-inc", last_seen=9e9)
-                 for p in pins[:100]]
-        fresh = [pin(i, revision="v2") for i in range(10_000, 10_005)]
-        await store.put_pins(moved + fresh)
-        by_key = {p.key: p for p in await store.load_pins()}
-        assert len(by_key) == 10_005
-        assert all(by_key[p.key] == p for p in moved + fresh)
-        assert by_key[pins[100].key] == pins[100]
-
-        # delete: known keys go, unknown keys are ignored, empty batches are fine
-        gone = [p.key for p in pins[:5000]]
-        started = time.perf_counter()
-        await store.delete_pins([*gone, "no-such-key"])
-        assert time.perf_counter() - started < 1.0
-        await store.delete_pins([])
-        await store.put_pins([])
-        left = {p.key for p in await store.load_pins()}
-        assert len(left) == 5005
-        assert left.isdisjoint(gone)
-
-    with_store(backend, body)
-
-
-def test_events_have_increasing_ids_and_filter_and_prune(backend: Backend) -> None:
-    async def body(store: StateStore) -> None:
-        assert await store.events() == []
-        before = time.time()
-        first = await store.add_event("deploy", "v2 deployed", revision="v2",
-                                      data={"workers": 2, "from": "v1"})
-        assert isinstance(first, Event)
-        assert first.kind == "deploy" and first.revision == "v2" and first.worker is None
-        assert first.data == {"workers": 2, "from": "v1"}
-        assert before <= first.ts <= time.time()
-        added = [first]
-        for i in range(1, 20):
-            kind = "crash" if i % 3 == 0 else "deploy"
-            added.append(await store.add_event(kind, f"event {i}", worker=f"w{i}"))
-        ids = [e.id for e in added]
-        assert ids == sorted(ids) and len(set(ids)) == 20
-
-        assert await store.events() == added  # newest last
-        assert await store.events(limit=3) == added[-3:]  # the newest three
-        assert await store.events(limit=0) == []
-        crashes = [e for e in added if e.kind == "crash"]
-        assert await store.events(kind="crash") == crashes
-        assert await store.events(kind="crash", limit=2) == crashes[-2:]
-        assert await store.events(kind="nothing") == []
-
-        # after_id is a cursor: the first `limit` after it, so paging has no gaps
-        assert await store.events(after_id=ids[4], limit=3) == added[5:8]
-        assert await store.events(after_id=ids[-1]) == []
-        assert await store.events(after_id=ids[0], kind="crash", limit=2) == crashes[:2]
-        paged, cursor = [added[0]], ids[0]
-        while page := await store.events(after_id=cursor, limit=6):
-            paged += page
-            cursor = page[-1].id
-        assert paged == added
-        with pytest.raises(ValueError):
-            await store.events(limit=-1)
-
-        assert await store.prune_events(keep=5) == 15
-        assert await store.events() == added[-5:]
-        assert await store.prune_events(keep=5) == 0
-        assert await store.prune_events(keep=0) == 5
-        assert await store.events() == []
-        # ids are never reused, even after every event was pruned
-        later = await store.add_event("rollback", "back to v1")
-        assert later.id > ids[-1]
-        assert await store.events() == [later]
-
-    with_store(backend, body)
-
-
-def test_concurrent_calls_all_land_with_unique_increasing_ids(backend: Backend) -> None:
-    async def body(store: StateStore) -> None:
-        events = await asyncio.gather(*(store.add_event("tick", str(i)) for i in range(50)))
-        assert len({e.id for e in events}) == 50
-        stored = await store.events(limit=100)
-        assert [e.id for e in stored] == sorted(e.id for e in events)
-        # gather keeps call order, and the store serves calls in call order
-        assert [e.message for e in stored] == [str(i) for i in range(50)]
-
-    with_store(backend, body)
-
-
-def test_meta(backend: Backend) -> None:
-    async def body(store: StateStore) -> None:
-        assert await store.get_meta("active_revision") is None
-        await store.set_meta("active_revision", "v1")
-        await store.set_meta("other", "x")
-        await store.set_meta("active_revision", "v2")
-        assert await store.get_meta("active_revision") == "v2"
-        assert await store.get_meta("other") == "x"
-        await store.set_meta("empty", "")
-        assert await store.get_meta("empty") == ""
-        with pytest.raises(TypeError):
-            await store.set_meta("n", 3)  # type: ignore[arg-type]
-
-    with_store(backend, body)
-
-
-def test_records_handed_out_are_independent_copies(backend: Backend) -> None:
-    async def body(store: StateStore) -> None:
-        env = {"A": "1"}
-        meta: dict[str, Any] = {"tags": ["x"]}
-        await store.put_revision(dataclasses.replace(rev("v1", 1.0), env=env, meta=meta))
-        env["A"] = "changed by caller"  # the caller's dicts are not the stored ones
-        meta["tags"].append("y")
-        got = await store.get_revision("v1")
-        assert got.env == {"A": "1"} and got.meta == {"tags": ["x"]}
-        got.env["A"] = "changed"  # nor are the dicts handed out
-        got.meta["tags"].append("z")
-        (listed,) = await store.list_revisions()
-        listed.env.clear()
-        assert (await store.get_revision("v1")).env == {"A": "1"}
-        assert (await store.get_revision("v1")).meta == {"tags": ["x"]}
-
-        data = {"k": {"deep": 1}}
-        event = await store.add_event("deploy", "m", data=data)
-        data["k"]["deep"] = 2
-        event.data["k"]["deep"] = 3
-        (stored,) = await store.events()
-        assert stored.data == {"k": {"deep": 1}}
-        stored.data.clear()
-        assert (await store.events())[0].data == {"k": {"deep": 1}}
-
-        await store.put_pins([pin(1)])
-        (p,) = await store.load_pins()
-        with pytest.raises(dataclasses.FrozenInstanceError):
-            p.worker = "w9"  # type: ignore[misc]
-
-    with_store(backend, body)
-
-
-def test_values_json_cannot_hold_are_refused_and_nothing_is_stored(backend: Backend) -> None:
-    async def body(store: StateStore) -> None:
-        bad = dataclasses.replace(rev("v1", 1.0), meta={"when": object()})
-        with pytest.raises(StoreError, match="revision 'v1' meta"):
-            await store.put_revision(bad)
-        assert await store.get_revision("v1") is None
-        with pytest.raises(StoreError, match="JSON"):
-            await store.add_event("deploy", "m", data={"x": float("nan")})
-        assert await store.events() == []
-
-    with_store(backend, body)
-
-
-def test_closed_store_refuses_calls_and_reopen_keeps_everything(backend: Backend) -> None:
-    pins = [pin(i) for i in range(300)]
-
-    async def main() -> None:
-        store = backend.make()
-        with pytest.raises(StoreError, match="not open"):
-            await store.get_meta("x")
-        await store.open()
-        await store.open()  # a second open does nothing
-        await store.put_revision(rev("v1", 1.0))
-        await store.put_revision(rev("v2", 2.0, state="starting", canary_percent=5.0))
-        await store.put_pins(pins)
-        await store.delete_pins([pins[0].key])
-        for i in range(5):
-            await store.add_event("deploy", f"e{i}", data={"i": i})
-        await store.prune_events(keep=3)
-        await store.set_meta("active_revision", "v1")
-        before = (await store.list_revisions(), await store.load_pins(), await store.events(),
-                  await store.get_meta("active_revision"))
-        await store.close()
-        await store.close()  # a second close does nothing
-        with pytest.raises(StoreError, match="not open"):
-            await store.load_pins()
-
-        # SQLite: a brand-new store object on the same file (as after a gateway restart).
-        # Memory: the same object opened again (its memory cannot outlive the process).
-        again = backend.make()
-        if backend.kind == "sqlite":
-            assert again is not store
-        async with again:
-            after = (await again.list_revisions(), await again.load_pins(),
-                     await again.events(), await again.get_meta("active_revision"))
-            assert after == before
-            assert len(after[1]) == 299 and [e.message for e in after[2]] == ["e2", "e3", "e4"]
-            event = await again.add_event("restart", "gateway restarted")
-            assert event.id > before[2][-1].id
-
-    run(main())
-
-
-# -- open_store ------------------------------------------------------------------------
 
 
 def test_open_store_chooses_the_backend(tmp_path: Path) -> None:
@@ -315,11 +57,19 @@ def test_open_store_chooses_the_backend(tmp_path: Path) -> None:
     assert open_store(str(tmp_path / "b.db")).path == tmp_path / "b.db"
     assert open_store(f"sqlite:///{tmp_path}/c.db").path == tmp_path / "c.db"
     assert open_store("sqlite:///rel.db").path == Path.cwd() / "rel.db"
-    for bad in ("redis://localhost/0", "postgres://db/holdover", "memory://x", "sqlite://",
-                "sqlite:///", ""):
+    # relative to the config file's folder when one is given
+    assert open_store("sqlite:///rel.db", base_dir=tmp_path).path == tmp_path / "rel.db"
+    assert open_store("sub/d.db", base_dir=tmp_path).path == tmp_path / "sub" / "d.db"
+    assert open_store(f"{tmp_path}/e.db", base_dir="/elsewhere").path == tmp_path / "e.db"
+    for url in ("redis://localhost/0", "rediss://10.0.0.9:6380/2", "unix:///run/redis.sock"):
+        store = open_store(url)
+        assert isinstance(store, RedisStore) and store.url.scheme == url.split(":")[0]
+    for bad in ("postgres://db/holdover", "memory://x", "sqlite://", "sqlite:///", ""):
         with pytest.raises(StoreError) as info:
             open_store(bad)
         assert repr(bad) in str(info.value)
+    with pytest.raises(StoreError, match="unknown parameter 'nope'"):
+        open_store("redis://localhost/0?nope=1")
 
 
 # -- SQLite only -----------------------------------------------------------------------
@@ -514,7 +264,9 @@ def test_sqlite_never_blocks_the_event_loop(tmp_path: Path) -> None:
         async with SQLiteStore(tmp_path / "state.db") as store:
             store_threads = {await store._run(threading.get_ident) for _ in range(3)}
             batches = [[pin(i) for i in range(b * 10_000, (b + 1) * 10_000)] for b in range(3)]
-            await asyncio.sleep(0.01)
+            deadline = time.monotonic() + 5
+            while len(ticks) < 5 and time.monotonic() < deadline:  # the ticker is running
+                await asyncio.sleep(0.001)
             start = time.perf_counter()
             n0 = len(ticks)
             for batch in batches:
