@@ -35,7 +35,7 @@ from .core.errors import Refused
 from .proxy.ports import Limits, Plane
 from .proxy.redirect import RedirectToHttps
 from .proxy.server import ClientConnection
-from .state import StoreError, open_store
+from .state import SharedStore, StoreError, open_store
 
 log = logging.getLogger("holdover.gateway")
 
@@ -120,8 +120,11 @@ class Gateway:
             ctl.router.access_log = AccessLog(c.gateway_access_log,
                                               c.gateway_access_log_format, c.state_dir)
         ctl.use_keys(Keys.load_or_create(c.state_dir / "secret.json"))
-        ctl.store = open_store(c.state_dir / "state.db")
+        ctl.store = open_store(c.gateway_store or c.state_dir / "state.db",
+                               base_dir=c.base_dir)
         await ctl.store.open()
+        if c.gateway_store and isinstance(ctl.store, SharedStore):
+            await ctl.claim_node(self.node_info())
         if inherit:
             await ctl.supervisor.guard.adopt(inherit["guard_pid"], inherit["guard_fd"])
         else:
@@ -167,6 +170,12 @@ class Gateway:
                  self.bound[1], active.id if active else "-",
                  len(active.workers) if active else 0, c.app_mode)
 
+    def node_info(self) -> dict[str, object]:
+        """What this node's heartbeat tells others: where it is, since when."""
+        c = self.config
+        return {"advertise": c.gateway_advertise or c.gateway_listen[0], "pid": os.getpid(),
+                "listen": f"{c.gateway_listen[0]}:{c.gateway_listen[1]}"}
+
     # -- stop -----------------------------------------------------------------------
 
     def _set_closing(self) -> None:
@@ -192,6 +201,7 @@ class Gateway:
         if ctl.store is not None:
             with contextlib.suppress(StoreError):
                 await ctl.persist.flush_pins()
+                await ctl.forget_node()
                 await ctl.store.close()
         if ctl.router.access_log is not None:
             ctl.router.access_log.close()
