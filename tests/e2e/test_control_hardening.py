@@ -8,8 +8,8 @@
 - a WebSocket client that half-closes TCP without a close frame releases its worker;
 - finished revisions beyond ``keep_retired`` leave status and disk (point 14).
 
-The strict xfails wait for the control-plane refactor (holdover/control/): each starts
-failing the day its point is fixed, so that its marker is removed.
+The strict xfail (point 14's status and disk side) starts failing the day it is done, so
+that its marker is removed.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import pytest
 import trustme
 from conftest import PY, GatewayProcess, free_port, wait_for
 
-CONTROL = "needs the control-plane refactor"
+CONTROL = "the control side does not forget old revisions yet"
 
 
 class Prober:
@@ -77,7 +77,6 @@ def _events(gw: GatewayProcess) -> list[dict]:
 # == 15. the admin port across a reload =============================================
 
 
-@pytest.mark.xfail(strict=True, reason=CONTROL)
 def test_admin_port_keeps_accepting_during_reload(gateway_factory) -> None:
     admin_port = free_port()
     gw = gateway_factory(workers=1,
@@ -93,7 +92,6 @@ def test_admin_port_keeps_accepting_during_reload(gateway_factory) -> None:
 # == 16. reload during a deploy ======================================================
 
 
-@pytest.mark.xfail(strict=True, reason=CONTROL)
 def test_reload_during_a_deploy_is_not_silently_dropped(gateway_factory) -> None:
     gw = gateway_factory(workers=1, extra_app='start_timeout = "6s"\n').wait_ready()
     deploy = subprocess.Popen(  # a revision that never becomes ready: the deploy lasts 6 s
@@ -165,7 +163,6 @@ def test_websocket_half_closed_without_close_frame_releases_its_worker(gateway_f
         s.close()
 
 
-@pytest.mark.xfail(strict=True, reason=CONTROL)
 def test_rolling_deploy_with_unbounded_drain_does_not_block_rollback(gateway_factory
                                                                      ) -> None:
     gw = gateway_factory(workers=1, extra_app='strategy = "rolling"\nmax_drain = "0"\n'
@@ -187,7 +184,6 @@ def test_rolling_deploy_with_unbounded_drain_does_not_block_rollback(gateway_fac
         deploy.wait(60)
 
 
-@pytest.mark.xfail(strict=True, reason=CONTROL)
 def test_redirect_listener_keeps_accepting_during_reload(tmp_path: Path) -> None:
     ca = trustme.CA()
     ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
