@@ -310,6 +310,7 @@ class Gateway:
                 log.error("cannot start: %s", exc)
                 await self.shutdown()
                 return 1
+            self.ctl.ready = True
             if on_started is not None:
                 on_started()
             print(f"holdover: serving {self.proto.decode()}://{self.listen_host.decode()}/",
@@ -318,6 +319,12 @@ class Gateway:
             # A second signal during shutdown stops at once.
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._hard_stop)
+            self.ctl.ready = False
+            delay = self.config.gateway_shutdown_delay
+            if delay:
+                # Unready first, still serving: the balancer in front takes us out.
+                log.info("shutting down in %.0fs: /readyz answers 503 meanwhile", delay)
+                await asyncio.sleep(delay)
             await self.shutdown()
             return 0
         finally:

@@ -309,6 +309,10 @@ SETTINGS: tuple[Setting, ...] = (
             "How long a request waits for a ready worker before it gets 503."),
     Setting("gateway", "shutdown_timeout", parse_duration, "30s",
             "On SIGTERM, how long in-flight requests and open WebSockets may finish."),
+    Setting("gateway", "shutdown_delay", parse_duration, "0s",
+            "On SIGTERM, keep serving this long first while the admin side's unauthenticated "
+            "GET /readyz answers 503, so that a load balancer takes the node out before it "
+            "stops accepting (e.g. \"5s\" behind a balancer that probes every 2 s)."),
     Setting("gateway", "forwarded_headers", _choice("replace", "append"), "replace",
             "\"append\" keeps a client's X-Forwarded-For/Forwarded (only behind a trusted "
             "proxy); \"replace\" drops them."),

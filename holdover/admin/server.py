@@ -173,6 +173,7 @@ class AdminServer:
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/api/stream", self._stream)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/readyz", self._readyz)
         self._collector = GatewayCollector(gw)
         self._registry = metrics_registry(gw, self._collector)
         self._procs = ProcessStats()
@@ -201,6 +202,12 @@ class AdminServer:
                 resp.headers["WWW-Authenticate"] = 'Bearer realm="holdover"'
                 return resp
         return await handler(request)
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        """For a load balancer, without credentials: 200 while this node serves, 503 while
+        it shuts down (the ``shutdown_delay`` after SIGTERM) — nothing else is told."""
+        ready = self.gw.ready
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
 
     async def _openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi())

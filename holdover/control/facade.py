@@ -63,6 +63,7 @@ class Control:
         self.check_reload: Callable[[], None] = lambda: None  # Refused if it would fail
         self.closing = False
         self._node_info: dict[str, Any] | None = None  # set on a shared store
+        self.ready = False  # serving, and not shutting down (the admin side's /readyz)
 
     # -- wiring -------------------------------------------------------------------
 

@@ -202,6 +202,29 @@ def test_a_taken_port_is_named_and_no_worker_starts(tmp_path: Path) -> None:
         taken.close()
 
 
+def test_readyz_turns_503_on_sigterm_while_the_node_still_serves(tmp_path: Path) -> None:
+    gw = GatewayProcess(tmp_path, workers=1, extra_gateway='shutdown_delay = "3s"\n')
+    try:
+        gw.wait_ready()
+        import http.client
+        host, _, port = gw.admin_url.split("//")[1].rstrip("/").rpartition(":")
+
+        def readyz() -> int:
+            conn = http.client.HTTPConnection(host, int(port), timeout=5)
+            try:
+                conn.request("GET", "/readyz")  # no credentials: a balancer's probe
+                return conn.getresponse().status
+            finally:
+                conn.close()
+        assert readyz() == 200
+        gw.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: readyz() == 503, what="/readyz to say 503")
+        assert get(gw.port, "/echo")[0] == 200, "still serving during shutdown_delay"
+        assert gw.proc.wait(30) == 0
+    finally:
+        gw.stop_and_check()
+
+
 if __name__ == "__main__":  # pragma: no cover
     import pytest
     sys.exit(pytest.main([__file__, "-q"]))
