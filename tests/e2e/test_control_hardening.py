@@ -7,9 +7,6 @@
 - a rolling deploy with ``max_drain = 0`` does not hold rollback hostage;
 - a WebSocket client that half-closes TCP without a close frame releases its worker;
 - finished revisions beyond ``keep_retired`` leave status and disk (point 14).
-
-The strict xfail (point 14's status and disk side) starts failing the day it is done, so
-that its marker is removed.
 """
 
 from __future__ import annotations
@@ -24,11 +21,8 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 import trustme
 from conftest import PY, GatewayProcess, free_port, wait_for
-
-CONTROL = "the control side does not forget old revisions yet"
 
 
 class Prober:
@@ -213,7 +207,6 @@ def test_redirect_listener_keeps_accepting_during_reload(tmp_path: Path) -> None
 # == 14. old revisions leave status and disk ==========================================
 
 
-@pytest.mark.xfail(strict=True, reason=CONTROL)
 def test_retired_revisions_beyond_keep_leave_status_and_disk(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
