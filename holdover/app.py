@@ -84,7 +84,7 @@ class Gateway:
             max_header_size=c.gateway_max_header_size, max_body_size=c.gateway_max_body_size,
             header_timeout=c.gateway_header_timeout, body_timeout=c.gateway_body_timeout,
             keepalive_timeout=c.gateway_keepalive_timeout,
-            response_timeout=c.gateway_response_timeout,
+            response_timeout=c.gateway_response_timeout, send_timeout=c.gateway_send_timeout,
             append_forwarded=c.gateway_forwarded_headers == "append", proto=self.proto,
             listen_host=self.listen_host)
 
@@ -177,8 +177,10 @@ class Gateway:
         url_fd = os.open(c.state_dir / "admin.url", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(url_fd, "w") as f:
             f.write(admin_url + "\n")
+        # Where the token is, never the token itself: service logs keep standard error.
         print(f"holdover: admin {admin_url} (token in {c.state_dir / 'admin.token'})"
-              + (f"; new admin token: {token}" if created else ""), file=sys.stderr, flush=True)
+              + ("; a new token was written there" if created else ""), file=sys.stderr,
+              flush=True)
         active = ctl.revs.active
         log.info("listening on http://%s:%d/ (revision %s, %d workers, mode %s)", host,
                  self.bound[1], active.id if active else "-",

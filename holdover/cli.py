@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -68,15 +69,23 @@ def _serve(cfg: config.Config) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .admin.exposure import listen_warnings
+
     cfg = _load(args.config)
     _setup_logging(args.verbose, cfg)
+    for warning in listen_warnings(cfg):
+        logging.getLogger("holdover").warning("%s", warning)
     return _serve(cfg)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .admin.exposure import file_warnings, listen_warnings
+
     cfg = _load(args.config)
     print(f"{cfg.path}: ok ({cfg.app_workers} worker(s) of {cfg.app_command!r}, "
           f"listening on {cfg.gateway_listen[0]}:{cfg.gateway_listen[1]})")
+    for warning in [*listen_warnings(cfg), *file_warnings(cfg.state_dir)]:
+        print(f"holdover: warning: {warning}", file=sys.stderr)
     return 0
 
 

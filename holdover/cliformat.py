@@ -96,6 +96,9 @@ def session(result: dict[str, Any], now: float | None = None) -> str:
                           f"({duration(now - s['last_seen'])} ago)"),
             ("expires", local_time(s.get("expires"))),
             ("in flight", str(s.get("in_flight", 0)))]
+    if s.get("state") == "offered":
+        rows.insert(1, ("state", "offered: the client has not come back with the cookie "
+                                 "yet, so it is no session (not counted)"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 

@@ -166,6 +166,8 @@ def _cookie_name(value: Any) -> str:
     if not isinstance(value, str) or (value and not re.match(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$",
                                                               value)):
         raise ValueError(f"expected a cookie name (letters, digits, -_.), got {value!r}")
+    if value == "holdover_pin":  # the gateway's own, which it never lets an app set
+        raise ValueError("holdover_pin is holdover's own cookie; name the app's cookie")
     return value
 
 
@@ -307,7 +309,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gateway", "connect_timeout", parse_duration, "5s",
             "Time allowed to open a connection to a worker."),
     Setting("gateway", "response_timeout", parse_duration, "60s",
-            "Time a worker has to start answering a request; then 504."),
+            "Time a worker has to start answering once it has the whole request (or while "
+            "it does not read the request body); then 504."),
+    Setting("gateway", "send_timeout", parse_duration, "60s",
+            "Longest a write to a client may make no progress (a client that stopped "
+            "reading); then the connection is cut."),
     Setting("gateway", "upstream_idle_timeout", parse_duration, "4s",
             "How long an idle pooled connection to a worker is kept (below the app's "
             "own keep-alive timeout, so the gateway closes first)."),
@@ -388,6 +394,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("app", "max_drain", parse_duration, "0",
             "Longest a draining revision may keep running (0 = until its last session ends); "
             "then its remaining sessions are ended and counted as lost."),
+    Setting("app", "keep_retired", _int_at_least(1), 5,
+            "Finished (retired or failed) revisions kept in status, metrics and on disk "
+            "(release snapshot, logs); older ones remain only as events."),
 )
 
 SECTIONS = tuple(dict.fromkeys(s.section for s in SETTINGS))

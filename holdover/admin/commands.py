@@ -125,17 +125,17 @@ def _one_session(gw: Gateway, args: dict[str, Any]) -> Any:
     The cookie value is a live credential: it is only hashed (as the proxy hashes it)
     and never echoed; the answer names the session by its keyed hash."""
     if "cookie" in args and "pin" in args:
-        raise CommandError("give cookie or pin, not both", 400, "pin")
+        raise CommandError("give cookie or pin, not both", 400, field="pin")
     if "cookie" in args:
         if not gw.config.app_session_cookie:
             raise CommandError("cookie: [app] session_cookie is not set, so no session is "
                                "pinned by the app's cookie; look it up with pin (the "
-                               "holdover_pin cookie)", 400, "cookie")
+                               "holdover_pin cookie)", 400, field="cookie")
         value = args["cookie"].strip()
         if len(value) >= 2 and value[0] == value[-1] == '"':
             value = value[1:-1]  # as the proxy reads a quoted cookie value
         if not value:
-            raise CommandError("cookie: empty value", 400, "cookie")
+            raise CommandError("cookie: empty value", 400, field="cookie")
         key = gw.keys.session_key(b"app", value.encode("utf-8", "surrogatepass"))
         what = f"the {gw.config.app_session_cookie} cookie"
     else:
@@ -143,14 +143,19 @@ def _one_session(gw: Gateway, args: dict[str, Any]) -> Any:
         if found is None:
             raise CommandError("pin: not a holdover_pin cookie signed by this gateway "
                                "(mistyped, forged, from another gateway or signed with a "
-                               "key since dropped)", 400, "pin")
+                               "key since dropped)", 400, field="pin")
         key, what = found, "this holdover_pin cookie"
     pin = gw.sessions.get(key)
+    state = "live"
+    if pin is None and key in gw.sessions.offered:
+        # Offered, not yet a session: the client has not come back with the cookie.
+        pin, state = gw.sessions.offered[key], "offered"
     if pin is None:
         raise CommandError(f"no live session has {what} (keyed hash {key}): it ended, idled "
                            f"out, was lost, or never started", 404, detail={"key": key})
     to_wall = time.time() - time.monotonic()  # pins keep monotonic times
-    return {"session": {"key": key, "revision": pin.revision, "worker": pin.worker,
+    return {"session": {"key": key, "state": state, "revision": pin.revision,
+                        "worker": pin.worker,
                         "started": round(pin.created_at + to_wall, 3),
                         "last_seen": round(pin.last_seen + to_wall, 3),
                         "expires": round(pin.expires_at + to_wall, 3)

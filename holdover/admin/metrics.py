@@ -10,6 +10,10 @@ Counters stay monotonic while workers come and go: a worker object that leaves i
 revision's list (restarting a retired revision prunes stopped workers) has its final
 counts folded into a per-revision remainder, so a revision's totals never go down.
 Only a restart of the gateway process itself resets them, which Prometheus expects.
+
+Finished revisions beyond the newest ``[app] keep_retired`` are not shown, and what the
+collector remembered of them is dropped (``holdover.retention``): each would otherwise
+keep about 36 series for the life of the process.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from ..core.retention import to_forget
 from ..proxy.endpoint import LATENCY_BOUNDS
 
 if TYPE_CHECKING:
@@ -137,10 +142,24 @@ class GatewayCollector(Collector):
                 self._gone_restarts[k] = self._gone_restarts.get(k, 0) + w.restarts
         self._seen[rid] = current
 
+    def _shown(self) -> list[Any]:
+        """The revisions to report: all but finished ones beyond ``keep_retired``."""
+        every = list(self.gw.revs.revisions.values())
+        forget = set(to_forget(((r.id, r.state) for r in every),
+                               self.gw.config.app_keep_retired))
+        shown = [r for r in every if r.id not in forget]
+        known = {r.id for r in shown}
+        for rid in [k for k in self._seen if k not in known]:
+            del self._seen[rid]
+            self._gone.pop(rid, None)
+        for key in [k for k in self._gone_restarts if k[0] not in known]:
+            del self._gone_restarts[key]
+        return shown
+
     def collect(self) -> Iterator[Metric]:
         gw = self.gw
         rm = gw.revs
-        revisions = list(rm.revisions.values())
+        revisions = self._shown()
         per_rev: dict[str, Totals] = {}
         for rev in revisions:
             self._fold_departed(rev.id, rev.workers)
@@ -176,8 +195,9 @@ class GatewayCollector(Collector):
         per_revision = gw.sessions.per_revision
         for rev in revisions:
             sessions.add_metric([rev.id], per_revision.get(rev.id, 0))
-        for rid, n in per_revision.items():  # pins of a revision no longer known
-            if rid not in rm.revisions:
+        shown = {rev.id for rev in revisions}
+        for rid, n in per_revision.items():  # pins of a revision no longer shown
+            if rid not in shown and n:
                 sessions.add_metric([rid], n)
         yield sessions
         yield CounterMetricFamily("holdover_sessions_refused", "New sessions served unpinned "

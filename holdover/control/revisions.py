@@ -16,10 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import re
-import shutil
-import subprocess
 import time
 from collections import deque
 from pathlib import Path
@@ -31,8 +27,12 @@ from ..core.lifecycle import RevisionState as S
 from ..core.lifecycle import WorkerState as W
 from ..core.lifecycle import check_revisions, revision_next
 from ..core.policy import drain_expired, judge_canary, workers_to_stop
+from ..core.retention import to_forget
+from ..state import StoreError
 from ..supervisor.supervisor import Revision, RevisionFailed
 from .persist import app_settings
+from .releases import REVISION_ID, git_short_sha, snapshot
+from .retention import remove_files
 
 MAX_ACTIVATIONS = 50  # how far back the activation stack (rollback targets) remembers
 
@@ -42,30 +42,6 @@ if TYPE_CHECKING:
     from .context import Context as Control
 
 log = logging.getLogger("holdover.revisions")
-
-_REVISION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
-SNAPSHOT_IGNORED = (".git", "__pycache__", "*.pyc", ".holdover", ".holdover-demo",
-                    "node_modules", ".venv", "venv", ".tox", ".mypy_cache", ".pytest_cache",
-                    ".ruff_cache")
-_SNAPSHOT_IGNORE = shutil.ignore_patterns(*SNAPSHOT_IGNORED)
-
-
-
-
-def git_short_sha(path: Path) -> str | None:
-    """The short commit id of a git checkout (``-dirty`` if it has changes), or None."""
-    try:
-        out = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=5)
-        if out.returncode != 0:
-            return None
-        sha = out.stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return f"{sha}-dirty" if dirty else sha
-    except (OSError, subprocess.SubprocessError):
-        return None
-
 
 class RevisionManager:
     """All revisions of the app and the one or two that get new sessions."""
@@ -150,13 +126,13 @@ class RevisionManager:
 
     def _claim(self, what: str) -> None:
         if self._busy is not None:
-            raise DeployError(f"cannot {what}: {self._busy} is in progress; try again when "
-                              f"it has finished", 409)
+            raise DeployError(f"cannot start {what}: {self._busy} is in progress; try again "
+                              f"when it has finished", 409)
         self._busy = what
 
     def _new_id(self, requested: str | None, source: Path | None) -> str:
         if requested is not None:
-            if not _REVISION_ID.fullmatch(requested):
+            if not REVISION_ID.fullmatch(requested):
                 raise DeployError(f"revision id {requested!r} is not valid: use letters, "
                                   f"digits, '.', '_' or '-' (at most 64)", 400)
             if requested in self.revisions:
@@ -238,7 +214,7 @@ class RevisionManager:
         cwd = None
         if source is not None:
             release = cfg.state_dir / "releases" / rid
-            await asyncio.to_thread(self._snapshot, source, release)
+            await asyncio.to_thread(snapshot, source, release, cfg.state_dir)
             cwd = release
         spec = self.supervisor.spec(rid, command=command, cwd=cwd, env=env)
         size = workers or cfg.app_workers
@@ -259,6 +235,7 @@ class RevisionManager:
             self._apply(rev, E.FAIL)
             await self.ctl.record_event("failed", f"revision {rid} failed: {exc}", rid,
                                        exc.worker, {"log_tail": exc.log_tail})
+            await self.forget_old()
             await self.ctl.save_revisions()
             raise DeployError(f"revision {rid} failed to start: worker {exc.worker} never "
                               f"became ready; the active revision is unchanged", 422,
@@ -273,33 +250,6 @@ class RevisionManager:
     async def _start_standby(self, rev: Revision) -> None:
         if self.config.app_standby:
             await self.supervisor.start_workers(rev, self.config.app_standby, standby=True)
-
-    def _snapshot(self, source: Path, dest: Path) -> None:
-        """Copy the app's files so later edits of ``source`` never reach this revision.
-
-        Version-control, cache and virtualenv folders stay out (SNAPSHOT_IGNORED), and so
-        does the state_dir when it lies inside ``source``."""
-        state_dir = self.config.state_dir.resolve()
-
-        def ignore(folder: str, names: list[str]) -> set[str]:
-            out = set(_SNAPSHOT_IGNORE(folder, names))
-            base = Path(folder).resolve()
-            out.update(n for n in names if base / n == state_dir)
-            return out
-
-        t0 = time.monotonic()
-        if dest.exists():
-            shutil.rmtree(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(source, dest, symlinks=True, ignore=ignore)
-        for root, dirs, files in os.walk(dest):  # private like the rest of state_dir
-            for name in (*dirs, *files):
-                path = os.path.join(root, name)
-                if not os.path.islink(path):
-                    os.chmod(path, os.stat(path).st_mode & ~0o077)
-        os.chmod(dest, 0o700)
-        log.info("snapshot of %s taken for %s in %.2fs", source, dest.name,
-                 time.monotonic() - t0)
 
     async def _roll(self, rev: Revision, size: int) -> None:
         """Stateless rolling deploy: one new worker in, one old worker out, repeated.
@@ -579,7 +529,30 @@ class RevisionManager:
     async def _retired(self, rev: Revision) -> None:
         await self.ctl.record_event("retired", f"revision {rev.id} retired: its last worker "
                                    f"stopped", rev.id)
+        await self.forget_old()
         await self.ctl.save_revisions()
+
+    async def forget_old(self) -> list[str]:
+        """Forget finished revisions beyond ``keep_retired`` (core/retention.py): out of
+        status, metrics and the store, their release snapshot and logs removed from disk;
+        their events stay."""
+        gone = to_forget(((r.id, str(r.state)) for r in self.revisions.values()),
+                         self.config.app_keep_retired)
+        for rid in gone:
+            rev = self.revisions.pop(rid)
+            if rev.running():  # never the case for a finished revision; keep it if so
+                self.revisions[rid] = rev
+                continue
+            try:
+                await self.ctl.store.delete_revision(rid)
+                await asyncio.to_thread(remove_files, self.config.state_dir, rid)
+            except (StoreError, OSError) as exc:
+                log.error("cannot forget revision %s: %s", rid, exc)
+        if gone:
+            log.info("forgot finished revision(s) %s (keep_retired = %d); their events stay",
+                     ", ".join(gone), self.config.app_keep_retired)
+            self.ctl.routing_changed()
+        return gone
 
     async def _retire_worker(self, w: Any, wait: bool = False) -> None:
         """Take ``w`` out of service; stop it when nothing runs on it any more."""

@@ -270,8 +270,11 @@ class Router:
         """The explicit session protocol: ``X-Holdover-Session: <id>; max-age=N | end``."""
         if not self.sessions_mode:
             return
-        self.protocol_seen = True  # the app tells its sessions: stop pinning anonymous clients
         action = policy.session_header_action(value, self.keys)
+        if action is None:  # malformed: ignored whole (it must not switch off pin_clients)
+            log.debug("ignoring a malformed X-Holdover-Session header: %r", value[:80])
+            return
+        self.protocol_seen = True  # the app tells its sessions: stop pinning anonymous clients
         if action.end_current:
             if ex.pin is not None:
                 self.sessions.end(ex.pin.key)

@@ -80,6 +80,10 @@ class MemoryStore(SharedStore):
         meta = dump_json(rec.meta, _WHERE, f"revision {rec.id!r} meta")
         self._revisions[rec.id] = (replace(rec, env={}, meta={}), env, meta)
 
+    async def delete_revision(self, id: str) -> None:
+        self._check_open()
+        self._revisions.pop(id, None)
+
     @staticmethod
     def _revision(entry: tuple[RevisionRecord, str, str]) -> RevisionRecord:
         rec, env, meta = entry

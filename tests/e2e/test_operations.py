@@ -19,7 +19,7 @@ from pathlib import Path
 
 from conftest import APPS, PY, GatewayProcess, wait_for
 
-from holdover.control.revisions import SNAPSHOT_IGNORED
+from holdover.control.releases import SNAPSHOT_IGNORED
 
 APP = '''\
 import os, sys

@@ -70,7 +70,8 @@ def test_requests_to_the_gateway_never_go_through_a_proxy(proxied_env: Trap,
 
     # The trap works: a client that honours the environment ends up there.
     with pytest.raises((urllib.error.URLError, ConnectionError)):
-        urllib.request.urlopen(base + "/echo", timeout=10)  # proxy-env-on-purpose
+        # A fresh opener reads the environment now (urlopen keeps the first one it built).
+        urllib.request.build_opener().open(base + "/echo", timeout=10)  # proxy-env-on-purpose
     wait_for(lambda: trap.hits == 1, what="the proxy-honouring client to reach the trap")
 
     # Every client the tests use goes straight to the gateway.

@@ -17,7 +17,7 @@ from holdover import config
 from holdover.admin.commands import BY_NAME
 from holdover.admin.server import SECURITY_HEADERS, STATIC_DIR, openapi
 from holdover.cli import build_parser
-from holdover.control.revisions import _SNAPSHOT_IGNORE
+from holdover.control.releases import _SNAPSHOT_IGNORE
 
 ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 README = (ROOT / "README.md").read_text()

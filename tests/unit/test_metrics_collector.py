@@ -35,7 +35,8 @@ def fake_gateway() -> SimpleNamespace:
                            # a fake worker carries its own counters (the endpoint's stats)
                            stats=lambda w: w, inflight=lambda w: w.inflight,
                            ticker=SimpleNamespace(errors={"drain": 1, "pin-flush": 0}),
-                           tasks=SimpleNamespace(failed=2))
+                           tasks=SimpleNamespace(failed=2),
+                           config=SimpleNamespace(app_keep_retired=5))
 
 
 def test_collector_reads_the_gateway_state() -> None:
