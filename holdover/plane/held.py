@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..proxy.upstream import WRITE_HIGH_WATER
+from ..proxy.server import CLIENT_WRITE_HIGH_WATER
 
 
 class HeldTransport:
     """Stands in for a client transport while a pin claim waits for its acknowledgement."""
 
-    __slots__ = ("_buf", "_close", "_paused", "_size", "conn", "done", "id", "ops", "real",
+    __slots__ = ("_buf", "_close", "_eof", "_paused", "_size", "conn", "done", "id", "ops", "real",
                  "sent", "timer")
 
     def __init__(self, conn: Any, claim_id: int) -> None:
@@ -38,6 +38,7 @@ class HeldTransport:
         self._buf: list[bytes] = []
         self._size = 0
         self._close = False
+        self._eof = False
         self._paused = False
         conn.transport = self
 
@@ -49,7 +50,7 @@ class HeldTransport:
             return
         self._buf.append(data)
         self._size += len(data)
-        if self._size > WRITE_HIGH_WATER and not self._paused:
+        if self._size > CLIENT_WRITE_HIGH_WATER and not self._paused:
             self._paused = True
             self.conn.pause_writing()
 
@@ -58,6 +59,15 @@ class HeldTransport:
             self.real.close()
         else:
             self._close = True
+
+    def can_write_eof(self) -> bool:
+        return self.real.can_write_eof()
+
+    def write_eof(self) -> None:
+        if self.done:
+            self.real.write_eof()
+        else:
+            self._eof = True
 
     def abort(self) -> None:
         self._buf.clear()
@@ -105,5 +115,7 @@ class HeldTransport:
             self.real.write(b"".join(self._buf))
         self._buf.clear()
         self._size = 0
+        if self._eof and not self.real.is_closing():
+            self.real.write_eof()
         if self._close:
             self.real.close()

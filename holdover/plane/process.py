@@ -88,6 +88,7 @@ class PlaneProcess:
         self.server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._hello: asyncio.Future[list[Any]] | None = None
+        self._ssl: ssl.SSLContext | None = None
         self._table: asyncio.Future[None] | None = None
         self._done: asyncio.Future[None] | None = None
         self._closing = False
@@ -129,8 +130,13 @@ class PlaneProcess:
             r.warm = True
         elif kind == "hello":
             assert self._hello is not None
-            if not self._hello.done():
-                self._hello.set_result(msg)
+            if not self._hello.done():  # set up at once: the next message needs the router
+                try:
+                    self._ssl = self._setup(msg[1])
+                except Exception as exc:
+                    self._hello.set_exception(exc)
+                else:
+                    self._hello.set_result(msg)
         elif kind == "close":
             if not self._closing:
                 self.spawn(self._close(float(msg[1])))
@@ -194,8 +200,8 @@ class PlaneProcess:
             loop.add_signal_handler(sig, lambda: None)  # the control process decides
         loop.add_signal_handler(signal.SIGTERM, lambda: self.spawn(self._close(5.0)))
         self.chan.start()
-        hello = (await self._hello)[1]
-        ctx = self._setup(hello)
+        await self._hello
+        ctx = self._ssl
         await self._table
         plane = self.plane
         assert plane is not None

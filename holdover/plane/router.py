@@ -406,10 +406,12 @@ class PlaneRouter:
     def on_session_header(self, ex: Exchange, value: bytes) -> None:
         if not self.sessions_mode:
             return
+        action = policy.session_header_action(value, self.keys)
+        if action is None:  # malformed: ignored whole (it must not switch off pin_clients)
+            return
         if not self.protocol_seen:
             self.protocol_seen = True  # stop pinning anonymous clients, in every plane
             self.chan.send(["protocol"])
-        action = policy.session_header_action(value, self.keys)
         if action.end_current:
             if ex.pin is not None:
                 self._end(ex, ex.pin.key)

@@ -18,10 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 import struct
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger("holdover.channel")
 
 HEADER = struct.Struct("!I")
 MAX_FRAME = 256 * 1024 * 1024  # a frame larger than this is a broken peer, not a message
@@ -132,7 +135,10 @@ class Channel:
                 for msg in msgs:
                     if self.closed:
                         return
-                    self.on_message(msg)
+                    try:
+                        self.on_message(msg)
+                    except Exception:  # one bad handler must not stop the channel
+                        log.exception("handling a %r message failed", msg[0])
                 if len(data) < READ_SIZE:
                     return
         finally:
