@@ -22,6 +22,7 @@ import ssl
 import sys
 from collections.abc import Callable
 from time import monotonic
+from typing import Any
 
 from . import config
 from .accesslog import AccessLog
@@ -29,7 +30,7 @@ from .admin.server import AdminServer, load_or_create_token
 from .config import Config
 from .control import handover
 from .control.facade import Control
-from .control.planes import PlaneFailed, PlaneSet
+from .control.planes import PlaneFailed, PlaneSet, bind_group
 from .control.revisions import DeployError
 from .control.shared import PlanesRouter, SharedTable
 from .core.affinity import Keys
@@ -63,7 +64,8 @@ class Gateway:
             self.ctl = Control(config)
         self.plane: Plane | None = None
         self.server: asyncio.AbstractServer | None = None
-        self._listen_sock: socket.socket | None = None
+        self._listen_socks: list[socket.socket] = []  # several with processes > 1
+        self._more_servers: list[asyncio.AbstractServer] = []
         self.redirect_server: asyncio.AbstractServer | None = None
         self.admin: AdminServer | None = None
         self.bound: tuple[str, int] | None = None
@@ -122,8 +124,8 @@ class Gateway:
             private.mkdir(parents=True, exist_ok=True, mode=0o700)
         inherit = handover.inherited() or {}
         self._lock_fd = inherit["lock_fd"] if inherit else handover.lock_state_dir(c.state_dir)
-        sock = self._listen_sock = self._bind("listen", c.gateway_listen,
-                                              inherit.get("listen_fd"))
+        socks = self._listen_socks = self._bind_public(inherit)
+        sock = socks[0]
         self._admin_sock = self._bind("admin_listen", c.gateway_admin_listen,
                                       inherit.get("admin_fd"))
         if c.gateway_redirect_listen is not None:
@@ -157,12 +159,15 @@ class Gateway:
             ctl.router.cookie_attrs += b"; Secure"
         router = ctl.router
         if self.planes is not None:
-            await self._start_planes(sock)
+            await self._start_planes(socks)
         else:
             plane = self.plane = Plane(self._limits(), router, router, router, router)
             ctl.connections = plane.connections
             self.server = await self.loop.create_server(lambda: ClientConnection(plane),
                                                         sock=sock, backlog=4096, ssl=ssl_ctx)
+            for more in socks[1:]:  # handed over by a gateway that ran several processes
+                self._more_servers.append(await self.loop.create_server(
+                    lambda: ClientConnection(plane), sock=more, backlog=4096, ssl=ssl_ctx))
         if self._redirect_sock is not None:
             self.redirect_server = await self.loop.create_server(
                 lambda: RedirectToHttps(self.bound[1]), sock=self._redirect_sock)
@@ -186,8 +191,32 @@ class Gateway:
                  self.bound[1], active.id if active else "-",
                  len(active.workers) if active else 0, c.app_mode)
 
-    async def _start_planes(self, sock: socket.socket) -> None:
-        """processes > 1: the data-plane processes accept on ``sock``, this one does not."""
+    def _bind_public(self, inherit: dict) -> list[socket.socket]:
+        """The public listening sockets: inherited across a reload, or bound now.
+
+        One socket for one process; with processes > 1 one per data-plane process, all
+        on the same port with SO_REUSEPORT, which spreads connections evenly over them
+        (docs/design.md, "Several processes").  This process keeps them all open, so a
+        plane that is replaced or a reload never closes one."""
+        c = self.config
+        if inherit.get("listen_fd") is not None:
+            return [socket.socket(fileno=fd)
+                    for fd in [inherit["listen_fd"], *inherit.get("listen_more", [])]]
+        if self.planes is None:
+            return [self._bind("listen", c.gateway_listen, None)]
+        host, port = c.gateway_listen
+        if port:
+            # Fails on anything already there, another gateway's SO_REUSEPORT group too.
+            self._bind("listen", c.gateway_listen, None).close()
+        try:
+            return bind_group(host, port, self.processes)
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {host}:{port} "
+                              f"({c.where('gateway', 'listen')}): {exc.strerror or exc}"
+                              ) from None
+
+    async def _start_planes(self, socks: list[socket.socket]) -> None:
+        """processes > 1: the data-plane processes accept on ``socks``, this one does not."""
         c = self.config
         planes = self.planes
         assert planes is not None
@@ -196,7 +225,7 @@ class Gateway:
             log_target = str(c.state_dir / log_target)
         tls = (str(c.base_dir / c.gateway_tls_cert), str(c.base_dir / c.gateway_tls_key)) \
             if c.gateway_tls_cert else None
-        planes.configure(sock, self._limits(), self.ctl.keys, tls, log_target,
+        planes.configure(socks, self._limits(), self.ctl.keys, tls, log_target,
                          self.ctl.router.cookie_attrs)
         try:
             await planes.start()
@@ -246,6 +275,8 @@ class Gateway:
         self._set_closing()
         if self.server is not None:
             self.server.close()
+        for server in self._more_servers:
+            server.close()
         if self.redirect_server is not None:
             self.redirect_server.close()
         if self.planes is not None:
@@ -285,7 +316,7 @@ class Gateway:
         """Replace this gateway's program image without stopping workers or sessions."""
         ctl = self.ctl
         try:
-            if ctl.closing or self._listen_sock is None or (
+            if ctl.closing or not self._listen_socks or (
                     self.server is None and self.planes is None):
                 return
             try:
@@ -303,7 +334,10 @@ class Gateway:
             log.info("reloading: finishing in-flight requests, then re-executing")
             await ctl.record_event("reloading", "gateway re-executes itself; workers and "
                                    "sessions are kept")
-            fds = {"listen_fd": os.dup(self._listen_sock.fileno())}  # backlog stays
+            socks = self._listen_socks  # their backlogs stay open
+            fds: dict[str, Any] = {"listen_fd": os.dup(socks[0].fileno())}
+            if len(socks) > 1:
+                fds["listen_more"] = [os.dup(s.fileno()) for s in socks[1:]]
             if self._admin_sock is not None:
                 fds["admin_fd"] = os.dup(self._admin_sock.fileno())
             if self._redirect_sock is not None:

@@ -219,12 +219,21 @@ class GatewayProcess:
         return self
 
     def workers(self) -> list[psutil.Process]:
-        """The worker processes (children of the gateway, not the guard)."""
+        """The worker processes (children of the gateway, not the guard nor a plane)."""
         try:
             kids = psutil.Process(self.proc.pid).children()
         except psutil.NoSuchProcess:
             return []
-        return [k for k in kids if "holdover.supervisor.guard" not in " ".join(k.cmdline())]
+        return [k for k in kids if not any(m in " ".join(k.cmdline()) for m in (
+            "holdover.supervisor.guard", "holdover.plane"))]
+
+    def planes(self) -> list[psutil.Process]:
+        """The data-plane processes (``[gateway] processes`` > 1)."""
+        try:
+            kids = psutil.Process(self.proc.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        return [k for k in kids if "holdover.plane" in " ".join(k.cmdline())]
 
     def worker_ports(self) -> set[int]:
         """The ports the workers listen on, as the admin status reports them."""

@@ -52,14 +52,16 @@ def lock_state_dir(state_dir: Path) -> int:
     return fd
 
 
-async def reexec(ctl: Control, fds: dict[str, int], lock_fd: int,
+async def reexec(ctl: Control, fds: dict[str, Any], lock_fd: int,
                  stop_serving: Callable[[], Awaitable[None]]) -> None:
     """Finish in-flight work (``stop_serving``), save everything, exec the new image.
 
-    ``fds`` are duplicates of the listening sockets (public, admin, redirect): their
+    ``fds`` are duplicates of the listening sockets (public — a list of more with several
+    processes —, admin, redirect): their
     backlogs stay open, so no listener ever refuses a connection during the hand-over."""
-    for fd in fds.values():
-        os.set_inheritable(fd, True)
+    for value in fds.values():
+        for fd in value if isinstance(value, list) else [value]:
+            os.set_inheritable(fd, True)
     guard_pid, guard_fd = ctl.supervisor.guard.handover()
     await stop_serving()
     ctl.ticker.stop()

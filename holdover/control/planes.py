@@ -77,7 +77,7 @@ class PlaneSet:
         self.router: PlanesRouter = router
         self.table: SharedTable = ctl.sessions
         self.planes: list[PlaneHandle] = [PlaneHandle(i) for i in range(count)]
-        self.listen_fd = -1
+        self.listen_fds: list[int] = []
         self.hello: dict[str, Any] = {}
         self.closing = False
         self.restarts = 0
@@ -99,12 +99,12 @@ class PlaneSet:
 
     # -- start and stop ----------------------------------------------------------------
 
-    def configure(self, listen: socket.socket, limits: Limits, keys: Keys,
+    def configure(self, listen: list[socket.socket], limits: Limits, keys: Keys,
                   tls: tuple[str, str] | None, access_log: str, cookie_attrs: bytes) -> None:
         """What every plane is told in its first message (the keys only ever there)."""
         c = self.ctl.config
         r = self.router
-        self.listen_fd = listen.fileno()
+        self.listen_fds = [sock.fileno() for sock in listen]
         self.hello = {
             "limits": {k: v.decode("latin-1") if isinstance(v, bytes) else v
                        for k, v in dataclasses.asdict(limits).items()},
@@ -150,11 +150,11 @@ class PlaneSet:
     async def _spawn(self, h: PlaneHandle) -> None:
         loop = asyncio.get_running_loop()
         mine, theirs = wire.pair()
-        fds = (self.listen_fd, theirs.fileno())
+        listen = self.sockets_of(h.index)
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "holdover.plane", str(self.listen_fd),
-                str(theirs.fileno()), str(h.index), pass_fds=fds,
+                sys.executable, "-m", "holdover.plane", ",".join(map(str, listen)),
+                str(theirs.fileno()), str(h.index), pass_fds=(*listen, theirs.fileno()),
                 stdin=asyncio.subprocess.DEVNULL)
         finally:
             theirs.close()
@@ -173,6 +173,14 @@ class PlaneSet:
                      self.router.protocol_seen])
         self._spawn_task(self._copy_pins(h), "plane-copy")
         self._spawn_task(self._watch(h, proc), "plane-watch")
+
+    def sockets_of(self, index: int) -> list[int]:
+        """The listening sockets plane ``index`` accepts on: its own of the group, or a
+        share of those a reload handed over (one socket: every plane shares it)."""
+        fds = self.listen_fds
+        if len(fds) <= self.count:
+            return [fds[index % len(fds)]]
+        return [fd for i, fd in enumerate(fds) if i % self.count == index]
 
     def _spawn_task(self, coro: Any, name: str) -> None:
         task = self.ctl.tasks.spawn(coro, name)
@@ -501,6 +509,28 @@ class PlaneSet:
         return [{"index": h.index, "pid": h.pid, "alive": h.alive,
                  "connections": h.report.get("connections", 0) if h.alive else 0}
                 for h in self.planes]
+
+
+def bind_group(host: str, port: int, n: int) -> list[socket.socket]:
+    """``n`` listening sockets on one address, spread over by the kernel (SO_REUSEPORT).
+
+    Port 0 is chosen by the kernel for the first and taken by the others."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(family, socket.SOCK_STREAM)
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind((host, port))
+            s.listen(4096)
+            port = s.getsockname()[1]
+    except OSError:
+        for s in socks:
+            s.close()
+        raise
+    return socks
 
 
 def _add_stats(s: Stats, rec: list[Any]) -> None:

@@ -1,4 +1,4 @@
-"""``python -m holdover.plane LISTEN_FD CHANNEL_FD INDEX``: started by the control process."""
+"""``python -m holdover.plane LISTEN_FDS CHANNEL_FD INDEX``: started by the control process."""
 
 import sys
 

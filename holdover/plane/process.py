@@ -1,12 +1,13 @@
-"""One data-plane process: accept on the shared public socket, proxy, report.
+"""One data-plane process: accept on the public port, proxy, report.
 
 The control process starts it (``python -m holdover.plane``, holdover/control/planes.py)
-with two inherited file descriptors: the listening socket and its end of the control
-channel.  Everything else — limits, routing settings, the access log, TLS files, the
-gateway's keys — comes as the channel's first message, never on the command line or in
-the environment.  Then it serves until the control process says ``close`` (finish what
-is in flight, up to a timeout) or goes away (the channel reaches end-of-file: this
-process exits at once; so it does when its parent dies, by the parent-death signal).
+with inherited file descriptors: its listening socket (its own of the SO_REUSEPORT
+group, which the control process keeps open) and its end of the control channel.
+Everything else — limits, routing settings, the access log, TLS files, the gateway's
+keys — comes as the channel's first message, never on the command line or in the
+environment.  Then it serves until the control process says ``close`` (finish what is
+in flight, up to a timeout) or goes away (the channel reaches end-of-file: this process
+exits at once; so it does when its parent dies, by the parent-death signal).
 """
 
 from __future__ import annotations
@@ -79,13 +80,13 @@ def limits_from(d: dict[str, Any]) -> Limits:
 class PlaneProcess:
     """The life of one plane process."""
 
-    def __init__(self, listen_fd: int, channel_fd: int, index: int) -> None:
+    def __init__(self, listen_fds: list[int], channel_fd: int, index: int) -> None:
         self.index = index
-        self.listen_fd = listen_fd
+        self.listen_fds = listen_fds
         self.chan = Channel(socket.socket(fileno=channel_fd), self._message, self._lost)
         self.router: PlaneRouter | None = None
         self.plane: Plane | None = None
-        self.server: asyncio.AbstractServer | None = None
+        self.servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._hello: asyncio.Future[list[Any]] | None = None
         self._ssl: ssl.SSLContext | None = None
@@ -205,9 +206,10 @@ class PlaneProcess:
         await self._table
         plane = self.plane
         assert plane is not None
-        sock = socket.socket(fileno=self.listen_fd)
-        self.server = await loop.create_server(lambda: ClientConnection(plane), sock=sock,
-                                               backlog=4096, ssl=ctx)
+        for fd in self.listen_fds:
+            self.servers.append(await loop.create_server(
+                lambda: ClientConnection(plane), sock=socket.socket(fileno=fd), backlog=4096,
+                ssl=ctx))
         self.chan.send(["up", os.getpid()])
         self._timer = loop.call_later(1.0, self._tick)
         await self._done
@@ -243,8 +245,8 @@ class PlaneProcess:
         self._closing = True
         plane = self.plane
         r = self.router
-        if self.server is not None:
-            self.server.close()
+        for server in self.servers:
+            server.close()
         if plane is not None and r is not None:
             plane.closing = r.closing = True
             now = monotonic()
@@ -268,9 +270,10 @@ class PlaneProcess:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m holdover.plane LISTEN_FD CHANNEL_FD INDEX``."""
+    """``python -m holdover.plane LISTEN_FDS CHANNEL_FD INDEX`` (LISTEN_FDS: 3,4,...)."""
     die_with_parent()
-    listen_fd, channel_fd, index = (int(a) for a in argv[:3])
+    listen_fds = [int(fd) for fd in argv[0].split(",")]
+    channel_fd, index = int(argv[1]), int(argv[2])
     import uvloop
 
-    return uvloop.run(PlaneProcess(listen_fd, channel_fd, index).run())
+    return uvloop.run(PlaneProcess(listen_fds, channel_fd, index).run())
