@@ -136,6 +136,12 @@ def _print_status(st: dict[str, Any]) -> None:
           + (f"  canary {st['canary']}" if st.get("canary") else "")
           + f"  live sessions {st['sessions']}  lost {st['sessions_lost']} since the gateway "
             f"(re)started")
+    procs = st.get("processes")
+    if procs:
+        up = [p for p in procs if p["alive"]]
+        print(f"processes {len(up)} of {len(procs)} serving (pids "
+              f"{', '.join(str(p['pid']) for p in up) or '-'}), "
+              f"{st.get('connections', 0)} client connection(s)")
     rows = [("REVISION", "STATE", "SESSIONS", "WORKER", "PID", "PORT", "WORKER STATE",
              "IN FLIGHT")]
     for rev in st["revisions"]:

@@ -89,7 +89,11 @@ class Command:
 
 
 async def _status(gw: Gateway, args: dict[str, Any]) -> Any:
-    return gw.revs.status()
+    st = gw.revs.status()
+    if gw.planes is not None:  # processes > 1: each data-plane process, and the sum
+        st["processes"] = gw.planes.status()
+        st["connections"] = len(gw.connections)
+    return st
 
 
 async def _deploy(gw: Gateway, args: dict[str, Any]) -> Any:

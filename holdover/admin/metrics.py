@@ -270,6 +270,9 @@ class GatewayCollector(Collector):
                                 "worker", value=len(gw.queue))
         yield GaugeMetricFamily("holdover_connections", "Open client connections",
                                 value=len(gw.connections))
+        planes = getattr(gw, "planes", None)
+        if planes is not None:
+            yield from _plane_metrics(planes)
         errors = CounterMetricFamily("holdover_periodic_job_errors", "Runs of a periodic job "
                                      "that raised (the others went on)", labels=["job"])
         for job, n in gw.ticker.errors.items():
@@ -277,6 +280,31 @@ class GatewayCollector(Collector):
         yield errors
         yield CounterMetricFamily("holdover_task_failures", "Background tasks that ended with "
                                   "an exception", value=gw.tasks.failed)
+
+
+def _plane_metrics(planes: Any) -> Iterator[Metric]:
+    """With processes > 1: the data-plane processes, and how their pins reached them."""
+    st = planes.status()
+    yield GaugeMetricFamily("holdover_processes", "Data-plane processes running",
+                            value=sum(1 for p in st if p["alive"]))
+    conns = GaugeMetricFamily("holdover_process_connections", "Open client connections of "
+                              "one data-plane process", labels=["process"])
+    for p in st:
+        conns.add_metric([str(p["index"])], p["connections"])
+    yield conns
+    yield CounterMetricFamily("holdover_process_restarts", "Data-plane processes that "
+                              "exited and were started again", value=planes.restarts)
+    c = planes.counters()
+    for name, key, doc in (
+            ("holdover_pin_claims", "claims", "Responses held until the control process "
+             "recorded the pin change they make"),
+            ("holdover_pin_claim_timeouts", "claim_timeouts", "Held responses released "
+             "without the control process's acknowledgement"),
+            ("holdover_pin_lookups", "lookups", "Pins a data-plane process asked the control "
+             "process for (its copy of the table was still being filled)"),
+            ("holdover_pin_lookup_timeouts", "lookup_timeouts", "Pin lookups unanswered in "
+             "time: the request was routed as a new session")):
+        yield CounterMetricFamily(name, doc, value=c.get(key, 0))
 
 
 def metrics_registry(gw: Gateway, collector: GatewayCollector | None = None

@@ -340,3 +340,17 @@ def test_a_cluster_node_on_every_address_must_say_how_to_reach_it(tmp_path: Path
     assert load(write(tmp_path, text + 'advertise = "10.0.0.1"\n')).gateway_advertise \
         == "10.0.0.1"
     load(write(tmp_path, MINIMAL + '[gateway]\nlisten = "0.0.0.0:8080"\n'))  # one node: fine
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("1", 1), ("4", 4), ('"auto"', None)])
+def test_processes(tmp_path: Path, raw: str, expected: int | None,
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    cfg = load(write(tmp_path, f"[gateway]\nprocesses = {raw}\n" + MINIMAL))
+    assert cfg.processes == (expected if expected is not None else 3)
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "257", '"many"', "true", "1.5"])
+def test_bad_processes(tmp_path: Path, raw: str) -> None:
+    with pytest.raises(ConfigError, match=r"\[gateway\] processes.*\"auto\""):
+        load(write(tmp_path, f"[gateway]\nprocesses = {raw}\n" + MINIMAL))
