@@ -200,8 +200,16 @@ class Gateway:
         plane that is replaced or a reload never closes one."""
         c = self.config
         if inherit.get("listen_fd") is not None:
-            return [socket.socket(fileno=fd)
-                    for fd in [inherit["listen_fd"], *inherit.get("listen_more", [])]]
+            socks = [socket.socket(fileno=fd)
+                     for fd in [inherit["listen_fd"], *inherit.get("listen_more", [])]]
+            more = self.processes - len(socks)
+            if more > 0 and socks[0].getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
+                # More processes than before: each gets a socket of the group too.  (One
+                # socket bound by a single process cannot take company: they share it.)
+                host, port = socks[0].getsockname()[:2]
+                with contextlib.suppress(OSError):
+                    socks += bind_group(host, port, more)
+            return socks
         if self.planes is None:
             return [self._bind("listen", c.gateway_listen, None)]
         host, port = c.gateway_listen
@@ -282,6 +290,7 @@ class Gateway:
         if self.planes is not None:
             await self.planes.close(timeout)
             return
+        await asyncio.sleep(0)  # a connection accepted just before is made (counted) now
         conns = self.ctl.connections
         for conn in list(conns):
             conn.sweep(monotonic())  # closes idle keep-alive connections now

@@ -124,6 +124,14 @@ def render_config(sections: dict[str, dict[str, object]]) -> str:
                      for name, table in sections.items())
 
 
+def _cmdline(p: psutil.Process) -> list[str]:
+    """A process's command line; empty for one that has exited meanwhile."""
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
+
+
 class GatewayProcess:
     """``holdover run -c FILE`` as a child process, with its stderr collected.
 
@@ -224,8 +232,8 @@ class GatewayProcess:
             kids = psutil.Process(self.proc.pid).children()
         except psutil.NoSuchProcess:
             return []
-        return [k for k in kids if not any(m in " ".join(k.cmdline()) for m in (
-            "holdover.supervisor.guard", "holdover.plane"))]
+        return [k for k in kids if (cmd := " ".join(_cmdline(k))) and not any(
+            m in cmd for m in ("holdover.supervisor.guard", "holdover.plane"))]
 
     def planes(self) -> list[psutil.Process]:
         """The data-plane processes (``[gateway] processes`` > 1)."""
@@ -233,7 +241,7 @@ class GatewayProcess:
             kids = psutil.Process(self.proc.pid).children()
         except psutil.NoSuchProcess:
             return []
-        return [k for k in kids if "holdover.plane" in " ".join(k.cmdline())]
+        return [k for k in kids if "holdover.plane" in " ".join(_cmdline(k))]
 
     def worker_ports(self) -> set[int]:
         """The ports the workers listen on, as the admin status reports them."""

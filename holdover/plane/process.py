@@ -247,6 +247,9 @@ class PlaneProcess:
         r = self.router
         for server in self.servers:
             server.close()
+        # A connection accepted just before is made (connection_made) in the next loop
+        # iteration: let it join plane.connections before they are counted.
+        await asyncio.sleep(0)
         if plane is not None and r is not None:
             plane.closing = r.closing = True
             now = monotonic()

@@ -12,8 +12,8 @@ import trustme
 from conftest import GatewayProcess, free_port, wait_for
 
 
-@pytest.fixture
-def tls_gateway(tmp_path):
+@pytest.fixture(params=[1, 2], ids=["1-process", "2-processes"])
+def tls_gateway(tmp_path, request):
     ca = trustme.CA()
     cert = ca.issue_cert("localhost", "127.0.0.1")
     cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
@@ -22,6 +22,7 @@ def tls_gateway(tmp_path):
         tls_cert = "server.pem"
         tls_key = "server.pem"
         redirect_listen = "127.0.0.1:{redirect_port}"
+        processes = {request.param}
         """)
     m = wait_for(lambda: re.search(r"serving https://127\.0\.0\.1:(\d+)/", gw.log)
                  or gw.proc.poll() is not None, what="TLS gateway")
