@@ -76,8 +76,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
-    print(f"{cfg.path}: ok ({cfg.app_workers} worker(s) of {cfg.app_command!r}, "
-          f"listening on {cfg.gateway_listen[0]}:{cfg.gateway_listen[1]})")
+    if cfg.app_upstreams or not cfg.app_command:
+        what = (f"{len(cfg.app_upstreams)} external worker(s)" if cfg.app_upstreams else
+                f"external workers found by {cfg.app_discover}")
+    else:
+        what = f"{cfg.app_workers} worker(s) of {cfg.app_command!r}"
+    print(f"{cfg.path}: ok ({what}, listening on {cfg.gateway_listen[0]}:"
+          f"{cfg.gateway_listen[1]})")
     return 0
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .core.discovery import parse_discover, parse_dns_server, parse_upstream
 from .state import StoreError, check_store
 from .state.url import check_files, is_redis_url, parse_redis_url
 
@@ -138,6 +139,55 @@ def _command(value: Any) -> str:
     except ValueError as exc:
         raise ValueError(f"cannot split the command into words: {exc}") from None
     return value
+
+
+def _optional_command(value: Any) -> str:
+    return "" if value == "" else _command(value)
+
+
+def _hook(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a command, e.g. \"kubectl scale deployment/app-{revision} "
+                         "--replicas=0\" (or \"\" for none)")
+    if value:
+        try:
+            shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split the command into words: {exc}") from None
+    return value
+
+
+def _list_of(parse: Callable[[Any], Any], example: str) -> Callable[[Any], list[Any]]:
+    def parse_list(value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, e.g. [{example}], got {value!r}")
+        out = []
+        for i, item in enumerate(value):
+            try:
+                out.append(parse(item))
+            except ValueError as exc:
+                raise ValueError(f"item {i + 1}: {exc}") from None
+        return out
+
+    return parse_list
+
+
+def _upstream_url(value: Any) -> str:
+    parse_upstream(value)
+    return value
+
+
+def _discover(value: Any) -> str:
+    if value == "":
+        return value
+    return str(parse_discover(value))
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"expected a duration > 0, got {value!r}")
+    return seconds
 
 
 def _health_path(value: Any) -> str:
@@ -302,8 +352,34 @@ SETTINGS: tuple[Setting, ...] = (
             "\"append\" keeps a client's X-Forwarded-For/Forwarded (only behind a trusted "
             "proxy); \"replace\" drops them."),
     # [app]
-    Setting("app", "command", _command, None,
-            "Command that starts one worker; {port} and $PORT name its port.", required=True),
+    Setting("app", "command", _optional_command, "",
+            "Command that starts one worker; {port} and $PORT name its port. Required "
+            "unless upstreams or discover name workers another engine runs."),
+    Setting("app", "upstreams", _list_of(_upstream_url, '"http://10.1.0.5:8000"'), [],
+            "Workers another engine runs (Kubernetes, Nomad, systemd on other hosts), as "
+            "http://HOST:PORT URLs: the first revision's workers, instead of command "
+            "(docs/orchestrators.md)."),
+    Setting("app", "discover", _discover, "",
+            "How `holdover deploy --revision ID` finds ID's workers in DNS: "
+            "\"dns+srv:NAME\" (SRV records: targets and ports) or \"dns:NAME:PORT\" "
+            "(A/AAAA records), NAME containing {revision}; asked again every "
+            "discover_interval. \"\" = none."),
+    Setting("app", "dns_servers", _list_of(parse_dns_server, '"10.96.0.10:53"'), [],
+            "DNS servers (IP or IP:PORT) that discover asks; [] = the system resolver "
+            "(resolv.conf)."),
+    Setting("app", "discover_interval", _positive_duration, "5s",
+            "How often discovered revisions are looked up again: new addresses join, "
+            "vanished ones take no new session (their pinned sessions are still served)."),
+    Setting("app", "on_drain", _hook, "",
+            "Command run when a revision starts draining ({revision} and "
+            "$HOLDOVER_REVISION name it); its output goes to the event log. \"\" = none."),
+    Setting("app", "on_retire", _hook, "",
+            "Command run when a revision retires, e.g. \"kubectl scale "
+            "deployment/app-{revision} --replicas=0\"; the retirement does not wait for it. "
+            "\"\" = none."),
+    Setting("app", "hook_timeout", _positive_duration, "60s",
+            "Longest on_drain or on_retire may run; then it is killed and counted as "
+            "failed."),
     Setting("app", "cwd", _string, ".",
             "Working directory of the workers (relative to the config file)."),
     Setting("app", "env", _env, {}, "Extra environment variables for the workers."),
@@ -495,6 +571,11 @@ def from_dict(data: dict[str, Any], path: Path, text: str = "",
             raise ConfigError(f"{where('gateway', 'advertise')}: with a shared store, other "
                               f"nodes must reach this one, and listen is on every address "
                               f"({listen_host!r}): set advertise to this node's own address")
+    if not (values["app_command"] or values["app_upstreams"] or values["app_discover"]):
+        raise ConfigError(f"{where('app', 'command' if 'command' in data.get('app', {}) else None)}"
+                          f": missing required key 'command': the command that starts one "
+                          f"worker, e.g. \"python app.py --port {{port}}\" (or upstreams or "
+                          f"discover, for workers another engine runs)")
     if values["gateway_redirect_listen"] is not None and not values["gateway_tls_cert"]:
         raise ConfigError(f"{where('gateway', 'redirect_listen')}: redirecting to HTTPS needs "
                           f"tls_cert and tls_key")

@@ -10,6 +10,7 @@ update routing at once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -19,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..core.discovery import Target
 from ..core.lifecycle import RUNNING, RevisionState
+from .external import ExternalWorker, Source
 from .worker import AdoptedProcess, Adoption, Worker, WorkerSpec
 
 log = logging.getLogger("holdover.supervisor")
@@ -36,10 +39,13 @@ def _watched(task: asyncio.Task[None]) -> asyncio.Task[None]:
 
 
 class RevisionFailed(Exception):
-    """A revision's workers never became ready; carries the failing worker's log tail."""
+    """A revision's workers never became ready; carries the failing worker's log tail.
 
-    def __init__(self, revision: str, worker: str, log_tail: str) -> None:
-        super().__init__(f"revision {revision}: worker {worker} never became ready")
+    ``why`` says what went wrong in words (by default: that ``worker`` never got ready)."""
+
+    def __init__(self, revision: str, worker: str, log_tail: str, why: str = "") -> None:
+        self.why = why or f"worker {worker} never became ready"
+        super().__init__(f"revision {revision}: {self.why}")
         self.revision = revision
         self.worker = worker
         self.log_tail = log_tail
@@ -63,6 +69,7 @@ class Revision:
     drain_started: float = 0.0
     canary_percent: float = 0.0
     next_index: int = 1
+    source: Source | None = None  # external workers: where they are found (None: ours)
 
     def running(self) -> list[Worker]:
         """Workers whose process is (or is about to be) up."""
@@ -167,6 +174,44 @@ class Supervisor:
             bad = new[results.index(False)]
             await asyncio.gather(*(w.stop() for w in new))
             raise RevisionFailed(rev.id, bad.id, bad.log_tail(20))
+        return new
+
+    # -- workers another engine runs (external.py) ----------------------------------
+
+    def add_external(self, rev: Revision, target: Target,
+                     ready: asyncio.Future[bool] | None = None, adopt: str | None = None,
+                     wid: str | None = None) -> ExternalWorker:
+        """Start checking one more external worker of ``rev`` at ``target``."""
+        if wid is None:
+            wid = f"{rev.id}-{rev.next_index}"
+            rev.next_index += 1
+        else:
+            suffix = wid.rsplit("-", 1)[-1]
+            if suffix.isdigit():
+                rev.next_index = max(rev.next_index, int(suffix) + 1)
+        spec = dataclasses.replace(rev.spec, host=target.host)
+        w = ExternalWorker(id=wid, spec=spec, target=target, on_state=self.on_worker_state)
+        rev.workers.append(w)
+        rev.tasks.append(_watched(asyncio.get_running_loop().create_task(
+            w.run(ready, adopt=adopt), name=f"worker {w.id}")))
+        return w
+
+    async def start_external(self, rev: Revision, targets: list[Target]
+                             ) -> list[ExternalWorker]:
+        """Check ``rev``'s external workers; return once every one answers.
+
+        Raises RevisionFailed (after they are stopped) if one does not within
+        ``start_timeout``."""
+        loop = asyncio.get_running_loop()
+        ready: list[asyncio.Future[bool]] = [loop.create_future() for _ in targets]
+        new = [self.add_external(rev, t, fut) for t, fut in zip(targets, ready, strict=True)]
+        results = await asyncio.gather(*ready)
+        if not all(results):
+            bad = new[results.index(False)]
+            await asyncio.gather(*(w.stop() for w in new))
+            raise RevisionFailed(rev.id, bad.id, bad.log_tail(20),
+                                 f"worker {bad.id} ({bad.url}) did not answer its health "
+                                 f"check within {rev.spec.start_timeout:g}s")
         return new
 
     async def adopt_workers(self, rev: Revision, adopted: list[tuple[str, bool, Adoption]]

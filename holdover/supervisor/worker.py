@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from ..core.lifecycle import WORKER_TRANSITIONS, WorkerEvent, WorkerState, next_state
 from .logs import PipeToLog, RotatingLog, tail
@@ -175,6 +176,12 @@ class Worker:
     _log: RotatingLog | None = field(default=None, repr=False)
     _out_fd: int = field(default=-1, repr=False)
     _restart_requested: bool = field(default=False, repr=False)
+    external: ClassVar[bool] = False  # its process is another engine's (supervisor/external.py)
+
+    @property
+    def leaving(self) -> bool:
+        """Takes no new session but serves its pins (an external worker gone from DNS)."""
+        return False
 
     @property
     def log_path(self) -> Path:
@@ -405,29 +412,41 @@ class Worker:
 
     async def check(self) -> bool:
         """One health check: a 2xx from ``health_path``, or an accepted TCP connection."""
+        return await self.probe() is None
+
+    async def probe(self) -> str | None:
+        """One health check; None if it passed, else why not (for the worker's log)."""
+        host, port = self.spec.host, self.port
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.spec.host, self.port), self.spec.health_timeout)
+                asyncio.open_connection(host, port), self.spec.health_timeout)
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 # The gateway itself is out of file descriptors: that says nothing about
                 # the worker, and killing it would lose its sessions for nothing.
                 log.warning("cannot health-check worker %s: %s", self.id, exc)
-                return True
-            return False
+                return None
+            return f"cannot connect: {exc.strerror or exc}"
         except TimeoutError:
-            return False
+            return f"no connection within {self.spec.health_timeout:g}s"
         try:
             if not self.spec.health_path:
-                return True
+                return None
+            name = f"[{host}]" if ":" in host else host
             writer.write(b"GET %b HTTP/1.1\r\nHost: %b:%d\r\nUser-Agent: holdover-health\r\n"
                          b"Connection: close\r\n\r\n" % (self.spec.health_path.encode(),
-                                                          self.spec.host.encode(), self.port))
+                                                          name.encode(), port))
             line = await asyncio.wait_for(reader.readline(), self.spec.health_timeout)
             parts = line.split(None, 2)
-            return len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1][:1] == b"2"
-        except (OSError, TimeoutError, ValueError):
-            return False
+            if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1][:1] == b"2":
+                return None
+            return (f"GET {self.spec.health_path} answered "
+                    f"{line.strip().decode('latin-1')[:80]!r}" if line else
+                    f"GET {self.spec.health_path}: connection closed without an answer")
+        except TimeoutError:
+            return f"GET {self.spec.health_path}: no answer within {self.spec.health_timeout:g}s"
+        except (OSError, ValueError) as exc:
+            return f"GET {self.spec.health_path}: {exc}"
         finally:
             writer.close()
             with contextlib.suppress(Exception):
