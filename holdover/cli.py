@@ -386,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
                 sp.add_argument(prm.name, type=prm.type, help=prm.help)
             elif prm.type is dict:
                 sp.add_argument(flag, dest=prm.name, action="append", metavar="K=V", help=prm.help)
+            elif prm.type is list:
+                sp.add_argument(flag, dest=prm.name, action="append", metavar="URL",
+                                help=prm.help)
             elif prm.type is bool:
                 sp.add_argument(flag, dest=prm.name, action="store_true", default=None,
                                 help=prm.help)

@@ -20,9 +20,11 @@ from pathlib import Path
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from ..core.discovery import Target
 from ..core.lifecycle import RevisionEvent, RevisionState, WorkerState
 from ..core.sessions import Pin
 from ..state import PinRecord, RevisionRecord, StoreError
+from ..supervisor.external import Source
 from ..supervisor.supervisor import RevisionFailed
 from ..supervisor.worker import Adoption
 
@@ -61,7 +63,8 @@ class Persistence:
                     id=rev.id, state=str(rev.state), command=rev.spec.command,
                     cwd=str(rev.spec.cwd), env=dict(rev.spec.env), workers=rev.size,
                     created_at=rev.created_at, release_dir=rev.release_dir,
-                    updated_at=time.time(), canary_percent=rev.canary_percent))
+                    updated_at=time.time(), canary_percent=rev.canary_percent,
+                    **_source_fields(rev.source)))
             await store.set_meta("active", rm.active.id if rm.active else "")
             await store.set_meta("canary", rm.canary.id if rm.canary else "")
         except StoreError as exc:
@@ -104,7 +107,11 @@ class Persistence:
         rm = ctl.revs
         sup = ctl.supervisor
         adopted: dict[str, list[tuple[str, bool, Adoption]]] = {}
+        external: dict[str, list[dict[str, Any]]] = {}  # workers another engine runs
         for w in (inherit or {}).get("workers", []):
+            if w.get("external"):
+                external.setdefault(w["revision"], []).append(w)
+                continue
             adopted.setdefault(w["revision"], []).append(
                 (w["id"], w["standby"], Adoption(w["pid"], w["port"], w["incarnation"],
                                                  w["log_fd"], w["restarts"])))
@@ -112,11 +119,16 @@ class Persistence:
             spec = sup.spec(rec.id, command=rec.command, cwd=Path(rec.cwd), env=rec.env)
             rev = sup.create_revision(spec, rec.workers, rec.created_at, rec.release_dir)
             rev.canary_percent = rec.canary_percent
+            rev.source = _stored_source(rec)
             state = _stored_state(rec.state, rec.id == canary_id)
-            if rec.id in adopted:
+            if rec.id in adopted or rec.id in external:
                 rm.restore_state(rev, state)
                 rev.drain_started = monotonic()
-                await sup.adopt_workers(rev, adopted[rec.id])
+                if rec.id in adopted:
+                    await sup.adopt_workers(rev, adopted[rec.id])
+                for w in external.get(rec.id, []):
+                    sup.add_external(rev, Target(w["host"], w["port"]), adopt=w["incarnation"],
+                                     wid=w["id"]).listed = w["listed"]
                 if rec.id == active_id:
                     rm.active = rev
                 elif rec.id == canary_id:
@@ -126,7 +138,7 @@ class Persistence:
                                                          RevisionState.RETIRED)
                                  else RevisionState.RETIRED)
         live = {(w.id, w.incarnation) for w in sup.all_workers()
-                if w.state is WorkerState.READY}
+                if w.state is WorkerState.READY or (w.external and w.incarnation)}
         kept = [p for p in pins if (p.worker, p.incarnation) in live]
         gone = [p for p in pins if (p.worker, p.incarnation) not in live]
         offset = monotonic() - time.time()
@@ -144,7 +156,7 @@ class Persistence:
         if rm.active is not None:
             # Adopted: top up workers that were not ready at the handover.
             missing = rm.active.size - len([w for w in rm.active.running() if not w.standby])
-            if missing > 0:
+            if missing > 0 and rm.active.source is None:
                 await sup.start_workers(rm.active, missing)
             ctl.routing_changed()
             await self.record_event("reload", f"gateway re-executed: adopted "
@@ -164,6 +176,20 @@ class Persistence:
                                         rev.id, exc.worker, {"log_tail": exc.log_tail})
                 return
             rm._activate(rev)
+
+
+def _source_fields(source: Source | None) -> dict[str, Any]:
+    """A revision record's ``kind``, ``upstreams`` and ``discover`` (state/base.py)."""
+    if source is None:
+        return {"kind": "supervised"}
+    return {"kind": "external", "upstreams": source.upstreams, "discover": source.discover}
+
+
+def _stored_source(rec: RevisionRecord) -> Source | None:
+    """Where a stored revision's workers are: ours, or another engine's."""
+    if rec.kind != "external":
+        return None
+    return Source(upstreams=tuple(rec.upstreams), discover=rec.discover)
 
 
 def _stored_state(value: str, is_canary: bool) -> RevisionState:

@@ -106,6 +106,10 @@ class Discover:
         _check_name(name, f"revision {revision!r} in {self}")
         return name
 
+    def of(self, revision: str) -> Discover:
+        """This discovery with ``revision`` filled in (what a revision's record keeps)."""
+        return Discover(self.srv, self.name(revision), self.port)
+
 
 def _check_name(name: str, what: str) -> None:
     labels = name.rstrip(".").split(".")
@@ -114,8 +118,10 @@ def _check_name(name: str, what: str) -> None:
                          f"'-' and '_', separated by '.')")
 
 
-def parse_discover(value: object) -> Discover:
-    """``dns+srv:NAME`` or ``dns:NAME:PORT``, NAME containing ``{revision}``."""
+def parse_discover(value: object, template: bool = True) -> Discover:
+    """``dns+srv:NAME`` or ``dns:NAME:PORT``, NAME containing ``{revision}``.
+
+    ``template=False`` reads a name with the revision already filled in."""
     if not isinstance(value, str):
         raise ValueError(f"expected \"dns+srv:NAME\" or \"dns:NAME:PORT\", got {value!r}")
     if value.startswith("dns+srv:"):
@@ -129,6 +135,9 @@ def parse_discover(value: object) -> Discover:
     else:
         raise ValueError(f"{value!r}: expected \"dns+srv:NAME\" (SRV records) or "
                          f"\"dns:NAME:PORT\" (A/AAAA records)")
+    if not template:
+        _check_name(d.template, value)
+        return d
     if REVISION not in d.template:
         raise ValueError(f"{value!r}: the name must contain {REVISION}, so that each "
                          f"revision finds its own workers")
