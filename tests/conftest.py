@@ -121,11 +121,12 @@ class GatewayProcess:
 
     The config is the test defaults below, overridden by ``mode``/``workers``/... and
     by the TOML snippets ``extra_gateway``/``extra_app`` (which may repeat a default key).
+    ``command=False`` leaves ``command`` out (workers another engine runs).
     """
 
     def __init__(self, tmp: Path, app: str = "", extra_gateway: str = "", extra_app: str = "",
                  workers: int = 2, health_path: str = "/healthz", env: dict | None = None,
-                 mode: str = "stateless"):
+                 mode: str = "stateless", command: bool = True):
         self.dir = tmp
         gateway: dict[str, object] = {
             "listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0", "state_dir": "state",
@@ -134,6 +135,8 @@ class GatewayProcess:
             "command": app or f"{PY} {APPS / 'backend.py'} {{port}}", "workers": workers,
             "health_path": health_path, "health_interval": "1s", "stop_grace": "5s",
             "mode": mode}
+        if not command:
+            del application["command"]
         gateway.update(tomllib.loads(textwrap.dedent(extra_gateway)))
         application.update(tomllib.loads(textwrap.dedent(extra_app)))
         self.config = tmp / "holdover.toml"

@@ -1,6 +1,6 @@
 """A test worker (aiohttp): echo, big and streamed bodies, SSE, WebSocket, slow answers.
 
-Run as ``python backend.py {port}``.  It counts what reached it (``/_stats``) so that
+Run as ``python backend.py {port}`` (``HOST=ADDR`` to listen on ADDR, not 127.0.0.1).  It counts what reached it (``/_stats``) so that
 tests can prove a refused request never arrived.
 """
 
@@ -119,7 +119,8 @@ def main() -> None:
     app.router.add_get("/slow", slow)
     app.router.add_get("/pid", pid)
     app.router.add_get("/status/{code}", status)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None,
+    web.run_app(app, host=os.environ.get("HOST", "127.0.0.1"), port=int(sys.argv[1]),
+                print=None,
                 shutdown_timeout=float(os.environ.get("SHUTDOWN_TIMEOUT", "10")))
 
 
