@@ -138,7 +138,7 @@ class Persistence:
                                                          RevisionState.RETIRED)
                                  else RevisionState.RETIRED)
         live = {(w.id, w.incarnation) for w in sup.all_workers()
-                if w.state is WorkerState.READY or (w.external and w.incarnation)}
+                if w.state is WorkerState.READY}
         kept = [p for p in pins if (p.worker, p.incarnation) in live]
         gone = [p for p in pins if (p.worker, p.incarnation) not in live]
         offset = monotonic() - time.time()

@@ -86,21 +86,23 @@ class ExternalWorker(Worker):
 
     # -- its life -----------------------------------------------------------------
 
+    def adopt(self, incarnation: str) -> None:
+        """It was ready under the previous gateway image (``holdover reload``): it is
+        ready now, with the same incarnation, so the sessions pinned to it stay."""
+        self.incarnation = incarnation
+        self.started_at = self.ready_at = time.monotonic()
+        self._on(WorkerEvent.READY)
+
     async def run(self, first_ready: asyncio.Future[bool] | None = None,
-                  adopt: str | None = None) -> None:
+                  adopt: object = None) -> None:
         """Check this worker until ``stop()``; resolve ``first_ready`` once.
 
-        With ``adopt`` (its incarnation), it was ready under the previous gateway image
-        (``holdover reload``) and its sessions stay pinned to it."""
+        (``adopt`` is the supervised worker's; an external one is adopted by ``adopt()``.)"""
         self._running = True
         self._log = RotatingLog(self.log_path, self.spec.log_max_bytes, self.spec.log_backups)
         try:
-            if adopt is not None:
-                self.incarnation = adopt
-                self.started_at = self.ready_at = time.monotonic()
-                self._on(WorkerEvent.READY)
-                if first_ready is not None and not first_ready.done():
-                    first_ready.set_result(True)
+            if first_ready is not None and self.state is WorkerState.READY:
+                first_ready.set_result(True)
             while not self._stopping:
                 if self.state is not WorkerState.READY:  # starting, or unhealthy
                     waiting = first_ready is not None and not first_ready.done()

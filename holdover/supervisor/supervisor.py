@@ -191,11 +191,11 @@ class Supervisor:
                 rev.next_index = max(rev.next_index, int(suffix) + 1)
         spec = dataclasses.replace(rev.spec, host=target.host)
         w = ExternalWorker(id=wid, spec=spec, target=target, on_state=self.on_worker_state)
-        if adopt is not None:
-            w.incarnation = adopt  # its pins stay valid (see Persistence.restore)
         rev.workers.append(w)
+        if adopt is not None:
+            w.adopt(adopt)  # its pins stay valid (see Persistence.restore)
         rev.tasks.append(_watched(asyncio.get_running_loop().create_task(
-            w.run(ready, adopt=adopt), name=f"worker {w.id}")))
+            w.run(ready), name=f"worker {w.id}")))
         return w
 
     async def start_external(self, rev: Revision, targets: list[Target]

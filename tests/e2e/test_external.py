@@ -478,3 +478,35 @@ def test_supervised_then_external_then_supervised(
     db.close()
     assert rows == [("v1", "supervised", "[]"), ("v2", "external", json.dumps([url])),
                     ("v3", "supervised", "[]"), ("v4", "external", json.dumps([nobody]))]
+
+
+def test_reload_keeps_external_workers_and_their_sessions(
+        tmp_path: Path, engine: Engine, dns: DnsServer, gateways: list[GatewayProcess]
+        ) -> None:
+    ips = ["127.0.0.2", "127.0.0.3"]
+    port = common_port(ips)
+    for n, ip in zip("ab", ips, strict=True):
+        engine.start(n, ip, "v1", port)
+    dns.publish(hosts={f"app-v1.{ZONE}": ips})
+    gw = external_gateway(tmp_path / "gw", gateways, f"""
+        discover = "dns:app-{{revision}}.{ZONE}:{port}"
+        dns_servers = ["{dns.server}"]
+    """)
+    client = Client(gw.port)
+    pid = client.login("u")["pid"]
+    before = {w["id"]: w for w in rev_of(status(gw), "v1")["workers"]}
+    r = holdover(gw, "reload")
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: gw.log.count("holdover: serving") >= 2, 30, what="the re-exec")
+    client.close()
+    got = client.get("/")
+    assert (got["pid"], got["count"]) == (pid, 1)
+    after = {w["id"]: w for w in rev_of(status(gw), "v1")["workers"]}
+    assert after.keys() == before.keys()
+    assert all(w["state"] == "ready" and w["url"] == before[k]["url"] for k, w in after.items())
+    assert status(gw)["sessions_lost"] == 0
+    # discovery goes on in the new image: a removed address leaves
+    dns.publish(hosts={f"app-v1.{ZONE}": ips[1:]})
+    wait_for(lambda: not worker_by_url(status(gw), f"http://{ips[0]}:{port}")["in_discovery"]
+             if worker_by_url(status(gw), f"http://{ips[0]}:{port}") else True, 15,
+             what="discovery to run after the reload")
