@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from conftest import APPS, PY, GatewayProcess, wait_for
 from dnsserver import ZONE, DnsServer
