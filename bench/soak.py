@@ -14,8 +14,8 @@ logging in, working and logging out for ``--minutes``, deploys a new revision ev
   holdover has stopped -- the process list is compared before and after;
 * no request failed and no session was lost (the users check their own state).
 
-It writes ``<out>/soak.md``, ``soak.json`` and ``soak.png`` (RSS, fds, processes, live
-sessions per revision over time, deploys marked).
+It writes ``<out>/soak.md``, ``soak.json`` and, with matplotlib, ``soak.png`` (RSS, fds,
+processes, live sessions per revision over time, deploys marked).
 
 Run: ``python bench/soak.py --quick`` (~2 min) or ``python bench/soak.py --minutes 30
 --every 3``.  Loopback only, bounded, and every process started is stopped again, also
@@ -237,17 +237,19 @@ def main(argv: list[str] | None = None) -> int:
     lg_events = read_events(events_path) if events_path else []
     if not args.keep_workdir:
         shutil.rmtree(workdir, ignore_errors=True)
-    report, verdict = analyze(samples, deploys, result, lg_events, meta, args)
     note = plot(samples, deploys, out / f"{args.name}.png")
+    png = None if note else f"{args.name}.png"
     if note:
         log(note)
+    report, verdict = analyze(samples, deploys, result, lg_events, meta, args, png)
     (out / f"{args.name}.md").write_text(report)
     (out / f"{args.name}.json").write_text(json.dumps(
         {"meta": meta, "verdict": verdict, "deploys": deploys, "samples": samples,
          **{k: v for k, v in result.items() if k != "events"},
          "events": result.get("events", [])[-300:]}, indent=1, default=str) + "\n")
     print(report)
-    log(f"wrote {out / (args.name + '.md')}, .json and .png")
+    log(f"wrote {out / (args.name + '.md')}, .json" + (" and .png" if png else
+                                                       f" (no .png: {note})"))
     return 0 if verdict["pass"] else 1
 
 
@@ -275,7 +277,7 @@ def take_sample(gw: Holdover, gw_pid: int, run_id: str, t0: float) -> dict[str, 
 
 def analyze(samples: list[dict[str, Any]], deploys: list[dict[str, Any]],
             result: dict[str, Any], lg_events: list[dict[str, Any]], meta: dict[str, Any],
-            args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+            args: argparse.Namespace, png: str | None) -> tuple[str, dict[str, Any]]:
     good = [s for s in samples if s.get("rss")]
     span = good[-1]["t"] if good else 0
     warm = [s for s in good if s["t"] >= min(60.0, span / 4)]  # skip start-up growth
@@ -380,7 +382,8 @@ def analyze(samples: list[dict[str, Any]], deploys: list[dict[str, Any]],
         lines += [f"- lost at +{e['t'] - reqs[0]['t']:.0f}s: {e['reason']}: {e['detail']}"
                   for e in lost[:5]]
         lines.append("")
-    lines += [f"![soak]({args.name}.png)", ""]
+    lines += [f"![soak]({png})" if png else "(No plot: matplotlib is not installed; "
+              "`pip install -e '.[bench]'`.)", ""]
     verdict.update({"rss_mib_first": rss_first, "rss_mib_last": rss_last,
                     "rss_trend_mib_per_min": rss_trend, "rss_kib_per_deploy":
                     per_deploy * 1024 if per_deploy is not None else None,

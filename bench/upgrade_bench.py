@@ -23,7 +23,7 @@ follows one schedule: warm-up, steady state, deploy v2, deploy v3 while v1 still
 roll back once, ``kill -9`` one worker of the active revision, then wait (bounded) until
 every old revision is gone.  Per phase it reports requests, failed requests, lost
 sessions with their reasons, p50/p99/max latency, and when each old revision retired;
-it writes ``<out>/upgrade.md``, ``upgrade.json`` and a timeline ``upgrade.png``.
+it writes ``<out>/upgrade.md``, ``upgrade.json`` and, with matplotlib, a timeline ``upgrade.png``.
 
 Run: ``python bench/upgrade_bench.py [--quick]`` (see bench/README.md).  All traffic goes
 to 127.0.0.0/8, everything is bounded in time, and every process started is stopped
@@ -900,7 +900,8 @@ def retire_rows(run: dict[str, Any]) -> list[str]:
     return rows
 
 
-def markdown(runs: list[dict[str, Any]], meta: dict[str, Any], png: str) -> str:
+def markdown(runs: list[dict[str, Any]], meta: dict[str, Any], png: str | None) -> str:
+    """The report; ``png`` is the timeline plot's file name (None: no plot was written)."""
     s = meta["settings"]
     out = [
         "# Upgrade under load: holdover vs the alternatives",
@@ -1002,7 +1003,11 @@ def markdown(runs: list[dict[str, Any]], meta: dict[str, Any], png: str) -> str:
         out.append(f"- **{run['target']}**, holdover's own view: `sessions_lost` = {lost}; "
                    f"5xx in its access log: "
                    + ("; ".join(f"{k} x{v}" for k, v in errs.items()) or "none") + ".")
-    out += ["", f"![timeline]({png})", ""]
+    if png:
+        out += ["", f"![timeline]({png})", ""]
+    else:
+        out += ["", "(No timeline plot: matplotlib is not installed; "
+                "`pip install -e '.[bench]'`.)", ""]
     return "\n".join(out)
 
 
@@ -1190,9 +1195,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     meta["elapsed_s"] = round(sum(r.get("t_end", 0) - r.get("t0", 0) for r in runs), 1)
     note = plot(runs, out / f"{args.name}.png")
+    png = None if note else f"{args.name}.png"
     if note:
         log(note)
-    report = markdown(runs, meta, f"{args.name}.png")
+    report = markdown(runs, meta, png)
     (out / f"{args.name}.md").write_text(report)
     slim = []
     for r in runs:
@@ -1204,7 +1210,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{args.name}.json").write_text(json.dumps({"meta": meta, "runs": slim}, indent=1,
                                                       default=str) + "\n")
     print(report)
-    log(f"wrote {out / (args.name + '.md')}, .json and .png")
+    log(f"wrote {out / (args.name + '.md')}, .json" + (" and .png" if png else
+                                                       f" (no .png: {note})"))
     return 130 if interrupted else 0
 
 

@@ -12,4 +12,9 @@ Architecture, one folder each:
                   ``holdover`` command; ``config.py`` defines every setting once.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("holdover")  # the installed distribution's, one source of truth
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"

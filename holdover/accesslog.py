@@ -3,6 +3,10 @@
 Lines are formatted by hand (no logging module, no json.dumps of a dict: both cost more
 than proxying a small request) and written in batches of up to 64 KiB, or at least once
 a second by the gateway's sweep, with one ``os.write`` to the page cache.
+
+The file is opened with ``O_APPEND``, so ``logrotate``'s ``copytruncate`` is safe: after
+the truncation the next write lands at the new end.  ``reopen()`` is what a rotation
+signal handler calls instead, after the file was renamed away.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ FLUSH_AT = 64 * 1024
 class AccessLog:
     """Buffered access-log writer; ``fmt`` is ``json`` or ``combined``."""
 
-    __slots__ = ("_buf", "_fd", "_owns_fd", "_sec", "_size", "_stamp", "fmt")
+    __slots__ = ("_buf", "_fd", "_owns_fd", "_path", "_sec", "_size", "_stamp", "fmt")
 
     def __init__(self, target: str, fmt: str = "json", base: Path | None = None) -> None:
         self.fmt = fmt
@@ -26,6 +30,7 @@ class AccessLog:
         self._size = 0
         self._sec = -1
         self._stamp = ""
+        self._path: Path | None = None
         if target == "-":
             self._fd, self._owns_fd = 1, False
         else:
@@ -33,6 +38,7 @@ class AccessLog:
             if base is not None and not path.is_absolute():
                 path = base / path
             path.parent.mkdir(parents=True, exist_ok=True)
+            self._path = path
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             self._owns_fd = True
 
@@ -75,6 +81,22 @@ class AccessLog:
                 os.write(self._fd, data)
             except OSError:
                 pass  # a full disk must not stop the proxy; the lines are dropped
+
+    def reopen(self) -> None:
+        """Write what is buffered, then continue in a file of the configured name.
+
+        For log rotation that renames the file (logrotate without ``copytruncate``):
+        lines already buffered go to the old file, the next ones to a new file.  If the
+        new file cannot be opened, logging goes on in the old one."""
+        if self._path is None or not self._owns_fd:
+            return
+        self.flush()
+        try:
+            fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError:
+            return
+        os.close(self._fd)
+        self._fd = fd
 
     def close(self) -> None:
         self.flush()

@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable
 from time import monotonic
 
+from . import config
 from .accesslog import AccessLog
 from .admin.server import AdminServer, load_or_create_token
 from .config import Config
@@ -30,12 +31,17 @@ from .control import handover
 from .control.facade import Control
 from .control.revisions import DeployError
 from .core.affinity import Keys
+from .core.errors import Refused
 from .proxy.ports import Limits, Plane
 from .proxy.redirect import RedirectToHttps
 from .proxy.server import ClientConnection
-from .state import StoreError, open_store
+from .state import SharedStore, StoreError, open_store
 
 log = logging.getLogger("holdover.gateway")
+
+
+class ListenError(OSError):
+    """A listener could not be bound; the message names the setting and the address."""
 
 
 class Gateway:
@@ -53,6 +59,8 @@ class Gateway:
         self.listen_host = b""
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._lock_fd = -1
+        self._admin_sock: socket.socket | None = None
+        self._redirect_sock: socket.socket | None = None
         self._reloading = False
 
     # -- start ----------------------------------------------------------------------
@@ -64,44 +72,68 @@ class Gateway:
             max_header_size=c.gateway_max_header_size, max_body_size=c.gateway_max_body_size,
             header_timeout=c.gateway_header_timeout, body_timeout=c.gateway_body_timeout,
             keepalive_timeout=c.gateway_keepalive_timeout,
-            response_timeout=c.gateway_response_timeout,
+            response_timeout=c.gateway_response_timeout, send_timeout=c.gateway_send_timeout,
             append_forwarded=c.gateway_forwarded_headers == "append", proto=self.proto,
             listen_host=self.listen_host)
 
-    async def start(self) -> None:
-        """Open the store, start (or restore) the app's revision, then listen.
+    def _bind(self, key: str, address: tuple[str, int], inherited: int | None
+              ) -> socket.socket:
+        """The listening socket for ``[gateway] key``: inherited across a reload, or bound.
 
-        Raises DeployError when the first revision's workers never become ready."""
+        A taken or forbidden address fails here, before any worker starts, with a
+        message naming the setting, the file and the address."""
+        if inherited is not None:
+            return socket.socket(fileno=inherited)
+        host, port = address
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                             socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(4096)
+        except OSError as exc:
+            sock.close()
+            where = self.config.where("gateway", key)
+            raise ListenError(f"cannot listen on {host}:{port} ({where}): "
+                              f"{exc.strerror or exc}") from None
+        return sock
+
+    async def start(self) -> None:
+        """Bind every listener, open the store, start (or restore) the app, then serve.
+
+        Raises DeployError when the first revision's workers never become ready, and
+        ListenError (before any worker starts) when a listener cannot be bound."""
         self.loop = asyncio.get_running_loop()
         c = self.config
         ctl = self.ctl
         for private in (c.state_dir, c.state_dir / "logs", c.state_dir / "releases"):
             private.mkdir(parents=True, exist_ok=True, mode=0o700)
-        inherit = handover.inherited()
-        self._lock_fd = inherit["lock_fd"] if inherit is not None else \
-            handover.lock_state_dir(c.state_dir)
+        inherit = handover.inherited() or {}
+        self._lock_fd = inherit["lock_fd"] if inherit else handover.lock_state_dir(c.state_dir)
+        sock = self._bind("listen", c.gateway_listen, inherit.get("listen_fd"))
+        self._admin_sock = self._bind("admin_listen", c.gateway_admin_listen,
+                                      inherit.get("admin_fd"))
+        if c.gateway_redirect_listen is not None:
+            self._redirect_sock = self._bind("redirect_listen", c.gateway_redirect_listen,
+                                             inherit.get("redirect_fd"))
         if c.gateway_access_log != "off":
             ctl.router.access_log = AccessLog(c.gateway_access_log,
                                               c.gateway_access_log_format, c.state_dir)
         ctl.use_keys(Keys.load_or_create(c.state_dir / "secret.json"))
-        ctl.store = open_store(c.state_dir / "state.db")
+        ctl.store = open_store(c.gateway_store or c.state_dir / "state.db",
+                               base_dir=c.base_dir)
         await ctl.store.open()
-        if inherit is not None:
+        if c.gateway_store and isinstance(ctl.store, SharedStore):
+            await ctl.claim_node(self.node_info())
+        if inherit:
             await ctl.supervisor.guard.adopt(inherit["guard_pid"], inherit["guard_fd"])
         else:
             await ctl.supervisor.guard.start()
-        await ctl.persist.restore(inherit)
+        await ctl.persist.restore(inherit or None)
         if ctl.revs.active is None:
             await ctl.revs.start_first()
         await ctl.save_revisions()
-        host, port = c.gateway_listen
-        if inherit is not None:  # the listening socket the previous image kept open
-            sock = socket.socket(fileno=inherit["listen_fd"])
-        else:
-            sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
-                                 socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
+        host = c.gateway_listen[0]
         self.bound = sock.getsockname()[:2]
         self.listen_host = f"{host}:{self.bound[1]}".encode()
         ssl_ctx = None
@@ -115,26 +147,34 @@ class Gateway:
         ctl.connections = plane.connections
         self.server = await self.loop.create_server(lambda: ClientConnection(plane), sock=sock,
                                                     backlog=4096, ssl=ssl_ctx)
-        if c.gateway_redirect_listen is not None:
-            rhost, rport = c.gateway_redirect_listen
+        if self._redirect_sock is not None:
             self.redirect_server = await self.loop.create_server(
-                lambda: RedirectToHttps(self.bound[1]), rhost, rport, reuse_address=True)
+                lambda: RedirectToHttps(self.bound[1]), sock=self._redirect_sock)
         ctl.schedule_reload = self.schedule_reload
+        ctl.check_reload = self.check_reload
         ctl.add_jobs()
         ctl.ticker.start()
         token, created = load_or_create_token(c.state_dir)
         self.admin = AdminServer(ctl, token)
-        await self.admin.start(*c.gateway_admin_listen)
+        await self.admin.start_on(self._admin_sock)
         admin_url = f"http://{c.gateway_admin_listen[0]}:{self.admin.bound[1]}/"
         url_fd = os.open(c.state_dir / "admin.url", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(url_fd, "w") as f:
             f.write(admin_url + "\n")
+        # Where the token is, never the token itself: service logs keep standard error.
         print(f"holdover: admin {admin_url} (token in {c.state_dir / 'admin.token'})"
-              + (f"; new admin token: {token}" if created else ""), file=sys.stderr, flush=True)
+              + ("; a new token was written there" if created else ""), file=sys.stderr,
+              flush=True)
         active = ctl.revs.active
         log.info("listening on http://%s:%d/ (revision %s, %d workers, mode %s)", host,
                  self.bound[1], active.id if active else "-",
                  len(active.workers) if active else 0, c.app_mode)
+
+    def node_info(self) -> dict[str, object]:
+        """What this node's heartbeat tells others: where it is, since when."""
+        c = self.config
+        return {"advertise": c.gateway_advertise or c.gateway_listen[0], "pid": os.getpid(),
+                "listen": f"{c.gateway_listen[0]}:{c.gateway_listen[1]}"}
 
     # -- stop -----------------------------------------------------------------------
 
@@ -161,6 +201,7 @@ class Gateway:
         if ctl.store is not None:
             with contextlib.suppress(StoreError):
                 await ctl.persist.flush_pins()
+                await ctl.forget_node()
                 await ctl.store.close()
         if ctl.router.access_log is not None:
             ctl.router.access_log.close()
@@ -190,24 +231,54 @@ class Gateway:
     def schedule_reload(self) -> None:
         """SIGHUP or the admin ``reload`` command: re-execute (see ``reload``)."""
         if not self.ctl.closing and not self._reloading:
+            self._reloading = True
             self.ctl.tasks.spawn(self.reload(), "reload")
+
+    def check_reload(self) -> None:
+        """Refuse (Refused) a reload the new program image would not survive.
+
+        The configuration file is read again first: a re-executed gateway that refused
+        it would exit and take every worker and session with it."""
+        try:
+            config.load(self.config.path)
+        except config.ConfigError as exc:
+            raise Refused(f"not reloading: {exc}; still serving with the configuration "
+                          f"it started with", 400) from None
 
     async def reload(self) -> None:
         """Replace this gateway's program image without stopping workers or sessions."""
-        if self.ctl.closing or self.server is None:
-            return
-        if self.ctl.revs._busy is not None:
-            log.error("not reloading: %s is in progress", self.ctl.revs._busy)
-            return
-        self._reloading = True
-        log.info("reloading: finishing in-flight requests, then re-executing")
-        listen_fd = os.dup(self.server.sockets[0].fileno())  # keeps the backlog open
+        ctl = self.ctl
+        try:
+            if ctl.closing or self.server is None:
+                return
+            try:
+                self.check_reload()
+            except Refused as exc:
+                log.error("%s", exc)
+                await ctl.record_event("reload-refused", str(exc))
+                return
+            if ctl.revs._busy is not None:
+                log.info("reload waits until %s has finished", ctl.revs._busy)
+                while ctl.revs._busy is not None and not ctl.closing:
+                    await asyncio.sleep(0.1)
+                if ctl.closing:
+                    return
+            log.info("reloading: finishing in-flight requests, then re-executing")
+            await ctl.record_event("reloading", "gateway re-executes itself; workers and "
+                                   "sessions are kept")
+            fds = {"listen_fd": os.dup(self.server.sockets[0].fileno())}  # backlog stays
+            if self._admin_sock is not None:
+                fds["admin_fd"] = os.dup(self._admin_sock.fileno())
+            if self._redirect_sock is not None:
+                fds["redirect_fd"] = os.dup(self._redirect_sock.fileno())
 
-        async def stop_serving() -> None:
-            await self.drain_connections(self.config.gateway_shutdown_timeout)
-            if self.admin is not None:
-                await self.admin.stop()
-        await handover.reexec(self.ctl, listen_fd, self._lock_fd, stop_serving)
+            async def stop_serving() -> None:
+                await self.drain_connections(self.config.gateway_shutdown_timeout)
+                if self.admin is not None:
+                    await self.admin.stop()
+            await handover.reexec(ctl, fds, self._lock_fd, stop_serving)
+        finally:
+            self._reloading = False
 
     # -- the whole life -------------------------------------------------------------
 
@@ -231,10 +302,15 @@ class Gateway:
                 log.error("%s", exc)
                 await self.shutdown()
                 return 1
-            except OSError as exc:
-                log.error("cannot listen on %s: %s", self.config.gateway_listen, exc)
+            except ListenError as exc:
+                log.error("%s", exc)
                 await self.shutdown()
                 return 1
+            except OSError as exc:
+                log.error("cannot start: %s", exc)
+                await self.shutdown()
+                return 1
+            self.ctl.ready = True
             if on_started is not None:
                 on_started()
             print(f"holdover: serving {self.proto.decode()}://{self.listen_host.decode()}/",
@@ -243,6 +319,12 @@ class Gateway:
             # A second signal during shutdown stops at once.
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._hard_stop)
+            self.ctl.ready = False
+            delay = self.config.gateway_shutdown_delay
+            if delay:
+                # Unready first, still serving: the balancer in front takes us out.
+                log.info("shutting down in %.0fs: /readyz answers 503 meanwhile", delay)
+                await asyncio.sleep(delay)
             await self.shutdown()
             return 0
         finally:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config
+from . import __version__, cliformat, config
 from .admin.commands import BY_NAME, COMMANDS, Command
 
 DEMO_CONFIG = """\
@@ -43,10 +43,10 @@ stop_grace = "3s"
 """
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(verbose: bool, cfg: config.Config | None = None) -> None:
+    from . import gatewaylog
+
+    gatewaylog.setup(cfg.gateway_log_format if cfg is not None else "plain", verbose)
 
 
 def _load(path: str) -> config.Config:
@@ -69,12 +69,18 @@ def _serve(cfg: config.Config) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .admin.exposure import listen_warnings
+
     cfg = _load(args.config)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, cfg)
+    for warning in listen_warnings(cfg):
+        logging.getLogger("holdover").warning("%s", warning)
     return _serve(cfg)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .admin.exposure import file_warnings, listen_warnings
+
     cfg = _load(args.config)
     if cfg.app_upstreams or not cfg.app_command:
         what = (f"{len(cfg.app_upstreams)} external worker(s)" if cfg.app_upstreams else
@@ -83,6 +89,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         what = f"{cfg.app_workers} worker(s) of {cfg.app_command!r}"
     print(f"{cfg.path}: ok ({what}, listening on {cfg.gateway_listen[0]}:"
           f"{cfg.gateway_listen[1]})")
+    for warning in [*listen_warnings(cfg), *file_warnings(cfg.state_dir)]:
+        print(f"holdover: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -108,7 +116,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         args.port + 1 if args.port else 0)
     path = launch.write_config(DEMO_CONFIG, home, args.port, admin_port, args.idle_timeout)
     cfg = _load(str(path))
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, cfg)
 
     import uvloop
 
@@ -131,7 +139,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _print_status(st: dict[str, Any]) -> None:
     print(f"mode {st['mode']}  active {st['active'] or '-'}"
           + (f"  canary {st['canary']}" if st.get("canary") else "")
-          + f"  live sessions {st['sessions']}  lost {st['sessions_lost']}")
+          + f"  live sessions {st['sessions']}  lost {st['sessions_lost']} since the gateway "
+            f"(re)started")
     rows = [("REVISION", "STATE", "SESSIONS", "WORKER", "PID", "PORT", "WORKER STATE",
              "IN FLIGHT")]
     for rev in st["revisions"]:
@@ -142,11 +151,9 @@ def _print_status(st: dict[str, Any]) -> None:
             first = i == 0
             rows.append((rev["id"] if first else "", state if first else "",
                          str(rev["sessions"]) if first else "",
-                         *((w["id"], str(w["pid"]), str(w["port"]), w["state"],
+                         *((w["id"], cliformat.pid_of(w), cliformat.port_of(w), w["state"],
                             str(w["inflight"])) if w else ("-", "", "", "", ""))))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+    print(cliformat.table(rows))
 
 
 def _print_result(name: str, result: Any) -> None:
@@ -171,7 +178,8 @@ def _print_result(name: str, result: Any) -> None:
             print(f"revision {result['revision']} is active"
                   + (f"; {result['previous']} is draining" if result.get("previous") else ""))
     else:
-        print(json.dumps(result, indent=2))
+        text = cliformat.render(name, result)
+        print(text if text is not None else json.dumps(result, indent=2))
 
 
 def _api_command(command: Command) -> Any:
@@ -197,6 +205,8 @@ def _api_command(command: Command) -> Any:
             elif p.is_path:
                 v = os.path.abspath(v)
             values[p.name] = v
+        if command.name == "rollback" and not getattr(args, "json", False):
+            _announce_rollback(cfg, values.get("revision"))
         # A deploy or rollback lasts as long as starting (and, rolling, draining) takes.
         timeout = None if command.long_running else 30.0
         show = command.long_running and not getattr(args, "json", False)
@@ -224,6 +234,18 @@ def _api_command(command: Command) -> Any:
         return 0
 
     return run
+
+
+def _announce_rollback(cfg: config.Config, revision: str | None) -> None:
+    """Say where a rollback goes before it acts (the gateway decides; this is its answer)."""
+    st = _status(cfg)
+    if st is None:
+        return
+    if revision is None and st.get("canary"):
+        print(f"aborting canary {st['canary']} ({st['active']} stays active)", flush=True)
+    elif revision is not None or st.get("rollback_to"):
+        print(f"rolling back: {st.get('active') or '-'} -> {revision or st['rollback_to']}",
+              flush=True)
 
 
 def _status(cfg: config.Config) -> dict[str, Any] | None:
@@ -302,7 +324,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     rev = args.worker.rsplit("-", 1)[0]
     path = cfg.state_dir / "logs" / rev / f"{args.worker}.log"
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except PermissionError:
+        from .admin.client import not_yours
+
+        print(f"holdover: {not_yours(cfg, path)}", file=sys.stderr)
+        return 1
+    if not exists:
         known = sorted(p.stem for p in (cfg.state_dir / "logs").glob("*/*.log"))
         print(f"holdover: no log for worker {args.worker!r} at {path}; known workers: "
               f"{', '.join(known) or 'none'}", file=sys.stderr)
@@ -327,6 +356,95 @@ def cmd_logs(args: argparse.Namespace) -> int:
                     time.sleep(0.25)
         except KeyboardInterrupt:
             return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write (or with --print show) a holdover.toml for the app in a folder."""
+    from .init import InitError, generate
+
+    root = Path(args.dir).resolve()
+    if not root.is_dir():
+        print(f"holdover init: {args.dir}: no such folder", file=sys.stderr)
+        return 2
+    out = Path(args.config) if args.config else root / config.DEFAULT_CONFIG
+    if out.exists() and not args.print:
+        print(f"holdover init: {out} already exists; not overwriting it (remove it first, "
+              f"or use --print to see what init would write)", file=sys.stderr)
+        return 1
+    try:
+        listen = config.parse_address(args.listen)
+    except ValueError as exc:
+        print(f"holdover init: --listen: {exc}", file=sys.stderr)
+        return 2
+    interactive = sys.stdin.isatty() and not args.print
+    try:
+        text, found = generate(
+            root, out.resolve(), framework=args.framework, command=args.command,
+            listen=listen, ask=input if interactive else None,
+            say=lambda m: print(m, file=sys.stderr))
+    except InitError as exc:
+        print(f"holdover init: {exc}", file=sys.stderr)
+        return 1
+    except (EOFError, KeyboardInterrupt):
+        print("\nholdover init: nothing written", file=sys.stderr)
+        return 1
+    if args.print:
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(out, "x", encoding="utf-8") as f:  # "x": never overwrite, even in a race
+            f.write(text)
+    except FileExistsError:
+        print(f"holdover init: {out} already exists; not overwriting it", file=sys.stderr)
+        return 1
+    for note in found.notes:
+        print(f"holdover init: note: {note}", file=sys.stderr)
+    print(f"wrote {out} for the {found.framework} app in {found.entry}; next: "
+          f"holdover check -c {out.name} && holdover run -c {out.name}")
+    return 0
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """Print a completion script generated from this very parser (so it cannot drift)."""
+    import shtab
+
+    parser = build_parser()
+    _mark_paths(parser, shtab)
+    sys.stdout.write(shtab.complete(parser, shell=args.shell))
+    return 0
+
+
+def _mark_paths(parser: argparse.ArgumentParser, shtab: Any) -> None:
+    """Complete file names after -c, folder names after --from, --dir and init's DIR."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in action.choices.values():
+                _mark_paths(sp, shtab)
+        elif action.dest == "config":
+            action.complete = shtab.FILE  # type: ignore[attr-defined]
+        elif action.dest in ("from", "dir"):
+            action.complete = shtab.DIRECTORY  # type: ignore[attr-defined]
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Copy the state store (and its keys) while the gateway runs; see state/backup.py."""
+    from .state.backup import BackupError, backup
+
+    cfg = _load(args.config)
+    try:
+        done = backup(cfg.state_dir, Path(args.file).absolute())
+    except BackupError as exc:
+        print(f"holdover backup: {exc}", file=sys.stderr)
+        return 1
+    print(f"{done.database}: {done.revisions} revision(s), {done.pins} session pin(s), "
+          f"{done.events} event(s) (schema version {done.schema_version})")
+    if done.secret is not None:
+        print(f"{done.secret}: the keys (secret.json); keep it with the database, and as "
+              f"private: it signs every holdover_pin cookie")
+    else:
+        print(f"no secret.json in {cfg.state_dir} yet: the gateway creates it on its first "
+              f"start", file=sys.stderr)
+    return 0
 
 
 def cmd_config_reference(args: argparse.Namespace) -> int:
@@ -371,6 +489,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run a scripted deploy with simulated users and print what happens")
     d.add_argument("-v", "--verbose", action="store_true")
     d.set_defaults(func=cmd_demo)
+    it = sub.add_parser("init", help="write a holdover.toml for the app in this folder",
+                        description="Recognise the app's framework from its files and write "
+                        "a commented holdover.toml that `holdover run` can start. Asks one "
+                        "question when unsure (without a terminal: takes the best guess). "
+                        "Never overwrites a file.")
+    it.add_argument("dir", nargs="?", default=".", help="the app's folder (default: .)")
+    it.add_argument("-c", "--config", default=None,
+                    help="file to write (default: DIR/holdover.toml)")
+    it.add_argument("--print", action="store_true",
+                    help="print the configuration instead of writing it")
+    it.add_argument("--framework", default=None, help="take this framework's app when "
+                    "several are found (django, flask, fastapi, starlette, streamlit, gradio, "
+                    "dash, panel)")
+    it.add_argument("--command", default=None,
+                    help="the command that starts one worker (with {port}), if init guesses "
+                    "wrong")
+    it.add_argument("--listen", default="127.0.0.1:8080",
+                    help="public address (default 127.0.0.1:8080; admin on the next port)")
+    it.set_defaults(func=cmd_init)
     lg = with_config(sub.add_parser("logs", help="print a worker's log (-f to follow)"))
     lg.add_argument("worker", help="worker id, e.g. v2-1")
     lg.add_argument("-n", "--lines", type=int, default=50, help="lines to show (default 50)")
@@ -383,7 +520,8 @@ def build_parser() -> argparse.ArgumentParser:
         for prm in command.params:
             flag = prm.cli or f"--{prm.name}"
             if not flag.startswith("-"):
-                sp.add_argument(prm.name, type=prm.type, help=prm.help)
+                sp.add_argument(prm.name, type=prm.type, help=prm.help,
+                                **({} if prm.required else {"nargs": "?"}))
             elif prm.type is dict:
                 sp.add_argument(flag, dest=prm.name, action="append", metavar="K=V", help=prm.help)
             elif prm.type is list:
@@ -399,6 +537,20 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--wait-retired", action="store_true",
                             help="after the switch, wait until the old revision retires")
         sp.set_defaults(func=_api_command(command))
+    co = sub.add_parser("completion", help="print a shell completion script (bash or zsh)",
+                        description="Print a completion script for the holdover command. "
+                        "bash: `holdover completion bash > "
+                        "~/.local/share/bash-completion/completions/holdover`; zsh: "
+                        "`holdover completion zsh > \"${fpath[1]}/_holdover\"`.")
+    co.add_argument("shell", choices=["bash", "zsh"])
+    co.set_defaults(func=cmd_completion)
+    bk = with_config(sub.add_parser(
+        "backup", help="copy the state store and its keys, safely while the gateway runs",
+        description="Write a consistent copy of state_dir/state.db to FILE and of "
+        "state_dir/secret.json to FILE.secret.json (both 0600), using SQLite's online "
+        "backup: safe while the gateway runs. Restore: see docs/operating.md."))
+    bk.add_argument("file", help="the database copy to write (replaced if it exists)")
+    bk.set_defaults(func=cmd_backup)
     cr = sub.add_parser("config-reference", help="print the configuration reference (Markdown)")
     cr.set_defaults(func=cmd_config_reference)
     return p

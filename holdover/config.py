@@ -8,18 +8,19 @@ it can be found and what was expected, because an operator reads them at 3 a.m.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import re
 import shlex
 import socket
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .core.discovery import parse_discover, parse_dns_server, parse_upstream
+from .core.discovery import discover_setting, dns_servers_setting, hook_setting, upstreams_setting
 from .state import StoreError, check_store
 from .state.url import check_files, is_redis_url, parse_redis_url
 
@@ -145,44 +146,6 @@ def _optional_command(value: Any) -> str:
     return "" if value == "" else _command(value)
 
 
-def _hook(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError("expected a command, e.g. \"kubectl scale deployment/app-{revision} "
-                         "--replicas=0\" (or \"\" for none)")
-    if value:
-        try:
-            shlex.split(value)
-        except ValueError as exc:
-            raise ValueError(f"cannot split the command into words: {exc}") from None
-    return value
-
-
-def _list_of(parse: Callable[[Any], Any], example: str) -> Callable[[Any], list[Any]]:
-    def parse_list(value: Any) -> list[Any]:
-        if not isinstance(value, list):
-            raise ValueError(f"expected a list, e.g. [{example}], got {value!r}")
-        out = []
-        for i, item in enumerate(value):
-            try:
-                out.append(parse(item))
-            except ValueError as exc:
-                raise ValueError(f"item {i + 1}: {exc}") from None
-        return out
-
-    return parse_list
-
-
-def _upstream_url(value: Any) -> str:
-    parse_upstream(value)
-    return value
-
-
-def _discover(value: Any) -> str:
-    if value == "":
-        return value
-    return str(parse_discover(value))
-
-
 def _positive_duration(value: Any) -> float:
     seconds = parse_duration(value)
     if seconds <= 0:
@@ -214,6 +177,8 @@ def _cookie_name(value: Any) -> str:
     if not isinstance(value, str) or (value and not re.match(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$",
                                                               value)):
         raise ValueError(f"expected a cookie name (letters, digits, -_.), got {value!r}")
+    if value == "holdover_pin":  # the gateway's own, which it never lets an app set
+        raise ValueError("holdover_pin is holdover's own cookie; name the app's cookie")
     return value
 
 
@@ -318,6 +283,10 @@ SETTINGS: tuple[Setting, ...] = (
             "or \"off\"."),
     Setting("gateway", "access_log_format", _choice("json", "combined"), "json",
             "One JSON object per request, or the combined log format."),
+    Setting("gateway", "log_format", _choice("plain", "json"), "plain",
+            "The gateway's own log lines on standard error: \"plain\" text, or \"json\" "
+            "(one object a line: time, level, logger, message, and fields such as revision, "
+            "worker, count). The access log keeps its own format."),
     Setting("gateway", "max_request_line", parse_size, "8KiB",
             "Longest request line accepted; longer gets 414."),
     Setting("gateway", "max_header_size", parse_size, "64KiB",
@@ -336,7 +305,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gateway", "connect_timeout", parse_duration, "5s",
             "Time allowed to open a connection to a worker."),
     Setting("gateway", "response_timeout", parse_duration, "60s",
-            "Time a worker has to start answering a request; then 504."),
+            "Time a worker has to start answering once it has the whole request (or while "
+            "it does not read the request body); then 504."),
+    Setting("gateway", "send_timeout", parse_duration, "60s",
+            "Longest a write to a client may make no progress (a client that stopped "
+            "reading); then the connection is cut."),
     Setting("gateway", "upstream_idle_timeout", parse_duration, "4s",
             "How long an idle pooled connection to a worker is kept (below the app's "
             "own keep-alive timeout, so the gateway closes first)."),
@@ -348,6 +321,10 @@ SETTINGS: tuple[Setting, ...] = (
             "How long a request waits for a ready worker before it gets 503."),
     Setting("gateway", "shutdown_timeout", parse_duration, "30s",
             "On SIGTERM, how long in-flight requests and open WebSockets may finish."),
+    Setting("gateway", "shutdown_delay", parse_duration, "0s",
+            "On SIGTERM, keep serving this long first while the admin side's unauthenticated "
+            "GET /readyz answers 503, so that a load balancer takes the node out before it "
+            "stops accepting (e.g. \"5s\" behind a balancer that probes every 2 s)."),
     Setting("gateway", "forwarded_headers", _choice("replace", "append"), "replace",
             "\"append\" keeps a client's X-Forwarded-For/Forwarded (only behind a trusted "
             "proxy); \"replace\" drops them."),
@@ -355,31 +332,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("app", "command", _optional_command, "",
             "Command that starts one worker; {port} and $PORT name its port. Required "
             "unless upstreams or discover name workers another engine runs."),
-    Setting("app", "upstreams", _list_of(_upstream_url, '"http://10.1.0.5:8000"'), [],
-            "Workers another engine runs (Kubernetes, Nomad, systemd on other hosts), as "
-            "http://HOST:PORT URLs: the first revision's workers, instead of command "
-            "(docs/orchestrators.md)."),
-    Setting("app", "discover", _discover, "",
-            "How `holdover deploy --revision ID` finds ID's workers in DNS: "
-            "\"dns+srv:NAME\" (SRV records: targets and ports) or \"dns:NAME:PORT\" "
-            "(A/AAAA records), NAME containing {revision}; asked again every "
-            "discover_interval. \"\" = none."),
-    Setting("app", "dns_servers", _list_of(parse_dns_server, '"10.96.0.10:53"'), [],
-            "DNS servers (IP or IP:PORT) that discover asks; [] = the system resolver "
-            "(resolv.conf)."),
+    Setting("app", "upstreams", upstreams_setting, [],
+            "The first revision's workers when another engine runs them, as "
+            "http://HOST:PORT URLs, instead of command (docs/orchestrators.md)."),
+    Setting("app", "discover", discover_setting, "",
+            "How `deploy --revision ID` finds ID's workers in DNS: \"dns+srv:NAME\" (SRV "
+            "records) or \"dns:NAME:PORT\" (A/AAAA), NAME containing {revision}. \"\" = none."),
+    Setting("app", "dns_servers", dns_servers_setting, [],
+            "DNS servers (IP or IP:PORT) discover asks; [] = the system resolver."),
     Setting("app", "discover_interval", _positive_duration, "5s",
             "How often discovered revisions are looked up again: new addresses join, "
             "vanished ones take no new session (their pinned sessions are still served)."),
-    Setting("app", "on_drain", _hook, "",
+    Setting("app", "on_drain", hook_setting, "",
             "Command run when a revision starts draining ({revision} and "
             "$HOLDOVER_REVISION name it); its output goes to the event log. \"\" = none."),
-    Setting("app", "on_retire", _hook, "",
-            "Command run when a revision retires, e.g. \"kubectl scale "
-            "deployment/app-{revision} --replicas=0\"; the retirement does not wait for it. "
-            "\"\" = none."),
+    Setting("app", "on_retire", hook_setting, "",
+            "Command run when a revision retires, e.g. \"kubectl scale deployment/app-"
+            "{revision} --replicas=0\"; the retirement does not wait for it. \"\" = none."),
     Setting("app", "hook_timeout", _positive_duration, "60s",
-            "Longest on_drain or on_retire may run; then it is killed and counted as "
-            "failed."),
+            "Longest on_drain or on_retire may run; then it is killed and counted as failed."),
     Setting("app", "cwd", _string, ".",
             "Working directory of the workers (relative to the config file)."),
     Setting("app", "env", _env, {}, "Extra environment variables for the workers."),
@@ -418,6 +389,12 @@ SETTINGS: tuple[Setting, ...] = (
             "the app sends X-Holdover-Session)."),
     Setting("app", "session_idle_timeout", parse_duration, "30m",
             "A session with no request for this long has ended."),
+    Setting("app", "max_sessions", _int_at_least(1), 1_000_000,
+            "At most this many live sessions are pinned; past it new sessions are served "
+            "unpinned (counted in holdover_sessions_refused_total) and no live session is "
+            "ever pushed out. Holdover's own pin cookie counts as a session only once the "
+            "client comes back with it; at most as many offered ones are kept, the oldest "
+            "dropped first."),
     Setting("app", "strategy", _choice("replace", "rolling"), "replace",
             "Stateless deploys: \"replace\" starts all new workers, then drains the old; "
             "\"rolling\" replaces one worker at a time, each old one draining (its requests "
@@ -432,6 +409,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("app", "max_drain", parse_duration, "0",
             "Longest a draining revision may keep running (0 = until its last session ends); "
             "then its remaining sessions are ended and counted as lost."),
+    Setting("app", "keep_retired", _int_at_least(1), 5,
+            "Finished (retired or failed) revisions kept in status, metrics and on disk "
+            "(release snapshot, logs); older ones remain only as events."),
 )
 
 SECTIONS = tuple(dict.fromkeys(s.section for s in SETTINGS))
@@ -461,6 +441,15 @@ class Config:
     @property
     def app_dir(self) -> Path:
         return (self.base_dir / self.app_cwd).resolve()
+
+    def where(self, section: str, key: str) -> str:
+        """``[section] key in FILE, line N`` (or "default") for messages about a setting."""
+        try:
+            line = _line_of(self.path.read_text(encoding="utf-8"), section, key)
+        except OSError:
+            line = None
+        return f"[{section}] {key} in {self.path}" + (f", line {line}" if line else
+                                                       " (its default)")
 
     @property
     def node_name(self) -> str:
@@ -495,6 +484,12 @@ def _line_of(text: str, section: str, key: str | None) -> int | None:
     return None
 
 
+def _did_you_mean(word: str, choices: Iterable[str], shape: str = "{}") -> str:
+    """`` (did you mean X?)`` for a near miss among ``choices`` (a typo), else ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {shape.format(close[0])}?)" if close else ""
+
+
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Read and validate a config file; raise ConfigError saying what is wrong and where."""
     path = Path(path)
@@ -526,15 +521,19 @@ def from_dict(data: dict[str, Any], path: Path, text: str = "",
             raise ConfigError(f"{path}: top-level key {section!r} must be inside a section "
                               f"({', '.join(f'[{s}]' for s in SECTIONS)})")
         if section not in SECTIONS:
-            raise ConfigError(f"{where(section)}: unknown section; expected one of "
+            raise ConfigError(f"{where(section)}: unknown section"
+                              f"{_did_you_mean(section, SECTIONS, '[{}]')}; expected one of "
                               f"{', '.join(f'[{s}]' for s in SECTIONS)}")
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: {section}: expected a table [{section}]")
         for key in table:
             if (section, key) not in known:
                 names = sorted(n for (sec, n) in known if sec == section)
-                raise ConfigError(f"{where(section, key)}: unknown key; expected one of "
-                                  f"{', '.join(names)}")
+                elsewhere = [sec for (sec, n) in known if n == key]
+                hint = (f" (it is a [{elsewhere[0]}] key)" if elsewhere
+                        else _did_you_mean(key, names))
+                raise ConfigError(f"{where(section, key)}: unknown key{hint}; expected one "
+                                  f"of {', '.join(names)}")
     values: dict[str, Any] = {}
     overrides = overrides or {}
     for s in SETTINGS:

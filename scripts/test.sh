@@ -4,37 +4,41 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
-# The admin page test drives Debian's Chromium (never a downloaded browser build). Without
-# it that test would fail, so stop here and say why instead of running a suite that must.
-if [ ! -x /usr/bin/chromium ]; then
+# Debian packages the tests drive for real: Chromium for the browser tests (never a
+# downloaded browser build), redis-server for the Redis store, zsh for the completion
+# script. Without one of them its tests would fail, so stop here and say why instead.
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v zsh >/dev/null 2>&1 || missing+=(zsh)
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "test.sh: installing Debian's chromium for the admin page test" >&2
+        echo "test.sh: installing Debian's ${missing[*]} for the tests" >&2
         if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-                apt-get install -y -qq chromium; } >/dev/null; then
-            echo "test.sh: could not install Debian's chromium (apt-get install chromium" \
-                 "failed); the admin page browser test needs it" >&2
+                apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >/dev/null
+        then
+            echo "test.sh: could not install ${missing[*]} (apt-get install failed); the" \
+                 "tests need them" >&2
             exit 1
         fi
     else
-        echo "test.sh: /usr/bin/chromium is missing and cannot be installed here (needs" \
-             "root and apt-get); install Debian's chromium, the admin page browser test" \
-             "needs it" >&2
+        echo "test.sh: ${missing[*]} missing and cannot be installed here (needs root and" \
+             "apt-get); install Debian's ${missing[*]}, the tests need them" >&2
         exit 1
     fi
 fi
-# The Redis store's tests run against Debian's redis-server; without it they fail.
-if ! command -v redis-server >/dev/null 2>&1; then
+# The docs test checks the systemd unit of docs/operating.md with systemd-analyze.
+if ! command -v systemd-analyze >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "test.sh: installing Debian's redis-server for the Redis store tests" >&2
+        echo "test.sh: installing Debian's systemd for systemd-analyze (docs test)" >&2
         if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-                apt-get install -y -qq --no-install-recommends redis-server; } >/dev/null; then
-            echo "test.sh: could not install redis-server, which the tests need" >&2
-            exit 1
+                apt-get install -y -qq --no-install-recommends systemd; } >/dev/null; then
+            echo "test.sh: could not install systemd; the systemd unit docs test needs" \
+                 "systemd-analyze" >&2
         fi
     else
-        echo "test.sh: redis-server is missing and cannot be installed here (needs root" \
-             "and apt-get); install Debian's redis-server package, the tests need it" >&2
-        exit 1
+        echo "test.sh: systemd-analyze is missing and cannot be installed here (needs root" \
+             "and apt-get); the systemd unit docs test needs it" >&2
     fi
 fi
 # The external-worker tests publish their workers in a real DNS server, Debian's dnsmasq
@@ -53,6 +57,6 @@ if ! command -v dnsmasq >/dev/null 2>&1 && [ ! -x /usr/sbin/dnsmasq ]; then
         exit 1
     fi
 fi
-python3 -m ruff check holdover tests bench
+python3 -m ruff check holdover tests bench scripts
 # -rs: every skip is printed with its reason (docs/testing.md lists the allowed ones).
 exec python3 -m pytest -q -rs -p no:cacheprovider "$@"

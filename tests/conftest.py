@@ -9,6 +9,7 @@ them under ``isolation``'s guard.  tests/e2e/ starts real gateways and workers.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import importlib
 import json
@@ -22,6 +23,7 @@ import textwrap
 import threading
 import time
 import tomllib
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -72,6 +74,12 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     return (yield from _guarded(item))
+
+
+# Test traffic goes to loopback only, whatever HTTP(S)_PROXY the machine sets: urllib
+# through this opener, websockets with ``proxy=None``, aiohttp with its default
+# ``trust_env=False`` (tests/unit/test_loopback_source.py checks the source for all three).
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def require(module: str) -> object:
@@ -223,6 +231,31 @@ class GatewayProcess:
             return []
         return [k for k in kids if "holdover.supervisor.guard" not in " ".join(k.cmdline())]
 
+    def worker_ports(self) -> set[int]:
+        """The ports the workers listen on, as the admin status reports them."""
+        code, _, body = self.admin_request("GET", "/api/status")
+        assert code == 200, body
+        return {w["port"] for rev in json.loads(body)["revisions"] for w in rev["workers"]}
+
+    def wait_upstream_paused(self, count: int, timeout: float = 30.0) -> None:
+        """Wait until the gateway has stopped reading ``count`` worker connections.
+
+        That is backpressure engaged: at least ``PAUSED_UNREAD`` bytes the gateway has
+        not read sit in the kernel's receive queue of each, unchanged since the last poll.
+        A gateway that kept reading (and buffering) never gets there.
+        """
+        ports = self.worker_ports()
+        last: dict[int, int] = {}
+
+        def paused() -> bool:
+            now = unread_from(self.proc.pid, ports)
+            still = [ino for ino, q in now.items() if q >= PAUSED_UNREAD and last.get(ino) == q]
+            last.clear()
+            last.update(now)
+            return len(still) >= count
+        wait_for(paused, timeout, interval=0.2,
+                 what=f"the gateway to stop reading {count} worker connection(s)")
+
     def all_descendants(self) -> list[psutil.Process]:
         try:
             return psutil.Process(self.proc.pid).children(recursive=True)
@@ -286,6 +319,34 @@ def status_of(response: bytes) -> int:
     m = re.match(rb"HTTP/1\.[01] (\d{3})", response)
     assert m, f"not an HTTP response: {response[:200]!r}"
     return int(m.group(1))
+
+
+PAUSED_UNREAD = 32 * 1024
+
+
+def unread_from(pid: int, remote_ports: set[int]) -> dict[int, int]:
+    """``{socket inode: bytes queued unread}`` of ``pid``'s TCP connections to those ports.
+
+    Read from /proc (Linux): the receive queue of a socket its owner has stopped reading
+    fills up, which is how a test sees backpressure without waiting on a clock.
+    """
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            m = re.fullmatch(r"socket:\[(\d+)\]", os.readlink(fd))
+            if m:
+                inodes.add(int(m.group(1)))
+    out = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                port = int(cols[2].rsplit(":", 1)[1], 16)
+                inode = int(cols[9])
+                if port in remote_ports and inode in inodes:
+                    out[inode] = int(cols[4].split(":")[1], 16)
+    return out
 
 
 def free_port() -> int:

@@ -1,10 +1,9 @@
 """The fault table: every fault and hostile case the suite tries, and what it observed.
 
-A pytest plugin (``pytest_plugins = ["faultlog"]`` in tests/e2e/test_faults.py,
-tests/e2e/test_hostile.py, tests/unit/test_fuzz.py and tests/e2e/test_fuzz_live.py).  Tests take the ``observe`` fixture and
-call ``observe(case_id, "what happened")`` with what they actually saw, *before* they
-assert; the verdict column comes from the test's outcome (passed → as expected,
-failed → differs, xfailed → known bug).  At the end of the session the table is written
+A pytest plugin (``pytest_plugins = ["faultlog"]`` in the modules ``HEADER`` below
+lists).  Tests take the ``observe`` fixture and call ``observe(case_id, "what happened")``
+with what they actually saw, *before* they assert; the verdict column comes from the
+test's outcome (passed → as expected, failed → differs, xfailed → known bug).  At the end of the session the table is written
 to ``test-artifacts/faults.md``; with ``HOLDOVER_WRITE_FAULT_TABLE=1`` it also rewrites
 the checked-in copy ``docs/faults.md`` (cases not run in this session keep the
 observation the file already had).
@@ -157,6 +156,18 @@ CASES: tuple[Case, ...] = (
     Case("client-never-reads", "Resources",
          "5 clients each start a 512 MiB download and never read",
          "backpressure: gateway memory grows by less than 64 MiB; other clients served"),
+    Case("error-read-in-full", "Resources",
+         "a client sends a 200 kB request head, or a 6 MiB body over max_body_size (1 MiB), "
+         "all of it before reading (raw socket), 5 times each",
+         "it reads the whole 431 or 413 every time, then the connection closes (lingering "
+         "close: the gateway stops writing, reads and discards for a bounded time and size)"),
+    Case("slow-upload-response-timeout", "Resources",
+         "a 900 KiB upload at about 200 KiB/s (4.5 s) with response_timeout 3 s",
+         "200: response_timeout counts from the end of the request body"),
+    Case("slow-reader-send-timeout", "Resources",
+         "40 clients each start a 64 MiB download and stop reading (send_timeout 2 s)",
+         "each is cut once a write has made no progress for send_timeout; gateway memory "
+         "per stalled connection stays small; other clients are served"),
     Case("worker-never-reads-body", "Resources",
          "a 256 MiB upload to a worker that never reads its request body",
          "backpressure: gateway memory stays bounded; 504 after response_timeout"),
@@ -165,15 +176,17 @@ CASES: tuple[Case, ...] = (
          "connections past the limit closed at once (no hang); the gateway does not crash "
          "or spin; an existing keep-alive client is still served"),
     Case("fd-exhaustion-workers", "Resources",
-         "the same fd exhaustion held for 6 s, then the flood closes",
+         "the same fd exhaustion held through three health checks of the worker, then the "
+         "flood closes",
          "the healthy worker is not restarted because the gateway itself is out of file "
          "descriptors (its sessions survive), the problem is logged, and a new client is "
          "served within 5 s of the flood ending"),
     # -- headers, paths, cookies -----------------------------------------------------
     Case("forwarded-quoting", "Hostile input (headers, paths, cookies)",
-         "Host values with quote, backslash, comma, semicolon, equals",
-         "the worker gets one Forwarded element with the host quoted and escaped, and "
-         "X-Forwarded-* set by the gateway only"),
+         "Host values with comma, semicolon, equals, one shaped to inject a for= element "
+         "(a quote or backslash is an invalid Host: see host-invalid)",
+         "the worker gets one Forwarded element with the host quoted, and X-Forwarded-* set "
+         "by the gateway only"),
     Case("forwarded-crlf", "Hostile input (headers, paths, cookies)",
          "CR, LF, NUL in Host, X-Forwarded-For, Forwarded, absolute-form authority",
          "400 and closed; nothing reaches the worker"),
@@ -184,6 +197,19 @@ CASES: tuple[Case, ...] = (
          "deploy (admin API) with revision id \"v2\\n\" — the id goes into the gateway's own "
          "X-Holdover-Revision / X-Holdover-Latest response headers",
          "400 (not a valid revision id); no response header ever contains CR or LF"),
+    Case("host-invalid", "Hostile input (headers, paths, cookies)",
+         "Host values that are not a host[:port] (space, slash, quote, backslash, @, tab, "
+         "an unclosed IPv6 literal, a bad port, empty on HTTP/1.1), and valid ones with "
+         "sub-delimiters, IPv6, an empty port",
+         "400 and closed for the invalid ones, nothing reaches the worker (RFC 9112 3.2); "
+         "the valid ones are served and passed on as X-Forwarded-Host"),
+    Case("trace-method", "Hostile input (headers, paths, cookies)",
+         "a TRACE request carrying a cookie",
+         "405 (as nginx answers); nothing reaches the worker, nothing is echoed"),
+    Case("chunk-size-over-limit", "Hostile input (headers, paths, cookies)",
+         "a chunked upload whose first chunk declares 2 MiB, or 2^64-1 bytes, or a size that "
+         "overflows 64 bits (max_body_size 1 MiB), then 1000 bytes and a pause",
+         "413 (400 for the overflow) within a second; nothing waits for a response_timeout"),
     Case("path-normalisation", "Hostile input (headers, paths, cookies)",
          "paths with ../, %2e%2e, //, %2f, backslash, ;params, absolute-form",
          "forwarded byte for byte (the gateway neither decodes nor normalises)"),
@@ -223,6 +249,39 @@ CASES: tuple[Case, ...] = (
          "gateway with a pinned session",
          "never routed into the real session: either refused (400) or a new pin is "
          "issued; only a byte-identical value (after quote stripping) reaches the session"),
+    Case("app-forges-gateway-headers", "Security",
+         "the app answers with X-Holdover-Revision, X-Holdover-Latest and Set-Cookie: "
+         "holdover_pin=… of its own (stateless and sessions mode)",
+         "removed; the client sees only the gateway's own (none when stateless; the real "
+         "revision and a signed pin cookie in sessions mode); the app's other cookies kept"),
+    Case("client-sends-holdover-headers", "Security",
+         "a client sends X-Holdover-Session, X-Holdover-Revision, X-Holdover-Latest "
+         "(any case) to the app",
+         "removed before the worker: one of these names that the app gets came from holdover"),
+    Case("admin-token-empty", "Security",
+         "state_dir/admin.token empty at start, then POST /api/deploy (a command of the "
+         "client's choosing) with an empty Bearer credential",
+         "a new token is written (0600, atomically) and the replacement logged; every "
+         "empty credential gets 401; the command never runs"),
+    Case("secret-file-exposed", "Security",
+         "secret.json readable by every user (0644) at start",
+         "made 0600 with a warning that says to rotate the keys if someone read them; "
+         "the keys themselves are kept (sessions stay valid)"),
+    Case("token-not-printed", "Security",
+         "what `holdover run` writes to standard output and standard error at start",
+         "the path of the token file, never the token (service logs keep both streams)"),
+    Case("admin-exposed", "Security",
+         "`holdover check` with admin_listen on 0.0.0.0 and secrets readable by others",
+         "exit 0 with one warning per exposure: the plain-HTTP admin side off loopback, "
+         "each loose file; `holdover run` logs the listen warning at start"),
+    Case("session-header-max-age", "Security",
+         "the app sends X-Holdover-Session with max-age inf, nan and 1e23, then an "
+         "anonymous client arrives (sessions mode, no session_cookie)",
+         "each malformed header is ignored (no pin); the anonymous client still gets "
+         "holdover's pin cookie"),
+    Case("pin-cookie-several", "Security",
+         "a forged holdover_pin cookie in front of the real one in the same Cookie header",
+         "the real (first valid) cookie routes the request to its session's worker"),
 )
 
 
@@ -297,12 +356,19 @@ HEADER = """\
 
 This table is produced by the test suite itself (`tests/faultlog.py`): every fault and
 hostile case that `tests/e2e/test_faults.py`, `tests/e2e/test_hostile.py`,
-`tests/unit/test_fuzz.py` and `tests/e2e/test_fuzz_live.py` try, what holdover should
-do, and what the last refreshing run observed.  Each run writes `test-artifacts/faults.md`;
-to refresh this checked-in copy run
+`tests/e2e/test_admin_hardening.py`, `tests/e2e/test_proxy_hardening.py`,
+`tests/unit/test_session_signals.py`, `tests/unit/test_fuzz.py` and
+`tests/e2e/test_fuzz_live.py` try, what holdover should do, and what the last refreshing
+run observed.  Each run writes `test-artifacts/faults.md`; to refresh this checked-in copy
+run
 
     HOLDOVER_WRITE_FAULT_TABLE=1 python -m pytest tests/e2e/test_faults.py \\
-        tests/e2e/test_hostile.py tests/unit/test_fuzz.py tests/e2e/test_fuzz_live.py
+        tests/e2e/test_hostile.py tests/e2e/test_admin_hardening.py \\
+        tests/e2e/test_proxy_hardening.py tests/unit/test_session_signals.py \\
+        tests/unit/test_fuzz.py tests/e2e/test_fuzz_live.py
+
+(rows of cases not run keep what the file had, so running only the tests of the changed
+cases refreshes their rows).
 
 `tests/unit/test_fault_table.py::test_fault_table_is_current` fails when a case is added,
 removed or re-worded without refreshing this file.  The request corpus lives in

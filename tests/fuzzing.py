@@ -62,23 +62,39 @@ def mutate(rng: random.Random, data: bytes, edits: int = 4) -> bytes:
 
 
 class Transport:
+    """``closed``: the gateway ended its side (close, abort, or EOF after its answer)."""
+
     def __init__(self) -> None:
         self.out = bytearray()
-        self.closed = False
+        self.closing = False
+        self.eof = False
         self.aborted = False
+
+    @property
+    def closed(self) -> bool:
+        return self.closing or self.eof
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "write after close"
         self.out += data
 
     def close(self) -> None:
-        self.closed = True
+        self.closing = True
 
     def abort(self) -> None:
-        self.closed = self.aborted = True
+        self.closing = self.aborted = True
 
     def is_closing(self) -> bool:
-        return self.closed
+        return self.closing
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
     def pause_reading(self) -> None:
         pass

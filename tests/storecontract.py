@@ -98,6 +98,15 @@ def test_revisions_upsert_get_and_list_in_creation_order(backend: Backend) -> No
         assert [r.id for r in listed] == ["v1", "v2b", "v2a", "v3"]
         assert listed[1] == newer
 
+        # forgetting one leaves the others and their order; twice is harmless
+        await store.delete_revision("v2b")
+        await store.delete_revision("v2b")
+        await store.delete_revision("never-there")
+        assert [r.id for r in await store.list_revisions()] == ["v1", "v2a", "v3"]
+        assert await store.get_revision("v2b") is None
+        await store.put_revision(rev("v2b", 20.0))  # a new record of that id goes last
+        assert [r.id for r in await store.list_revisions()] == ["v1", "v2a", "v2b", "v3"]
+
     with_store(backend, body)
 
 

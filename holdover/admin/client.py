@@ -7,13 +7,19 @@ token (``state_dir/admin.token``), so ``holdover status`` needs nothing but ``-c
 from __future__ import annotations
 
 import json
+import pwd
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from ..config import Config
 from .commands import Command
+
+# The admin address is the gateway's own, so a proxy from the environment (HTTP_PROXY) is
+# never used: it would be handed the bearer token, and could not reach loopback anyway.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class GatewayNotRunning(Exception):
@@ -29,12 +35,25 @@ class ApiError(Exception):
         self.error = error
 
 
+def not_yours(cfg: Config, path: Path) -> str:
+    """What to say when ``state_dir`` (0700) belongs to the user the gateway runs as."""
+    try:
+        owner = pwd.getpwuid(cfg.state_dir.stat().st_uid).pw_name
+        how = f" (sudo -u {owner} holdover ...)"
+    except (KeyError, OSError):
+        how = ""
+    return f"cannot read {path}: run as the user that runs the gateway{how}"
+
+
 def admin_base(cfg: Config) -> str:
     url_file = cfg.state_dir / "admin.url"
-    if url_file.exists():
+    try:
         return url_file.read_text().strip().rstrip("/")
-    host, port = cfg.gateway_admin_listen
-    return f"http://{host}:{port}"
+    except FileNotFoundError:
+        host, port = cfg.gateway_admin_listen
+        return f"http://{host}:{port}"
+    except PermissionError:
+        raise GatewayNotRunning(not_yours(cfg, url_file)) from None
 
 
 def read_token(cfg: Config) -> str:
@@ -45,8 +64,7 @@ def read_token(cfg: Config) -> str:
         raise GatewayNotRunning(f"no admin token at {path}: has `holdover run -c "
                                 f"{cfg.path}` ever started?") from None
     except PermissionError:
-        raise GatewayNotRunning(f"cannot read {path}: run as the user that runs the "
-                                f"gateway") from None
+        raise GatewayNotRunning(not_yours(cfg, path)) from None
 
 
 def call(cfg: Config, command: Command, args: dict[str, Any], timeout: float | None = 30.0
@@ -64,7 +82,7 @@ def call(cfg: Config, command: Command, args: dict[str, Any], timeout: float | N
         req = urllib.request.Request(base + command.path, data=data, method="POST",
                                      headers={**headers, "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with _DIRECT.open(req, timeout=timeout) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:

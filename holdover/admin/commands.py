@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -101,7 +102,7 @@ async def _deploy(gw: Gateway, args: dict[str, Any]) -> Any:
 
 
 async def _rollback(gw: Gateway, args: dict[str, Any]) -> Any:
-    return await gw.revs.rollback()
+    return await gw.revs.rollback(args.get("revision"))
 
 
 async def _promote(gw: Gateway, args: dict[str, Any]) -> Any:
@@ -114,9 +115,55 @@ async def _workers(gw: Gateway, args: dict[str, Any]) -> Any:
 
 
 async def _sessions(gw: Gateway, args: dict[str, Any]) -> Any:
+    if "cookie" in args or "pin" in args:
+        return _one_session(gw, args)
     return {"total": len(gw.sessions), "lost": gw.sessions_lost,
             "by_revision": dict(gw.sessions.per_revision),
             "history": [{"ts": ts, "by_revision": counts} for ts, counts in gw.session_history]}
+
+
+def _one_session(gw: Gateway, args: dict[str, Any]) -> Any:
+    """Which revision and worker hold one user's session, found by a cookie they send.
+
+    The cookie value is a live credential: it is only hashed (as the proxy hashes it)
+    and never echoed; the answer names the session by its keyed hash."""
+    if "cookie" in args and "pin" in args:
+        raise CommandError("give cookie or pin, not both", 400, field="pin")
+    if "cookie" in args:
+        if not gw.config.app_session_cookie:
+            raise CommandError("cookie: [app] session_cookie is not set, so no session is "
+                               "pinned by the app's cookie; look it up with pin (the "
+                               "holdover_pin cookie)", 400, field="cookie")
+        value = args["cookie"].strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]  # as the proxy reads a quoted cookie value
+        if not value:
+            raise CommandError("cookie: empty value", 400, field="cookie")
+        key = gw.keys.session_key(b"app", value.encode("utf-8", "surrogatepass"))
+        what = f"the {gw.config.app_session_cookie} cookie"
+    else:
+        found = gw.keys.verify(args["pin"].strip().encode("utf-8", "surrogatepass"))
+        if found is None:
+            raise CommandError("pin: not a holdover_pin cookie signed by this gateway "
+                               "(mistyped, forged, from another gateway or signed with a "
+                               "key since dropped)", 400, field="pin")
+        key, what = found, "this holdover_pin cookie"
+    pin = gw.sessions.get(key)
+    state = "live"
+    if pin is None and key in gw.sessions.offered:
+        # Offered, not yet a session: the client has not come back with the cookie.
+        pin, state = gw.sessions.offered[key], "offered"
+    if pin is None:
+        raise CommandError(f"no live session has {what} (keyed hash {key}): it ended, idled "
+                           f"out, was lost, or never started", 404, detail={"key": key})
+    to_wall = time.time() - time.monotonic()  # pins keep monotonic times
+    return {"session": {"key": key, "state": state, "revision": pin.revision,
+                        "worker": pin.worker,
+                        "started": round(pin.created_at + to_wall, 3),
+                        "last_seen": round(pin.last_seen + to_wall, 3),
+                        "expires": round(pin.expires_at + to_wall, 3)
+                        if pin.expires_at is not None else None,
+                        "in_flight": pin.active}}
 
 
 async def _drain(gw: Gateway, args: dict[str, Any]) -> Any:
@@ -141,9 +188,11 @@ async def _logs(gw: Gateway, args: dict[str, Any]) -> Any:
 
 
 async def _reload(gw: Gateway, args: dict[str, Any]) -> Any:
-    # Answer first: the reload stops this admin server on its way.
+    gw.check_reload()  # a configuration the new image would refuse: 400, nothing happens
+    # Answer first: the reload stops this admin server on its way.  A deploy under way
+    # is waited for (``waits_for``), then the gateway re-executes.
     asyncio.get_running_loop().call_later(0.2, gw.schedule_reload)
-    return {"reloading": True, "pid": os.getpid()}
+    return {"reloading": True, "pid": os.getpid(), "waits_for": gw.revs._busy}
 
 
 async def _events(gw: Gateway, args: dict[str, Any]) -> Any:
@@ -177,12 +226,21 @@ COMMANDS: tuple[Command, ...] = (
                       "each); no process is started (default: found by discover)",
                       cli="--upstream"),
             ), long_running=True),
-    Command("rollback", "POST", "make the previous revision active again (or abort a canary)",
-            _rollback, long_running=True),
+    Command("rollback", "POST", "make the previous revision (the one active before this "
+            "one), or REV, active again; or abort a canary", _rollback,
+            (Param("revision", str, "the revision to go back to (default: the previous one; "
+                   "a retired revision is started again)", cli="revision"),),
+            long_running=True),
     Command("promote", "POST", "make the canary the active revision", _promote),
     Command("workers", "GET", "every worker with its state, load and sessions", _workers),
-    Command("sessions", "GET", "live sessions per revision, and their history", _sessions),
-    Command("drain", "POST", "stop giving a revision new sessions (a canary: abort it)",
+    Command("sessions", "GET", "live sessions per revision, and their history; or which "
+            "revision and worker hold one user's session", _sessions, (
+                Param("cookie", str, "value of the app's session cookie (session_cookie) "
+                      "that the user sends", cli="--cookie"),
+                Param("pin", str, "value of the holdover_pin cookie that the user sends",
+                      cli="--pin"))),
+    Command("drain", "POST", "abort a canary: it gets no new sessions and drains (the "
+            "active revision is not drained: deploy another or roll back)",
             _drain, (Param("revision", str, "revision id", required=True, cli="revision"),)),
     Command("retire", "POST", "retire a draining revision now (its sessions are lost)",
             _retire, (Param("revision", str, "revision id", required=True, cli="revision"),)),

@@ -10,6 +10,10 @@ Counters stay monotonic while workers come and go: a worker object that leaves i
 revision's list (restarting a retired revision prunes stopped workers) has its final
 counts folded into a per-revision remainder, so a revision's totals never go down.
 Only a restart of the gateway process itself resets them, which Prometheus expects.
+
+Finished revisions beyond the newest ``[app] keep_retired`` are not shown, and what the
+collector remembered of them is dropped (``holdover.retention``): each would otherwise
+keep about 36 series for the life of the process.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from ..core.retention import to_forget
 from ..proxy.endpoint import LATENCY_BOUNDS
 
 if TYPE_CHECKING:
@@ -40,6 +45,12 @@ if TYPE_CHECKING:
 STATUS_CLASSES = ("other", "1xx", "2xx", "3xx", "4xx", "5xx")
 WORKER_STATES = ("starting", "ready", "unhealthy", "crashed", "backoff", "stopping",
                  "stopped", "failed")
+# Kinds of operator events (``holdover events``) counted by ``holdover_events_total``;
+# each is shown from the first scrape on (at 0), so that ``increase()`` sees its first
+# occurrence.  A kind not listed here is counted too, from when it first happens.
+EVENT_KINDS = ("starting", "deploy", "canary", "promote", "rollback", "canary-failed",
+               "failed", "retired", "sessions-lost", "worker-restart", "worker-stopped",
+               "restore", "reload")
 
 __all__ = ["CONTENT_TYPE_LATEST", "GatewayCollector", "ProcessStats", "Totals",
            "metrics_registry", "overview", "render"]
@@ -85,6 +96,42 @@ class GatewayCollector(Collector):
         self._seen: dict[str, dict[int, tuple[Any, Any]]] = {}
         self._gone: dict[str, Totals] = {}
         self._gone_restarts: dict[tuple[str, str], int] = {}
+        self.events: dict[str, int] = dict.fromkeys(EVENT_KINDS, 0)
+        self._event_cursor = 0
+        self._since = 0.0
+
+    async def read_events(self, store: Any) -> None:
+        """Count the events the store got since this gateway process started (the scrape
+        handler calls this first: reading the store is a coroutine, ``collect`` is not).
+
+        The process's start time is the kernel's, which a re-exec (``holdover reload``)
+        keeps, so the counters go on where they were after a reload."""
+        if store is None:
+            return
+        from ..state.base import StoreError
+
+        try:
+            if not self._since:
+                import psutil
+
+                self._since = psutil.Process().create_time()
+            while True:
+                # A cursor of 0 asks for the tail: enough for what happened before the
+                # first scrape (or while the store had none); later, pages after the cursor.
+                limit = 10_000 if not self._event_cursor else 1000
+                batch = await store.events(limit=limit, after_id=self._event_cursor)
+                new = [e for e in batch if e.id > self._event_cursor]
+                self._count([e for e in new if e.ts >= self._since])
+                if new:
+                    self._event_cursor = new[-1].id
+                if len(batch) < limit or not new:
+                    return
+        except StoreError:
+            return  # the store's own errors are logged where it is written; counts wait
+
+    def _count(self, batch: list[Any]) -> None:
+        for e in batch:
+            self.events[e.kind] = self.events.get(e.kind, 0) + 1
 
     def _fold_departed(self, rid: str, workers: list[Any]) -> None:
         current = {id(w): (w, self.gw.stats(w)) for w in workers}
@@ -95,10 +142,24 @@ class GatewayCollector(Collector):
                 self._gone_restarts[k] = self._gone_restarts.get(k, 0) + w.restarts
         self._seen[rid] = current
 
+    def _shown(self) -> list[Any]:
+        """The revisions to report: all but finished ones beyond ``keep_retired``."""
+        every = list(self.gw.revs.revisions.values())
+        forget = set(to_forget(((r.id, r.state) for r in every),
+                               self.gw.config.app_keep_retired))
+        shown = [r for r in every if r.id not in forget]
+        known = {r.id for r in shown}
+        for rid in [k for k in self._seen if k not in known]:
+            del self._seen[rid]
+            self._gone.pop(rid, None)
+        for key in [k for k in self._gone_restarts if k[0] not in known]:
+            del self._gone_restarts[key]
+        return shown
+
     def collect(self) -> Iterator[Metric]:
         gw = self.gw
         rm = gw.revs
-        revisions = list(rm.revisions.values())
+        revisions = self._shown()
         per_rev: dict[str, Totals] = {}
         for rev in revisions:
             self._fold_departed(rev.id, rev.workers)
@@ -134,10 +195,17 @@ class GatewayCollector(Collector):
         per_revision = gw.sessions.per_revision
         for rev in revisions:
             sessions.add_metric([rev.id], per_revision.get(rev.id, 0))
-        for rid, n in per_revision.items():  # pins of a revision no longer known
-            if rid not in rm.revisions:
+        shown = {rev.id for rev in revisions}
+        for rid, n in per_revision.items():  # pins of a revision no longer shown
+            if rid not in shown and n:
                 sessions.add_metric([rid], n)
         yield sessions
+        yield CounterMetricFamily("holdover_sessions_refused", "New sessions served unpinned "
+                                  "because the session table was full (max_sessions)",
+                                  value=getattr(gw.sessions, "refused", 0))
+        yield GaugeMetricFamily("holdover_sessions_offered", "Pin cookies offered to clients "
+                                "that have not come back with them yet (not sessions)",
+                                value=len(getattr(gw.sessions, "offered", ())))
         yield CounterMetricFamily("holdover_sessions_lost", "Sessions whose worker process "
                                   "went away (restart, crash, retire, max_drain)",
                                   value=gw.sessions_lost)
@@ -146,6 +214,14 @@ class GatewayCollector(Collector):
                                     "state", labels=["revision", "state"])
         restarts = CounterMetricFamily("holdover_worker_restarts", "Restarts of a worker",
                                        labels=["revision", "worker"])
+        looping = GaugeMetricFamily("holdover_worker_crash_looping", "1 while a worker is "
+                                    "crash-looping (crash_loop_restarts restarts within "
+                                    "crash_loop_window), else 0", labels=["revision", "worker"])
+        draining = GaugeMetricFamily("holdover_revision_drain_started_timestamp_seconds",
+                                     "When a draining revision began to drain (Unix time; "
+                                     "since the gateway's start if it started later)",
+                                     labels=["revision"])
+        wall = time.time() - time.monotonic()
         inflight = GaugeMetricFamily("holdover_requests_in_flight", "Requests (and open "
                                      "WebSockets) being served", labels=["revision"])
         info = InfoMetricFamily("holdover_revision", "A revision and its state",
@@ -167,17 +243,29 @@ class GatewayCollector(Collector):
                 workers.add_metric([rev.id, state], n)
             for wid, n in per_worker.items():
                 restarts.add_metric([rev.id, wid], n)
+            for w in rev.workers:
+                looping.add_metric([rev.id, w.id], 1.0 if getattr(w, "crash_loop", False) else 0.0)
+            if rev.state == "draining" and getattr(rev, "drain_started", 0.0):
+                draining.add_metric([rev.id], round(wall + rev.drain_started, 3))
             inflight.add_metric([rev.id], busy)
             info.add_metric([rev.id], {"state": rev.state})
             canary.add_metric([rev.id], rev.canary_percent if rev is rm.canary else 0.0)
         yield workers
         yield restarts
+        yield looping
+        yield draining
         yield inflight
         yield info
         yield canary
 
         yield CounterMetricFamily("holdover_deploys", "Deploys that made a revision active "
                                   "or canary", value=rm.deploys)
+        events = CounterMetricFamily("holdover_events", "Operator events (holdover events) "
+                                     "since the gateway process started, by kind",
+                                     labels=["kind"])
+        for kind, n in sorted(self.events.items()):
+            events.add_metric([kind], n)
+        yield events
         yield GaugeMetricFamily("holdover_queue_length", "Requests waiting for a ready "
                                 "worker", value=len(gw.queue))
         yield GaugeMetricFamily("holdover_connections", "Open client connections",
@@ -197,15 +285,18 @@ class GatewayCollector(Collector):
         dns = CounterMetricFamily("holdover_discovery_failures", "DNS look-ups of a "
                                   "revision's workers that failed or named none (the last "
                                   "known workers were kept)", labels=["revision"])
+        shown = {r.id for r in revisions}
         for rid, n in gw.discovery.failures.items():
-            dns.add_metric([rid], n)
+            if rid in shown:  # a forgotten revision leaves the metrics
+                dns.add_metric([rid], n)
         yield dns
 
 
-def metrics_registry(gw: Gateway) -> CollectorRegistry:
+def metrics_registry(gw: Gateway, collector: GatewayCollector | None = None
+                     ) -> CollectorRegistry:
     """A private registry holding only the gateway's collector (no process defaults)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(GatewayCollector(gw))
+    registry.register(collector if collector is not None else GatewayCollector(gw))
     return registry
 
 

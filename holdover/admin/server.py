@@ -13,17 +13,26 @@ import asyncio
 import hmac
 import json
 import logging
-import os
+import re
 import secrets
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from ..core.errors import Refused
+from ..core.private_files import loose_mode, write_private
 from ..state import StoreError
 from .commands import BY_NAME, COMMANDS, Command, CommandError
-from .metrics import CONTENT_TYPE_LATEST, ProcessStats, metrics_registry, overview, render
+from .metrics import (
+    CONTENT_TYPE_LATEST,
+    GatewayCollector,
+    ProcessStats,
+    metrics_registry,
+    overview,
+    render,
+)
 
 if TYPE_CHECKING:
     from ..control.facade import Control as Gateway
@@ -40,21 +49,56 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
-    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
-                               "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+    # No 'unsafe-inline': an injected <script> or style="" in the page does not run (the
+    # page colours each revision through the CSSOM, which the policy allows).
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+                               "object-src 'none'; base-uri 'none'; form-action 'self'; "
+                               "frame-ancestors 'none'",
 }
 
 
+# A token holdover writes is 43 characters (256 random bits); one an operator writes
+# must still be long enough not to be guessed, and fit a Bearer header (RFC 6750 token68).
+MIN_TOKEN_LENGTH = 32
+_TOKEN68 = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+
+
+def token_problem(token: str) -> str | None:
+    """Why ``token`` must not be the admin token (empty, short, not token68), or None."""
+    if not token:
+        return "it is empty"
+    if len(token) < MIN_TOKEN_LENGTH:
+        return f"it is {len(token)} characters long, fewer than {MIN_TOKEN_LENGTH}"
+    if not _TOKEN68.fullmatch(token):
+        return "it has characters a Bearer token cannot carry"
+    return None
+
+
 def load_or_create_token(state_dir: Path) -> tuple[str, bool]:
-    """The admin token, created (0600) on first start; True when it was just created."""
+    """The admin token, created (0600) on first start; True when it was just written.
+
+    A token file that is empty (a crash while an older version wrote it), too short or
+    readable by other users is replaced by a new token, saying why: an empty token
+    must never mean "no authentication"."""
     path = state_dir / TOKEN_FILE
-    if path.exists():
-        return path.read_text().strip(), False
+    why = None
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the admin token {path}: {exc}") from None
+    else:
+        why = token_problem(token)
+        mode = loose_mode(path)
+        if why is None and mode is not None:
+            why = f"other users could read it (mode {mode:04o})"
+        if why is None:
+            return token, False
     token = secrets.token_urlsafe(32)
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+    write_private(path, token + "\n")
+    if why is not None:
+        log.warning("replaced the admin token in %s with a new one: %s", path, why)
     return token, True
 
 
@@ -85,6 +129,8 @@ def openapi() -> dict[str, Any]:
                     "schema": {"$ref": "#/components/schemas/Error"}}}},
                 "401": {"description": "missing or wrong token", "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                "404": {"description": "no such revision, worker or session", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
             }}
         if c.method == "POST":
             op["requestBody"] = {"required": False, "content": {"application/json": {"schema": {
@@ -112,6 +158,9 @@ class AdminServer:
     """aiohttp application bound to the gateway's internal API."""
 
     def __init__(self, gw: Gateway, token: str) -> None:
+        problem = token_problem(token)
+        if problem is not None:  # never an admin side that anyone can use
+            raise ValueError(f"refusing to serve the admin side with this token: {problem}")
         self.gw = gw
         self._token = token.encode()
         self.runner: web.AppRunner | None = None
@@ -125,7 +174,9 @@ class AdminServer:
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/api/stream", self._stream)
         app.router.add_get("/metrics", self._metrics)
-        self._registry = metrics_registry(gw)
+        app.router.add_get("/readyz", self._readyz)
+        self._collector = GatewayCollector(gw)
+        self._registry = metrics_registry(gw, self._collector)
         self._procs = ProcessStats()
         self._closing = asyncio.Event()
         self.app = app
@@ -144,13 +195,20 @@ class AdminServer:
         if request.path.startswith("/api/") or request.path == "/metrics":
             auth = request.headers.get("Authorization", "")
             scheme, _, token = auth.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                    token.strip().encode(), self._token):
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token or not hmac.compare_digest(
+                    token.encode(), self._token):
                 resp = _error(401, "missing or wrong admin token: send 'Authorization: "
                                    "Bearer <token>' (the token is in state_dir/admin.token)")
                 resp.headers["WWW-Authenticate"] = 'Bearer realm="holdover"'
                 return resp
         return await handler(request)
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        """For a load balancer, without credentials: 200 while this node serves, 503 while
+        it shuts down (the ``shutdown_delay`` after SIGTERM) — nothing else is told."""
+        ready = self.gw.ready
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
 
     async def _openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi())
@@ -210,6 +268,7 @@ class AdminServer:
                             headers={"Content-Type": ctype})
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        await self._collector.read_events(getattr(self.gw, "store", None))
         return web.Response(body=render(self._registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -269,13 +328,13 @@ class AdminServer:
             pass
         return resp
 
-    async def start(self, host: str, port: int) -> None:
+    async def start_on(self, sock: socket.socket) -> None:
+        """Serve on an already bound (or inherited) listening socket."""
         self.runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        site = web.SockSite(self.runner, sock)
         await site.start()
-        server = site._server  # type: ignore[attr-defined]
-        self.bound = server.sockets[0].getsockname()[:2]
+        self.bound = sock.getsockname()[:2]
 
     async def stop(self) -> None:
         self._closing.set()  # ends open /api/stream responses, or cleanup waits for them

@@ -124,7 +124,7 @@ class Discovery:
             except DiscoveryError as exc:
                 why = str(exc)
             if time.monotonic() + delay > deadline:
-                raise RevisionFailed(rev.id, "-", "", f"found no worker at {src.discover} "
+                raise RevisionFailed(rev.id, "-", "", why=f"found no worker at {src.discover} "
                                      f"within {timeout:g}s: {why}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)

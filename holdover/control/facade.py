@@ -22,7 +22,7 @@ from ..core.affinity import Keys
 from ..core.lifecycle import RevisionState
 from ..proxy.endpoint import Stats
 from ..proxy.server import ClientConnection
-from ..state import StateStore
+from ..state import StateStore, StoreError
 from ..supervisor.external import ExternalWorker
 from ..supervisor.supervisor import Revision, Supervisor
 from ..supervisor.worker import Worker
@@ -37,6 +37,8 @@ from .ticker import Tasks, Ticker
 log = logging.getLogger("holdover.control")
 
 _NO_STATS = Stats()
+HEARTBEAT = 5.0  # seconds between a node's heartbeats on a shared store
+OFFER_TTL = 600.0  # seconds an offered pin waits for its client to come back
 
 
 class Control:
@@ -49,7 +51,8 @@ class Control:
         self.config = config
         self.tasks = Tasks()
         self.ticker = Ticker()
-        self.sessions: PinDirectory = local_directory()
+        self.sessions: PinDirectory = local_directory(config.app_max_sessions)
+        self._refused_told = 0
         self.supervisor = supervisor(config, self._worker_state)
         self.persist = Persistence(self)
         self.router = router(config, None, self.sessions, self.tasks.spawn,  # type: ignore[arg-type]
@@ -62,7 +65,10 @@ class Control:
         self.session_history: deque[tuple[float, dict[str, int]]] = deque(maxlen=720)
         self.connections: set[ClientConnection] = set()  # the public listener's, for status
         self.schedule_reload: Callable[[], None] = lambda: None  # set by the root
+        self.check_reload: Callable[[], None] = lambda: None  # Refused if it would fail
         self.closing = False
+        self._node_info: dict[str, Any] | None = None  # set on a shared store
+        self.ready = False  # serving, and not shutting down (the admin side's /readyz)
 
     # -- wiring -------------------------------------------------------------------
 
@@ -119,8 +125,19 @@ class Control:
             self.router.queue.expire(now)
 
     def end_idle_sessions(self, now: float) -> int:
-        """End the sessions that idled out or passed their expiry (rule 3)."""
-        if not self.router.sessions_mode or not self.sessions.pins:
+        """End the sessions that idled out or passed their expiry (rule 3).
+
+        Offers of holdover's pin cookie that no client brought back within
+        ``OFFER_TTL`` (or the idle timeout, if shorter) are forgotten too."""
+        sessions = self.sessions
+        if sessions.offered:
+            sessions.expire_offers(now, min(OFFER_TTL, self.config.app_session_idle_timeout))
+        if sessions.refused > self._refused_told:
+            log.warning("%d new session(s) not pinned: the session table is full "
+                        "(max_sessions = %d)", sessions.refused - self._refused_told,
+                        self.config.app_max_sessions)
+            self._refused_told = sessions.refused
+        if not self.router.sessions_mode or not sessions.pins:
             return 0
         idle = self.sessions.idle(now, self.config.app_session_idle_timeout)
         for p in idle:
@@ -197,6 +214,43 @@ class Control:
                    else {})}
 
     # -- the store (see persist.py) --------------------------------------------------
+
+    async def claim_node(self, info: dict[str, Any]) -> None:
+        """Announce this node on a shared store; refuse one another live node uses.
+
+        Until several nodes can share one app's state (docs/cluster.md), a shared store
+        serves one gateway: a second would restore the same revisions and fight over the
+        same pins.  The heartbeat renews every HEARTBEAT seconds and lapses three
+        beats after this node stops (or dies)."""
+        store = self.store
+        me = self.config.node_name
+        others = [n.name for n in await store.live_nodes() if n.name != me]  # type: ignore[attr-defined]
+        if others:
+            raise StoreError(f"the store {self.config.gateway_store.split('@')[-1]} is in "
+                             f"use by node {', '.join(others)}: one gateway per store for "
+                             f"now (a cluster of nodes is docs/cluster.md's next step); give "
+                             f"this node its own store, or stop the other one")
+        self._node_info = info
+        await store.heartbeat(me, info, 3 * HEARTBEAT)  # type: ignore[attr-defined]
+        self.ticker.add("node-heartbeat", HEARTBEAT, self._heartbeat)
+
+    def _heartbeat(self, now: float) -> None:
+        self.tasks.spawn(self._beat(), "node-heartbeat")
+
+    async def _beat(self) -> None:
+        try:
+            await self.store.heartbeat(self.config.node_name, self._node_info,  # type: ignore[attr-defined]
+                                       3 * HEARTBEAT)
+        except StoreError as exc:
+            log.warning("node heartbeat: %s", exc)
+
+    async def forget_node(self) -> None:
+        """This node stops: others may use the store at once."""
+        if self._node_info is not None:
+            try:
+                await self.store.forget_node(self.config.node_name)  # type: ignore[attr-defined]
+            except StoreError as exc:
+                log.warning("cannot remove this node's heartbeat: %s", exc)
 
     async def record_event(self, kind: str, message: str, revision: str | None = None,
                            worker: str | None = None, data: dict | None = None) -> None:

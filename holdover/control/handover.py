@@ -52,10 +52,14 @@ def lock_state_dir(state_dir: Path) -> int:
     return fd
 
 
-async def reexec(ctl: Control, listen_fd: int, lock_fd: int,
+async def reexec(ctl: Control, fds: dict[str, int], lock_fd: int,
                  stop_serving: Callable[[], Awaitable[None]]) -> None:
-    """Finish in-flight work (``stop_serving``), save everything, exec the new image."""
-    os.set_inheritable(listen_fd, True)
+    """Finish in-flight work (``stop_serving``), save everything, exec the new image.
+
+    ``fds`` are duplicates of the listening sockets (public, admin, redirect): their
+    backlogs stay open, so no listener ever refuses a connection during the hand-over."""
+    for fd in fds.values():
+        os.set_inheritable(fd, True)
     guard_pid, guard_fd = ctl.supervisor.guard.handover()
     await stop_serving()
     ctl.ticker.stop()
@@ -79,8 +83,8 @@ async def reexec(ctl: Control, listen_fd: int, lock_fd: int,
     if ctl.router.access_log is not None:
         ctl.router.access_log.close()
     os.set_inheritable(lock_fd, True)
-    inherit = {"listen_fd": listen_fd, "guard_pid": guard_pid, "guard_fd": guard_fd,
-               "lock_fd": lock_fd, "workers": workers}
+    inherit = {**fds, "guard_pid": guard_pid, "guard_fd": guard_fd, "lock_fd": lock_fd,
+               "workers": workers}
     env = dict(os.environ, **{INHERIT_ENV: json.dumps(inherit)})
     sys.stdout.flush()
     sys.stderr.flush()

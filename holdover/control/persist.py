@@ -14,6 +14,7 @@ beside the meta key ``canary``) is migrated on load.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -64,9 +65,10 @@ class Persistence:
                     cwd=str(rev.spec.cwd), env=dict(rev.spec.env), workers=rev.size,
                     created_at=rev.created_at, release_dir=rev.release_dir,
                     updated_at=time.time(), canary_percent=rev.canary_percent,
-                    **_source_fields(rev.source)))
+                    meta=rev.meta, **_source_fields(rev.source)))
             await store.set_meta("active", rm.active.id if rm.active else "")
             await store.set_meta("canary", rm.canary.id if rm.canary else "")
+            await store.set_meta("activations", json.dumps(rm.activations))
         except StoreError as exc:
             log.error("cannot save revisions (serving goes on from memory): %s", exc)
 
@@ -96,6 +98,14 @@ class Persistence:
         finally:
             self.flushing = False
 
+    def tell_config_drift(self, rev: Any) -> None:
+        keys = config_drift(self.ctl.config, rev)
+        if keys:
+            log.warning("the [app] section of %s differs from the running revision %s in: "
+                        "%s; they take effect with the next `holdover deploy` (a restart or "
+                        "reload keeps the running revision as it was deployed)",
+                        self.ctl.config.path, rev.id, ", ".join(keys))
+
     async def restore(self, inherit: dict[str, Any] | None) -> None:
         """Bring back revisions and pins from the state store after a restart."""
         ctl = self.ctl
@@ -120,6 +130,7 @@ class Persistence:
             rev = sup.create_revision(spec, rec.workers, rec.created_at, rec.release_dir)
             rev.canary_percent = rec.canary_percent
             rev.source = _stored_source(rec)
+            rev.meta = dict(rec.meta or {})
             state = _stored_state(rec.state, rec.id == canary_id)
             if rec.id in adopted or rec.id in external:
                 rm.restore_state(rev, state)
@@ -137,6 +148,7 @@ class Persistence:
                 rm.restore_state(rev, state if state in (RevisionState.FAILED,
                                                          RevisionState.RETIRED)
                                  else RevisionState.RETIRED)
+        saved_activations = await store.get_meta("activations")
         live = {(w.id, w.incarnation) for w in sup.all_workers()
                 if w.state is WorkerState.READY}
         kept = [p for p in pins if (p.worker, p.incarnation) in live]
@@ -154,6 +166,8 @@ class Persistence:
                                     f"restart lost: their worker processes were restarted",
                                     data={"count": len(gone)})
         if rm.active is not None:
+            rm.restore_activations(saved_activations)
+            self.tell_config_drift(rm.active)
             # Adopted: top up workers that were not ready at the handover.
             missing = rm.active.size - len([w for w in rm.active.running() if not w.standby])
             if missing > 0 and rm.active.source is None:
@@ -166,6 +180,7 @@ class Persistence:
         if active_id and active_id in rm.revisions:
             rev = rm.revisions[active_id]
             await self.record_event("restore", f"restarting revision {rev.id}", rev.id)
+            self.tell_config_drift(rev)
             rm.restore_state(rev, RevisionState.STARTING)
             try:
                 await rm.start_workers_of(rev)
@@ -175,6 +190,7 @@ class Persistence:
                                         f"({exc}); starting the configured app instead",
                                         rev.id, exc.worker, {"log_tail": exc.log_tail})
                 return
+            rm.restore_activations(saved_activations)
             rm._activate(rev)
 
 
@@ -190,6 +206,29 @@ def _stored_source(rec: RevisionRecord) -> Source | None:
     if rec.kind != "external":
         return None
     return Source(upstreams=tuple(rec.upstreams), discover=rec.discover)
+
+
+def app_settings(config: Any) -> dict[str, Any]:
+    """The ``[app]`` values a revision takes from the config when it is created."""
+    return {"command": config.app_command, "env": dict(config.app_env),
+            "workers": config.app_workers, "cwd": str(config.app_dir)}
+
+
+def config_drift(config: Any, rev: Any) -> list[str]:
+    """The ``[app]`` keys changed in the config since revision ``rev`` was created.
+
+    A revision is immutable: its command, environment, worker count and folder are its
+    own, so a changed config applies them only to the next deploy.  Everything else in
+    ``[app]`` (health checks, timeouts, logs) is read anew at every start and reload.
+    A revision from before this was recorded is compared with what it runs."""
+    if rev.source is not None:
+        return []  # another engine's workers: command, env, workers and cwd are not theirs
+    then = rev.meta.get("config")
+    if not isinstance(then, dict):
+        then = {"command": rev.spec.command, "env": dict(rev.spec.env), "workers": rev.size,
+                "cwd": str(rev.spec.cwd)}
+    now = app_settings(config)
+    return [k for k in ("command", "env", "workers", "cwd") if then.get(k) != now[k]]
 
 
 def _stored_state(value: str, is_canary: bool) -> RevisionState:

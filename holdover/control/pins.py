@@ -22,6 +22,7 @@ class PinDirectory(Protocol):
     """Lookup, claim, touch, end, counts per worker and revision, and a change feed."""
 
     pins: dict[str, Pin]
+    offered: dict[str, Pin]
     per_worker: dict[str, int]
     per_revision: dict[str, int]
 
@@ -31,8 +32,21 @@ class PinDirectory(Protocol):
         """The live pin of session ``key``, or None."""
 
     def pin(self, key: str, worker: str, incarnation: str, revision: str, now: float,
-            expires_at: float | None = None) -> Pin:
-        """Claim ``key`` for ``worker`` (its first pin wins; a re-pin replaces it)."""
+            expires_at: float | None = None) -> Pin | None:
+        """Claim ``key`` for ``worker`` (its first pin wins; a re-pin replaces it).
+
+        None: the directory is full and ``key`` had no pin (the request goes unpinned)."""
+
+    def offer(self, key: str, worker: str, incarnation: str, revision: str, now: float
+              ) -> Pin:
+        """Holdover's own cookie, offered: it routes, but is no session until it returns."""
+
+    def promote(self, key: str, now: float) -> Pin | None:
+        """The client came back with an offered pin: a session from now on."""
+
+    def expire_offers(self, now: float, ttl: float) -> int: ...
+
+    def drop_offers_of(self, worker: str) -> None: ...
 
     def touch(self, p: Pin, now: float) -> None:
         """The session was seen at ``now`` (may lag across processes and nodes)."""
@@ -54,6 +68,6 @@ class PinDirectory(Protocol):
         """The change feed: pins changed and keys removed since the last call."""
 
 
-def local_directory() -> PinDirectory:
+def local_directory(limit: int = 1_000_000) -> PinDirectory:
     """The in-process pin directory of a single gateway process."""
-    return SessionTable()
+    return SessionTable(limit=limit)

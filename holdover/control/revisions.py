@@ -14,10 +14,8 @@ the sessions still on it are ended and counted as lost.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import re
-import shutil
-import subprocess
 import time
 from collections import deque
 from pathlib import Path
@@ -29,9 +27,16 @@ from ..core.lifecycle import RevisionState as S
 from ..core.lifecycle import WorkerState as W
 from ..core.lifecycle import check_revisions, revision_next
 from ..core.policy import drain_expired, judge_canary, workers_to_stop
+from ..core.retention import to_forget
+from ..state import StoreError
 from ..supervisor.external import Source
 from ..supervisor.supervisor import Revision, RevisionFailed
 from .external import choose_source, first_source
+from .persist import app_settings
+from .releases import REVISION_ID, git_short_sha, snapshot
+from .retention import remove_files
+
+MAX_ACTIVATIONS = 50  # how far back the activation stack (rollback targets) remembers
 
 DeployError = Refused  # a deploy-side request refused: the one "refused" error
 
@@ -39,28 +44,6 @@ if TYPE_CHECKING:
     from .context import Context as Control
 
 log = logging.getLogger("holdover.revisions")
-
-_REVISION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
-_SNAPSHOT_IGNORE = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".holdover",
-                                          ".holdover-demo", "node_modules", ".venv")
-
-
-
-
-def git_short_sha(path: Path) -> str | None:
-    """The short commit id of a git checkout (``-dirty`` if it has changes), or None."""
-    try:
-        out = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=5)
-        if out.returncode != 0:
-            return None
-        sha = out.stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return f"{sha}-dirty" if dirty else sha
-    except (OSError, subprocess.SubprocessError):
-        return None
-
 
 class RevisionManager:
     """All revisions of the app and the one or two that get new sessions."""
@@ -75,6 +58,7 @@ class RevisionManager:
         self._busy: str | None = None  # what deploy-side action is under way
         self._stopping: set[Any] = set()
         self._canary_samples: deque[tuple[float, int, int]] = deque()
+        self.activations: list[str] = []  # revision ids in order of activation (a stack)
         self.deploys = 0
 
     # -- the one place a revision's state changes ------------------------------------
@@ -94,10 +78,34 @@ class RevisionManager:
     # -- queries -------------------------------------------------------------------
 
     def previous(self) -> Revision | None:
-        """The revision a rollback returns to: the newest one before the active one."""
-        order = [r for r in self.revisions.values() if r.state in (S.DRAINING, S.RETIRED)
-                 and r is not self.active and r is not self.canary]
-        return order[-1] if order else None
+        """The revision a rollback returns to: the one active before the current one.
+
+        Activations form a stack: a deploy, a promote or ``rollback REV`` pushes, a plain
+        rollback pops.  So after a rollback from v2 to v1, the next rollback does not
+        bounce back to v2, and a failed deploy (never active) is never a target."""
+        for rid in reversed(self.activations[:-1]):
+            rev = self.revisions.get(rid)
+            if rev is not None and rev is not self.active and rev is not self.canary and \
+                    rev.state in (S.DRAINING, S.RETIRED):
+                return rev
+        return None
+
+    def _pushed(self, rev: Revision) -> None:
+        if not self.activations or self.activations[-1] != rev.id:
+            self.activations.append(rev.id)
+            del self.activations[:-MAX_ACTIVATIONS]
+
+    def restore_activations(self, saved: str | None) -> None:
+        """The activation stack from the store (older state_dirs have none: the active)."""
+        try:
+            ids = json.loads(saved) if saved else []
+        except ValueError:
+            ids = []
+        ids = [i for i in ids if isinstance(i, str) and i in self.revisions] \
+            if isinstance(ids, list) else []
+        if self.active is not None and (not ids or ids[-1] != self.active.id):
+            ids.append(self.active.id)
+        self.activations = ids[-MAX_ACTIVATIONS:]
 
     def status(self) -> dict[str, Any]:
         gw = self.ctl
@@ -114,19 +122,20 @@ class RevisionManager:
         return {"revisions": out, "active": self.active.id if self.active else None,
                 "canary": self.canary.id if self.canary else None,
                 "mode": self.config.app_mode, "sessions": len(gw.sessions),
-                "sessions_lost": gw.sessions_lost, "deploying": self._busy}
+                "sessions_lost": gw.sessions_lost, "deploying": self._busy,
+                "rollback_to": prev.id if (prev := self.previous()) is not None else None}
 
     # -- changes -------------------------------------------------------------------
 
     def _claim(self, what: str) -> None:
         if self._busy is not None:
-            raise DeployError(f"cannot {what}: {self._busy} is in progress; try again when "
-                              f"it has finished", 409)
+            raise DeployError(f"cannot start {what}: {self._busy} is in progress; try again "
+                              f"when it has finished", 409)
         self._busy = what
 
     def _new_id(self, requested: str | None, source: Path | None) -> str:
         if requested is not None:
-            if not _REVISION_ID.fullmatch(requested):
+            if not REVISION_ID.fullmatch(requested):
                 raise DeployError(f"revision id {requested!r} is not valid: use letters, "
                                   f"digits, '.', '_' or '-' (at most 64)", 400)
             if requested in self.revisions:
@@ -145,9 +154,15 @@ class RevisionManager:
         return rid
 
     async def start_first(self) -> None:
-        """The revision ``holdover run`` starts with when the store has none running."""
+        """The revision ``holdover run`` starts with when the store has none running.
+
+        Like every other revision it runs from a snapshot of its files (the config's
+        ``cwd``), so that editing the live folder never changes it: a restart, a crash
+        restart or a rollback to it runs the code it started with (external ones: none)."""
         rid = self._new_id(None, None)
-        rev = await self._start(rid, None, None, None, None, ext=first_source(self.ctl, rid))
+        ext = first_source(self.ctl, rid)
+        rev = await self._start(rid, self.config.app_dir if ext is None else None, None, None,
+                                None, ext=ext)
         self._activate(rev)
         await self.ctl.record_event("deploy", f"revision {rev.id} is active", rev.id)
 
@@ -210,7 +225,7 @@ class RevisionManager:
         cwd = None
         if source is not None:
             release = cfg.state_dir / "releases" / rid
-            await asyncio.to_thread(self._snapshot, source, release)
+            await asyncio.to_thread(snapshot, source, release, cfg.state_dir)
             cwd = release
         spec = self.supervisor.spec(rid, command=command, cwd=cwd, env=env)
         size = workers or cfg.app_workers
@@ -219,6 +234,7 @@ class RevisionManager:
         rev = self.supervisor.create_revision(spec, size, time.time(),
                                               str(release) if release else None)
         rev.source = ext
+        rev.meta["config"] = app_settings(cfg)  # what a later restart compares the config to
         rolling = (cfg.app_mode == "stateless" and cfg.app_strategy == "rolling"
                    and self.active is not None and not canary and ext is None)
         await self.ctl.record_event("starting", f"revision {rid}: starting {size} worker(s)"
@@ -234,6 +250,7 @@ class RevisionManager:
             self._apply(rev, E.FAIL)
             await self.ctl.record_event("failed", f"revision {rid} failed: {exc}", rid,
                                        exc.worker, {"log_tail": exc.log_tail})
+            await self.forget_old()
             await self.ctl.save_revisions()
             raise DeployError(f"revision {rid} failed to start: {exc.why}; the active "
                               f"revision is unchanged", 422, log_tail=exc.log_tail) from None
@@ -251,16 +268,12 @@ class RevisionManager:
         if self.config.app_standby:
             await self.supervisor.start_workers(rev, self.config.app_standby, standby=True)
 
-    @staticmethod
-    def _snapshot(source: Path, dest: Path) -> None:
-        """Copy the app's files so later edits of ``source`` never reach this revision."""
-        if dest.exists():
-            shutil.rmtree(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(source, dest, symlinks=True, ignore=_SNAPSHOT_IGNORE)
-
     async def _roll(self, rev: Revision, size: int) -> None:
-        """Stateless rolling deploy: one new worker in, one old worker out, repeated."""
+        """Stateless rolling deploy: one new worker in, one old worker out, repeated.
+
+        An old worker leaves rotation at once and drains in the background (its requests
+        and open streams finish, bounded by max_drain): the deploy does not wait for a
+        WebSocket that stays open for hours, and rollback is free meanwhile."""
         old = self.active
         assert old is not None
         try:
@@ -270,7 +283,7 @@ class RevisionManager:
                 self.ctl.routing_changed()
                 victims = [w for w in old.running() if w not in self._stopping]
                 if victims:
-                    await self._retire_worker(victims[0], wait=True)
+                    self._drain_in_background(victims[0])
         except RevisionFailed:
             # Undo: the new revision's workers go, the old one is brought back to size.
             self.ctl.rolling = None
@@ -279,10 +292,18 @@ class RevisionManager:
             await self._top_up(old)
             raise
         for w in old.running():
-            await self._retire_worker(w, wait=True)
+            if w not in self._stopping:
+                self._drain_in_background(w)
         self.ctl.rolling = None
 
-    def _activate(self, rev: Revision) -> None:
+    def _drain_in_background(self, w: Any) -> None:
+        self._stopping.add(w)  # out of rotation now; _retire_worker keeps it there
+        self.ctl.routing_changed()
+        self.ctl.tasks.spawn(self._retire_worker(w, wait=True), f"drain {w.id}")
+
+    def _activate(self, rev: Revision, push: bool = True) -> None:
+        if push:
+            self._pushed(rev)
         old = self.active
         if old is not None and old is not rev:
             self._apply(old, E.DRAIN)
@@ -307,10 +328,21 @@ class RevisionManager:
         finally:
             self._busy = None
 
-    async def rollback(self) -> dict[str, Any]:
-        """Abort a canary, or make the previous revision active again."""
+    async def rollback(self, revision: str | None = None) -> dict[str, Any]:
+        """Abort a canary, or make the previous revision (or ``revision``) active again."""
+        target = self._revision(revision) if revision is not None else None
+        if target is not None:
+            if target is self.active:
+                raise DeployError(f"revision {target.id} is already the active one", 409)
+            if target is self.canary:
+                raise DeployError(f"revision {target.id} is the canary: promote it instead", 409)
+            if target.state is S.FAILED:
+                raise DeployError(f"revision {target.id} failed to start; deploy it anew "
+                                  f"instead", 409)
         self._claim("a rollback")
         try:
+            if target is not None:
+                return await self._back_to(target, push=True)
             if self.canary is not None:
                 rev = self.canary
                 self.canary = None
@@ -325,22 +357,37 @@ class RevisionManager:
                         "aborted_canary": rev.id}
             prev = self.previous()
             if prev is None:
-                raise DeployError("nothing to roll back to: no earlier revision", 409)
-            current = self.active
-            if prev.state is S.RETIRED or not prev.running():
-                restarted = await self._restart_retired(prev)
-                self._activate(restarted)
-                prev = restarted
-            else:
-                self._activate(prev)  # at once: its sessions never noticed
-                await self._top_up(prev)
-            await self.ctl.record_event(
-                "rollback", f"revision {prev.id} is active again" + (
-                    f"; {current.id} is draining" if current else ""), prev.id)
-            await self.ctl.save_revisions()
-            return {"revision": prev.id, "previous": current.id if current else None}
+                raise DeployError("nothing to roll back to: no revision was active before "
+                                  f"{self.active.id if self.active else 'this one'}", 409)
+            return await self._back_to(prev, push=False)
         finally:
             self._busy = None
+
+    async def _back_to(self, prev: Revision, push: bool) -> dict[str, Any]:
+        """Make ``prev`` active again, restarting it if it retired."""
+        current = self.active
+        if prev.state is S.RETIRED or not prev.running():
+            prev = await self._restart_retired(prev)
+            if not push:
+                self._pop_to(prev)
+            self._activate(prev, push=push)
+        else:
+            if not push:
+                self._pop_to(prev)
+            self._activate(prev, push=push)  # at once: its sessions never noticed
+            await self._top_up(prev)
+        await self.ctl.record_event(
+            "rollback", f"revision {prev.id} is active again" + (
+                f"; {current.id} is draining" if current else ""), prev.id)
+        await self.ctl.save_revisions()
+        return {"revision": prev.id, "previous": current.id if current else None}
+
+    def _pop_to(self, rev: Revision) -> None:
+        """A plain rollback: the stack drops everything above ``rev``."""
+        while self.activations and self.activations[-1] != rev.id:
+            self.activations.pop()
+        if not self.activations:
+            self.activations.append(rev.id)
 
     async def _top_up(self, rev: Revision) -> None:
         """Start the workers a draining revision already let go, back up to its size."""
@@ -502,7 +549,30 @@ class RevisionManager:
     async def _retired(self, rev: Revision) -> None:
         await self.ctl.record_event("retired", f"revision {rev.id} retired: its last worker "
                                    f"stopped", rev.id)
+        await self.forget_old()
         await self.ctl.save_revisions()
+
+    async def forget_old(self) -> list[str]:
+        """Forget finished revisions beyond ``keep_retired`` (core/retention.py): out of
+        status, metrics and the store, their release snapshot and logs removed from disk;
+        their events stay."""
+        gone = to_forget(((r.id, str(r.state)) for r in self.revisions.values()),
+                         self.config.app_keep_retired)
+        for rid in gone:
+            rev = self.revisions.pop(rid)
+            if rev.running():  # never the case for a finished revision; keep it if so
+                self.revisions[rid] = rev
+                continue
+            try:
+                await self.ctl.store.delete_revision(rid)
+                await asyncio.to_thread(remove_files, self.config.state_dir, rid)
+            except (StoreError, OSError) as exc:
+                log.error("cannot forget revision %s: %s", rid, exc)
+        if gone:
+            log.info("forgot finished revision(s) %s (keep_retired = %d); their events stay",
+                     ", ".join(gone), self.config.app_keep_retired)
+            self.ctl.routing_changed()
+        return gone
 
     async def _retire_worker(self, w: Any, wait: bool = False) -> None:
         """Take ``w`` out of service; stop it when nothing runs on it any more."""

@@ -64,6 +64,8 @@ class Router:
         # configured off, or the app speaks the explicit session protocol.
         self.pin_clients = self.app_cookie is None and c.app_pin_clients
         self.protocol_seen = False
+        # A load balancer's health checks are not sessions: never pin that path.
+        self.health_path = c.app_health_path.encode() or None
         self.latest_header = b""
         self.cookie_attrs = b"; Path=/; HttpOnly; SameSite=Lax"
         self.connect_timeout = c.gateway_connect_timeout
@@ -81,6 +83,8 @@ class Router:
             key = self._session_key(ex)
             if key is not None:
                 pin = self.sessions.pins.get(key)
+                if pin is None and self.sessions.offered:
+                    pin = self._returned(key)
                 if pin is not None:
                     ep = self.endpoints.get(pin.worker)
                     if ep is not None and ep.incarnation == pin.incarnation and ep.ready:
@@ -107,6 +111,17 @@ class Router:
             ex.conn.fail(ex, 503, retry_after=5)
         else:
             ex.waiter = waiter
+
+    def _returned(self, key: str) -> Pin | None:
+        """A client came back with holdover's offered pin: now it is a session."""
+        offer = self.sessions.offered.get(key)
+        if offer is None:
+            return None
+        ep = self.endpoints.get(offer.worker)
+        if ep is None or ep.incarnation != offer.incarnation or not ep.ready:
+            self.sessions.offered.pop(key, None)  # never a session: nothing is lost
+            return None
+        return self.sessions.promote(key, monotonic())
 
     def _session_key(self, ex: Exchange) -> str | None:
         """The pin-table key of the session a request names (rule 4), cached per connection.
@@ -255,8 +270,11 @@ class Router:
         """The explicit session protocol: ``X-Holdover-Session: <id>; max-age=N | end``."""
         if not self.sessions_mode:
             return
-        self.protocol_seen = True  # the app tells its sessions: stop pinning anonymous clients
         action = policy.session_header_action(value, self.keys)
+        if action is None:  # malformed: ignored whole (it must not switch off pin_clients)
+            log.debug("ignoring a malformed X-Holdover-Session header: %r", value[:80])
+            return
+        self.protocol_seen = True  # the app tells its sessions: stop pinning anonymous clients
         if action.end_current:
             if ex.pin is not None:
                 self.sessions.end(ex.pin.key)
@@ -285,18 +303,25 @@ class Router:
             elif event == b"end-pin":
                 out = b"Set-Cookie: " + PIN_COOKIE + b"=; Max-Age=0" + self.cookie_attrs + b"\r\n"
         elif self.pin_clients and not self.protocol_seen and ex.pin is None \
-                and ex.worker is not None and ex.status < 500:
-            # No app cookie configured: holdover pins each client with its own cookie.
+                and ex.worker is not None and ex.status < 500 and not self._is_health(ex.url):
+            # No app cookie configured: holdover offers each client its own pin cookie;
+            # it becomes a session when the client comes back with it.
             key = self.keys.new_key()
-            if self._pin_here(ex, key) is not None:
-                out = (b"Set-Cookie: " + PIN_COOKIE + b"=" + self.keys.sign(key)
-                       + self.cookie_attrs + b"\r\n")
+            ep = ex.worker
+            self.sessions.offer(key, ep.id, ep.incarnation, ep.revision, monotonic())
+            out = (b"Set-Cookie: " + PIN_COOKIE + b"=" + self.keys.sign(key)
+                   + self.cookie_attrs + b"\r\n")
         if ex.pin is not None or out:
             ep = ex.worker
             if ep is not None:
                 out += b"X-Holdover-Revision: " + ep.revision.encode() + b"\r\n"
             out += self.latest_header
         return out or None
+
+    def _is_health(self, url: bytes) -> bool:
+        hp = self.health_path
+        return hp is not None and url.startswith(hp) and (
+            len(url) == len(hp) or url[len(hp):len(hp) + 1] == b"?")
 
     # -- sessions lost (rule 5) -------------------------------------------------------
 
@@ -341,6 +366,8 @@ class Router:
             rev.state, w.state, w.healthy, w.disabled, retiring, rolling_in)
         if not ep.routable:
             ep.close_pool()
+        if w.state in PROCESS_GONE and self.sessions.offered:
+            self.sessions.drop_offers_of(w.id)
         if w.state in PROCESS_GONE and not self.closing and self.sessions.per_worker.get(w.id):
             # The process that held these sessions' memory is gone (rule 5).
             pins = self.sessions.of_worker(w.id)

@@ -87,9 +87,13 @@ class Ticker:
             self._handle = None
 
     def run_due(self, now: float) -> None:
-        """Run every job whose time has come; each one isolated from the others."""
+        """Run every job whose time has come; each one isolated from the others.
+
+        A job is due half a tick early at most: a timer that fires a hair before its
+        time must not push a once-a-second job to every other second."""
+        slack = self.resolution / 2
         for job in self.jobs:
-            if now < job.next_at:
+            if now + slack < job.next_at:
                 continue
             job.next_at = now + job.every
             job.runs += 1

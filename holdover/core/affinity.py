@@ -17,11 +17,15 @@ import base64
 import hashlib
 import hmac
 import json
-import os
+import logging
 import secrets
 import time
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+
+from .private_files import tighten, write_private
+
+log = logging.getLogger("holdover.affinity")
 
 PIN_COOKIE = b"holdover_pin"
 
@@ -46,16 +50,18 @@ class Keys:
         """Read ``secret.json``, creating it (mode 0600) with fresh keys if missing."""
         if not path.exists():
             data = {"hash_key": secrets.token_hex(32), "signing_keys": [secrets.token_hex(32)]}
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=2)
+            write_private(path, json.dumps(data, indent=2))
         try:
             data = json.loads(path.read_text())
-            return cls(bytes.fromhex(data["hash_key"]),
+            keys = cls(bytes.fromhex(data["hash_key"]),
                        [bytes.fromhex(k) for k in data["signing_keys"]])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path}: not a valid holdover secret file ({exc})") from None
+        mode = tighten(path)
+        if mode is not None:
+            log.warning("%s was readable by other users (mode %04o); made it 0600. If "
+                        "someone read it, rotate its signing keys (SECURITY.md)", path, mode)
+        return keys
 
     def session_key(self, kind: bytes, session_id: bytes) -> str:
         """The opaque pin-table key of a session id (``kind`` keeps id spaces apart)."""

@@ -3,7 +3,7 @@
 Plain data structures with no I/O: the proxy asks ``pick`` for a worker, and parks a
 request in ``WaitQueue`` when there is none; the supervisor calls ``WaitQueue.release``
 whenever a worker becomes ready.  Decisions are returned as values so that they can be
-tested exhaustively without sockets (see tests/test_balancer.py).
+tested exhaustively without sockets (see tests/unit/test_balancer.py).
 """
 
 from __future__ import annotations

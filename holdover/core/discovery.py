@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Collection, Iterable
+import shlex
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 REVISION = "{revision}"
@@ -180,3 +182,48 @@ def plan_discovery(known: Iterable[tuple[str, Target, bool]], found: Collection[
             leave.append(wid)
     add = tuple(sorted(found_set - seen))
     return DiscoveryPlan(add, tuple(leave), tuple(rejoin))
+
+
+# -- the settings (holdover/config.py's table uses these parsers) ------------------------
+
+
+def _list_of(parse: Callable[[Any], Any], example: str) -> Callable[[Any], list[Any]]:
+    def parse_list(value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, e.g. [{example}], got {value!r}")
+        out = []
+        for i, item in enumerate(value):
+            try:
+                out.append(parse(item))
+            except ValueError as exc:
+                raise ValueError(f"item {i + 1}: {exc}") from None
+        return out
+
+    return parse_list
+
+
+def _upstream_url(value: Any) -> str:
+    parse_upstream(value)
+    return value
+
+
+upstreams_setting = _list_of(_upstream_url, '"http://10.1.0.5:8000"')
+dns_servers_setting = _list_of(parse_dns_server, '"10.96.0.10:53"')
+
+
+def discover_setting(value: Any) -> str:
+    """The ``discover`` setting: "" (none) or a template parse_discover accepts."""
+    return value if value == "" else str(parse_discover(value))
+
+
+def hook_setting(value: Any) -> str:
+    """``on_drain`` / ``on_retire``: "" (none) or a command that splits into words."""
+    if not isinstance(value, str):
+        raise ValueError("expected a command, e.g. \"kubectl scale deployment/app-{revision} "
+                         "--replicas=0\" (or \"\" for none)")
+    if value:
+        try:
+            shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split the command into words: {exc}") from None
+    return value

@@ -16,6 +16,9 @@ from .affinity import PIN_COOKIE, Keys, cookie_value, cookie_values, parse_set_c
 
 # The longest max-age the session protocol accepts (a year); longer is a mistake.
 MAX_SESSION_AGE = 366 * 24 * 3600
+# More holdover_pin cookies than this in one request are not checked: a browser sends
+# one per path/domain it was set for, and each check costs a MAC.
+MAX_PIN_COOKIES = 8
 
 
 def request_session_keys(cookie: bytes | None, keys: Keys, app_cookie: bytes | None
@@ -25,7 +28,7 @@ def request_session_keys(cookie: bytes | None, keys: Keys, app_cookie: bytes | N
     The pin key comes from the first *valid* ``holdover_pin`` cookie (a forged one in
     front of a good one does not hide it), else from the app's session cookie."""
     key = skey = None
-    for value in cookie_values(cookie, PIN_COOKIE):
+    for value in cookie_values(cookie, PIN_COOKIE)[:MAX_PIN_COOKIES]:
         key = keys.verify(value)  # forged, foreign or stale: no pin
         if key is not None:
             break
@@ -80,19 +83,32 @@ def parse_max_age(raw: bytes) -> int | None:
     return n if n <= MAX_SESSION_AGE else None
 
 
-def session_header_action(value: bytes, keys: Keys) -> HeaderAction:
-    """Parse ``X-Holdover-Session: <id>; max-age=N`` / ``<id>; end`` / ``end``."""
+def _session_id_ok(sid: bytes) -> bool:
+    """Visible ASCII without ``;`` or ``,`` (docs/session-protocol.md)."""
+    return all(0x21 <= c <= 0x7E and c != 0x3B and c != 0x2C for c in sid)
+
+
+def session_header_action(value: bytes, keys: Keys) -> HeaderAction | None:
+    """Parse ``X-Holdover-Session: <id>; max-age=N`` / ``<id>; end`` / ``end``.
+
+    None for a malformed header (an id with other characters, a ``max-age`` that is not
+    a whole number within MAX_SESSION_AGE): it is ignored whole, so that it neither pins
+    a session for ever nor counts as the app speaking the protocol."""
     sid, _, params = value.partition(b";")
     sid = sid.strip()
     params = params.strip().lower()
     if not sid or (sid.lower() == b"end" and not params):
         return HeaderAction(end_current=True)
+    if not _session_id_ok(sid):
+        return None
     key = keys.session_key(b"sp", sid)
     if params.startswith(b"end"):
         return HeaderAction(key, end=True)
     max_age = None
     if params.startswith(b"max-age="):
         max_age = parse_max_age(params[8:].split(b";")[0])
+        if max_age is None:
+            return None
     return HeaderAction(key, max_age=float(max_age) if max_age is not None else None)
 
 

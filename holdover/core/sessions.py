@@ -33,23 +33,77 @@ class Pin:
 
 @dataclass
 class SessionTable:
-    """All pins, with counts per worker and per revision kept up to date."""
+    """All pins, with counts per worker and per revision kept up to date.
+
+    Holdover's own pin cookie is first only *offered* (``offer``): such a pin routes the
+    client's next requests, but it is no session — not counted, not stored, keeping no
+    worker alive — until the client comes back with it (``promote``).  A client that
+    never returns (a crawler, junk traffic, a forged cookie) costs one bounded entry
+    that expires.  Both kinds are bounded by ``limit``: past it, offers push out the
+    oldest offer, and new sessions are refused (counted in ``refused``) rather than
+    ending anyone's live session.
+    """
 
     pins: dict[str, Pin] = field(default_factory=dict)
     per_worker: dict[str, int] = field(default_factory=dict)
     per_revision: dict[str, int] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
     removed: set[str] = field(default_factory=set)
+    offered: dict[str, Pin] = field(default_factory=dict)  # oldest first
+    limit: int = 1_000_000
+    refused: int = 0  # new sessions not pinned because the table was full
 
     def __len__(self) -> int:
         return len(self.pins)
+
+    def offer(self, key: str, worker: str, incarnation: str, revision: str, now: float
+              ) -> Pin:
+        """An offered pin: it routes, but counts as a session only once the client returns."""
+        offered = self.offered
+        if len(offered) >= self.limit:
+            del offered[next(iter(offered))]  # the oldest offer goes first
+        p = Pin(key, worker, incarnation, revision, now, now)
+        offered[key] = p
+        return p
+
+    def promote(self, key: str, now: float) -> Pin | None:
+        """The client came back with an offered pin: from now on it is a session."""
+        p = self.offered.pop(key, None)
+        if p is None:
+            return None
+        if len(self.pins) >= self.limit:
+            self.refused += 1
+            return None
+        p.last_seen = now
+        self._add(p)
+        return p
+
+    def expire_offers(self, now: float, ttl: float) -> int:
+        """Forget offers older than ``ttl`` (offers are kept oldest first)."""
+        offered = self.offered
+        n = 0
+        while offered:
+            key = next(iter(offered))
+            if now - offered[key].created_at < ttl:
+                break
+            del offered[key]
+            n += 1
+        return n
+
+    def drop_offers_of(self, worker: str) -> None:
+        """A worker's process is gone: its offers go (they were never sessions)."""
+        for key in [k for k, p in self.offered.items() if p.worker == worker]:
+            del self.offered[key]
 
     def get(self, key: str) -> Pin | None:
         return self.pins.get(key)
 
     def pin(self, key: str, worker: str, incarnation: str, revision: str, now: float,
-            expires_at: float | None = None) -> Pin:
-        """Pin ``key`` to ``worker`` (replacing any older pin of the same key)."""
+            expires_at: float | None = None) -> Pin | None:
+        """Pin ``key`` to ``worker`` (replacing any older pin of the same key).
+
+        Returns None when the table is full and ``key`` has no pin yet (``refused``)."""
+        self.offered.pop(key, None)
         old = self.pins.get(key)
         if old is not None:
             if old.worker == worker and old.incarnation == incarnation:
@@ -58,6 +112,9 @@ class SessionTable:
                 self.dirty.add(key)
                 return old
             self._forget(old)
+        elif len(self.pins) >= self.limit:
+            self.refused += 1
+            return None
         p = Pin(key, worker, incarnation, revision, now, now, expires_at)
         self._add(p)
         return p
@@ -90,6 +147,7 @@ class SessionTable:
 
     def end(self, key: str) -> Pin | None:
         """The session is over (logout, expiry, lost worker); returns its pin."""
+        self.offered.pop(key, None)
         p = self.pins.get(key)
         if p is not None:
             self._forget(p)
@@ -105,10 +163,9 @@ class SessionTable:
         A session with a request or stream in flight is never idle: a WebSocket that
         stays open keeps its session (and so its worker) alive.
         """
-        cutoff = now - idle_timeout
         return [p for p in self.pins.values() if not p.active and (
             (p.expires_at is not None and p.expires_at <= now)
-            or (p.expires_at is None and p.last_seen <= cutoff))]
+            or (p.expires_at is None and now - p.last_seen >= idle_timeout))]
 
     def of_worker(self, worker: str) -> list[Pin]:
         return [p for p in self.pins.values() if p.worker == worker]

@@ -22,6 +22,12 @@ HOP_BY_HOP = frozenset({
 FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
                         b"forwarded"})
 
+# The gateway's own header names (docs/session-protocol.md): a client's are dropped before
+# the worker, an app's before the client, so that each side can trust that one of these
+# came from holdover.  (X-Holdover-Session from the app is read, then dropped.)
+HOLDOVER_HEADERS = frozenset({b"x-holdover-session", b"x-holdover-revision",
+                              b"x-holdover-latest"})
+
 SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -56,6 +62,66 @@ def check_transfer_encoding(value: bytes) -> None:
     """
     if value.strip().lower() != b"chunked":
         raise RequestRejected(501, "unsupported Transfer-Encoding")
+
+
+# What a Host value may hold besides letters and digits (RFC 3986 reg-name: unreserved,
+# sub-delims, pct-encoded; ":" for the port; "[", "]" around an IPv6 literal).
+_HOST_CHARS = (b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+               b"-._~!$&'()*+,;=%:[]")
+
+
+def valid_host(value: bytes) -> bool:
+    """Whether ``value`` is a ``host[:port]`` (RFC 9110 7.2); an empty one is not.
+
+    One C-speed pass (``translate``) decides almost every value; the rest only for the
+    rare ones with a ``:`` or ``[``."""
+    if not value or value.translate(None, _HOST_CHARS):
+        return False
+    if value[0] == 0x5B:  # "[": an IP literal, then nothing or ":port"
+        end = value.find(b"]")
+        if end < 2 or b"[" in value[1:] or b"]" in value[end + 1:]:
+            return False
+        rest = value[end + 1:]
+        return not rest or ((rest[0] == 0x3A and rest[1:].isdigit()) or rest == b":")
+    if b"[" in value or b"]" in value:
+        return False
+    host, colon, port = value.rpartition(b":")
+    if not colon:
+        return True
+    return bool(host) and b":" not in host and (not port or port.isdigit())
+
+
+def declared_chunk_size(data: bytes, end: int) -> int | None:
+    """The size on the chunk-size line that ends (with its CRLF) at ``data[end]``.
+
+    llhttp has already accepted the line; this only reads its hex digits back, because
+    httptools tells that a chunk header was parsed but not its size.  A line that began
+    in an earlier packet reads as the digits this packet holds: never more than the size
+    declared.  None when there is no such line here."""
+    if end < 3 or data[end - 2:end] != b"\r\n":
+        return None
+    start = data.rfind(b"\n", 0, end - 2) + 1
+    digits = data[start:end - 2].partition(b";")[0]
+    try:
+        return int(digits, 16)
+    except ValueError:
+        return None
+
+
+def split_target(method: bytes, url: bytes) -> tuple[bytes | None, bytes]:
+    """``(authority, path)`` of an absolute-form target (RFC 9112 3.2.2): the path in
+    origin form, the authority to use as Host; ``(None, b"*")`` for ``OPTIONS *``."""
+    if url == b"*" and method == b"OPTIONS":
+        return None, url
+    if method == b"CONNECT":
+        raise RequestRejected(405, "CONNECT is not served by a reverse proxy")
+    scheme, sep, rest = url.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        raise RequestRejected(400, "malformed request target")
+    authority, slash, path = rest.partition(b"/")
+    if not authority or b"@" in authority:
+        raise RequestRejected(400, "malformed request target")
+    return authority, b"/" + path if slash else b"/"
 
 
 def connection_tokens(value: bytes) -> set[bytes]:
@@ -112,6 +178,7 @@ def error_response(status: int, json: bool = False, close: bool = True,
         phrase = "Error"
     hint = {
         400: "The request was malformed.",
+        405: "This method is not served through this gateway.",
         408: "The request was not received in time.",
         413: "The request body is larger than this gateway accepts.",
         414: "The request line is longer than this gateway accepts.",

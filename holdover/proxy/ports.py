@@ -74,6 +74,7 @@ class Limits:
     body_timeout: float = 60.0
     keepalive_timeout: float = 75.0
     response_timeout: float = 60.0
+    send_timeout: float = 60.0  # the longest a write to a client may make no progress
     append_forwarded: bool = False  # keep and extend the client's X-Forwarded-*/Forwarded
     proto: bytes = b"http"  # the scheme clients used (X-Forwarded-Proto)
     listen_host: bytes = b"127.0.0.1:8080"  # Host for HTTP/1.0 requests without one

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
+from .closing import Closing
 from .exchange import (
     BODY_CHUNKED,
     BODY_LENGTH,
@@ -33,30 +34,35 @@ from .exchange import (
 )
 from .http1 import (
     FORWARDING,
+    HOLDOVER_HEADERS,
     HOP_BY_HOP,
     LAST_CHUNK,
     SAFE_METHODS,
     RequestRejected,
     check_transfer_encoding,
     connection_tokens,
+    declared_chunk_size,
     error_response,
     forwarded_for_element,
     forwarded_headers,
+    split_target,
     status_for_parser_error,
+    valid_host,
     wants_json,
 )
-from .upstream import WRITE_HIGH_WATER, UpstreamConnection
+from .upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from .ports import Plane
 
 
 # Request headers that need more than passing through, by lower-cased name.  Codes below
-# _H_HOST are dropped from what the worker receives (hop-by-hop, framing, forwarding).
+# _H_HOST are dropped from what the worker receives (hop-by-hop, framing, forwarding, and
+# the gateway's own X-Holdover-* names).
 (_H_CONTENT_LENGTH, _H_TRANSFER_ENCODING, _H_CONNECTION, _H_UPGRADE, _H_XFF, _H_FORWARDED,
  _H_OTHER_DROPPED, _H_HOST, _H_COOKIE, _H_ACCEPT) = range(10)
 _SPECIAL: dict[bytes, int] = {
-    **{h: _H_OTHER_DROPPED for h in HOP_BY_HOP | FORWARDING},
+    **{h: _H_OTHER_DROPPED for h in HOP_BY_HOP | FORWARDING | HOLDOVER_HEADERS},
     b"content-length": _H_CONTENT_LENGTH, b"transfer-encoding": _H_TRANSFER_ENCODING,
     b"connection": _H_CONNECTION, b"upgrade": _H_UPGRADE, b"x-forwarded-for": _H_XFF,
     b"forwarded": _H_FORWARDED, b"host": _H_HOST, b"cookie": _H_COOKIE, b"accept": _H_ACCEPT,
@@ -64,15 +70,20 @@ _SPECIAL: dict[bytes, int] = {
 
 _UNSET = object()
 
+# Bytes buffered towards a client before the worker's side stops being read: kept low,
+# so that a client that stops reading holds little memory (and send_timeout cuts it).
+CLIENT_WRITE_HIGH_WATER = 64 * 1024
 
-class ClientConnection(asyncio.Protocol):
+
+class ClientConnection(Closing, asyncio.Protocol):
     """One client connection: parse, route, stream, answer in order."""
 
-    __slots__ = ("_body_left", "_cl", "_conn_tokens", "_fwd", "_fwd_host", "_fwd_key",
-                 "_hdr_count", "_head_bytes", "_head_raw", "_lines", "_prior_fwd", "_prior_xff",
-                 "_route_next", "_te", "_upgrade_value", "_url_parts", "client_ip",
-                 "cookie_cache", "current", "last_active", "lim", "parser", "parsing", "paused",
-                 "pending", "plane", "served", "transport", "tunnel", "write_paused")
+    __slots__ = ("_body_left", "_chunk_in", "_cl", "_conn_tokens", "_fwd", "_fwd_host",
+                 "_fwd_key", "_hdr_count", "_head_bytes", "_head_raw", "_lines", "_prior_fwd",
+                 "_prior_xff", "_route_next", "_te", "_upgrade_value", "_url_parts", "_wbuf",
+                 "_wsince", "client_ip", "cookie_cache", "current", "last_active", "lim",
+                 "parser", "parsing", "paused", "pending", "plane", "served", "transport",
+                 "tunnel", "write_paused")
 
     def __init__(self, plane: Plane) -> None:
         self.plane = plane
@@ -103,6 +114,9 @@ class ClientConnection(asyncio.Protocol):
         self._prior_fwd: bytes | None = None
         self._route_next: Exchange | None = None
         self._body_left = 0
+        self._chunk_in = -1  # data bytes in this packet of a chunk whose header it holds
+        self._wbuf = 0  # bytes waiting for the client at the last sweep
+        self._wsince = 0.0  # since when they made no progress
         self.cookie_cache: tuple[bytes | None, str | None, str | None] | None = None
         self.served = False  # has answered a request (for closing idle connections)
 
@@ -110,7 +124,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
         ip = peer[0] if isinstance(peer, tuple) else "unix"
         self.client_ip = ip.encode()
@@ -166,10 +180,8 @@ class ClientConnection(asyncio.Protocol):
             data = data[left:]
         try:
             self.parser.feed_data(data)
-            if self._route_next is not None:
-                self._route()
             ex = self.parsing
-            if ex is not None:
+            if ex is not None:  # checked before routing: the packet must be all good
                 if self._lines is not None:
                     # A head still incomplete after this much input is refused before
                     # llhttp (which buffers partial header lines) is made to hold more.
@@ -178,6 +190,10 @@ class ClientConnection(asyncio.Protocol):
                         self.reject(431, "request head too large")
                 elif ex.body_mode == BODY_LENGTH:
                     self._body_left = int(self._cl) - ex.body_seen  # type: ignore[arg-type]
+                elif self._chunk_in >= 0:
+                    self._check_chunk(ex, data)
+            if self._route_next is not None:
+                self._route()
         except httptools.HttpParserUpgrade as upg:
             ex = self.current if self.current is not None and self.current.upgrade else None
             if ex is None and self.pending and self.pending[-1].upgrade:
@@ -293,6 +309,8 @@ class ClientConnection(asyncio.Protocol):
         lim = self.lim
         parser = self.parser
         ex.method = method = parser.get_method()
+        if method == b"TRACE":  # it would echo the request's cookies back (as nginx, 405)
+            raise RequestRejected(405, "TRACE is not served")
         parts = self._url_parts
         url = parts[0] if len(parts) == 1 else b"".join(parts)
         version = parser.get_http_version()
@@ -330,6 +348,8 @@ class ClientConnection(asyncio.Protocol):
         host = ex.host
         if host is None:
             lines.append(b"Host: " + lim.listen_host + b"\r\n")
+        elif host != self._fwd_key and not valid_host(host):  # once per new Host value
+            raise RequestRejected(400, "invalid Host header")
         if self._prior_xff is None and self._prior_fwd is None:
             if host != self._fwd_key:  # usually the same for the whole connection
                 self._fwd_key = host
@@ -349,21 +369,14 @@ class ClientConnection(asyncio.Protocol):
 
     def _origin_form(self, ex: Exchange, method: bytes, url: bytes) -> bytes:
         """``http://host/path`` → ``/path`` with that host as Host (RFC 9112 3.2.2)."""
-        if url == b"*" and method == b"OPTIONS":
-            return url
-        if method == b"CONNECT":
-            raise RequestRejected(405, "CONNECT is not served by a reverse proxy")
-        scheme, sep, rest = url.partition(b"://")
-        if not sep or scheme.lower() not in (b"http", b"https"):
-            raise RequestRejected(400, "malformed request target")
-        authority, slash, path = rest.partition(b"/")
-        if not authority or b"@" in authority:
-            raise RequestRejected(400, "malformed request target")
+        authority, path = split_target(method, url)
+        if authority is None:
+            return path
         if ex.host is not None:  # the target's authority wins over the Host header
             self._lines = [ln for ln in self._lines if ln[:5].lower() != b"host:"]
         ex.host = authority
         self._lines.append(b"Host: " + authority + b"\r\n")
-        return b"/" + path if slash else b"/"
+        return path
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
@@ -372,8 +385,28 @@ class ClientConnection(asyncio.Protocol):
         if limit and ex.body_seen > limit:
             raise RequestRejected(413, "request body too large")
         if ex.body_mode == BODY_CHUNKED:
+            if self._chunk_in >= 0:
+                self._chunk_in += len(body)
             body = b"%x\r\n%b\r\n" % (len(body), body)
         self._send_body(ex, body)
+
+    def on_chunk_header(self) -> None:
+        if self.lim.max_body_size:
+            self._chunk_in = 0  # see _check_chunk
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_in = -1
+
+    def _check_chunk(self, ex: Exchange, data: bytes) -> None:
+        """A chunk whose header is in this packet runs past its end: refuse it at once
+        (413) when its declared size cannot fit ``max_body_size``, instead of forwarding
+        it and waiting.  httptools does not give the size, so it is read back from the
+        line that ends where this chunk's data in ``data`` begins."""
+        declared = declared_chunk_size(data, len(data) - self._chunk_in)
+        seen_before = ex.body_seen - self._chunk_in
+        self._chunk_in = -1
+        if declared is not None and seen_before + declared > self.lim.max_body_size:
+            self.reject(413, "request body too large (declared chunk size)")
 
     def _pass_body(self, body: bytes) -> None:
         ex = self.parsing
@@ -399,6 +432,8 @@ class ClientConnection(asyncio.Protocol):
         ex = self.parsing
         self.parsing = None
         ex.request_done = True
+        if ex.upstream is not None:  # the worker has it all: response_timeout starts now
+            ex.sent_at = monotonic()
         if ex.body_mode == BODY_CHUNKED:
             up = ex.upstream
             if up is not None:
@@ -440,7 +475,10 @@ class ClientConnection(asyncio.Protocol):
         self.served = True
         self.current = None
         if not ex.keep_alive or plane.closing:
-            self.transport.close()
+            if ex.request_done:
+                self.transport.close()
+            else:  # the client may still be sending its body: let it read the answer
+                self._linger()
             return
         self.last_active = monotonic()
         if self.pending:
@@ -529,7 +567,7 @@ class ClientConnection(asyncio.Protocol):
         self.current = self.parsing = self._route_next = None
         self.pending.clear()
         self.transport.write(data)
-        self.transport.close()
+        self._linger()
 
     def start_tunnel(self, ex: Exchange, early_from_worker: bytes) -> None:
         """The worker switched protocols: splice the two connections."""
@@ -550,30 +588,3 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel = None
         self.transport.close()
         self.plane.reporter.exchange_done(ex)
-
-    def sweep(self, now: float) -> None:
-        """Enforce this connection's timeouts (called about once a second)."""
-        lim = self.lim
-        if self.tunnel is not None:
-            return
-        ex = self.current
-        if ex is None:
-            if self.parsing is not None:
-                if self._lines is not None and now - self.parsing.t0 > lim.header_timeout:
-                    self.reject(408, "request head not received in time")
-                elif now - self.last_active > lim.body_timeout:
-                    self.reject(408, "request body not received in time")
-            elif now - self.last_active > (lim.keepalive_timeout if not self.plane.closing else
-                                           0 if self.served else 1.0):
-                # Closing down: idle keep-alive connections go at once, but a connection
-                # just accepted gets a moment to send the request it was opened for.
-                self.transport.close()
-            return
-        if ex.upstream is not None and not ex.resp_started and ex.sent_at and \
-                now - ex.sent_at > lim.response_timeout:
-            self.fail(ex, 504)
-        elif not ex.request_done and not self.paused and now - self.last_active > lim.body_timeout:
-            if ex.resp_started:
-                self.transport.abort()
-            else:
-                self.fail(ex, 408)

@@ -12,22 +12,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from time import monotonic
 from typing import TYPE_CHECKING
 
 import httptools
 
-from .http1 import LAST_CHUNK, status_line
+from ..core.affinity import PIN_COOKIE
+from .http1 import HOLDOVER_HEADERS, LAST_CHUNK, status_line
 
 if TYPE_CHECKING:
     from .exchange import Exchange
 
-_CONNECTION = b"connection"
-_CONTENT_LENGTH = b"content-length"
-_TRANSFER_ENCODING = b"transfer-encoding"
-_KEEP_ALIVE = b"keep-alive"
-_UPGRADE = b"upgrade"
-_RESPONSE_HOP = frozenset({_CONNECTION, _KEEP_ALIVE, b"proxy-connection", b"te", b"trailer",
-                           _TRANSFER_ENCODING, _UPGRADE, _CONTENT_LENGTH})
+# Response headers that need more than passing through, by lower-cased name: one dict
+# lookup per header decides.  Hop-by-hop and framing headers are rewritten by the proxy;
+# the gateway's own names (X-Holdover-*) and its pin cookie are the gateway's to send,
+# never the app's: an app's are read (the session header) or dropped.
+(_R_DROP, _R_CONTENT_LENGTH, _R_TRANSFER_ENCODING, _R_CONNECTION, _R_UPGRADE, _R_SESSION,
+ _R_SET_COOKIE) = range(7)
+_RESPONSE_SPECIAL: dict[bytes, int] = {
+    **{h: _R_DROP for h in (b"keep-alive", b"proxy-connection", b"te", b"trailer")},
+    **{h: _R_DROP for h in HOLDOVER_HEADERS},
+    b"content-length": _R_CONTENT_LENGTH, b"transfer-encoding": _R_TRANSFER_ENCODING,
+    b"connection": _R_CONNECTION, b"upgrade": _R_UPGRADE,
+    b"x-holdover-session": _R_SESSION, b"set-cookie": _R_SET_COOKIE,
+}
 
 # How the response body is framed towards the client.
 (BODY_NONE, BODY_RAW, BODY_CHUNKED, BODY_UNTIL_CLOSE_CHUNKED, BODY_UNTIL_CLOSE_RAW,
@@ -188,8 +196,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._sent = True
 
     def pause_writing(self) -> None:  # the worker is slow to read the request body
-        if self.ex is not None:
-            self.ex.conn.pause_reading_for(2)
+        ex = self.ex
+        if ex is not None:
+            ex.sent_at = monotonic()  # response_timeout runs while it does not read on
+            ex.conn.pause_reading_for(2)
 
     def resume_writing(self) -> None:
         if self.ex is not None:
@@ -244,28 +254,30 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_raw += len(name) + len(value)
         if self._head_raw > MAX_RESPONSE_HEAD:
             raise ValueError("response head too large")
-        lname = name.lower()
-        if lname in _RESPONSE_HOP:
-            if lname == _CONTENT_LENGTH:
-                self._cl = value
-            elif lname == _TRANSFER_ENCODING:
-                self._mode = BODY_CHUNKED
-            elif lname == _CONNECTION:
-                if b"close" in value.lower():
-                    self._close = True
-            elif lname == _UPGRADE:
-                self._upgrade = value
+        kind = _RESPONSE_SPECIAL.get(name.lower())
+        if kind is None:  # the common case: passed through as it came
+            self._lines.append(name + b": " + value + b"\r\n")
             return
-        if lname == b"x-holdover-session":  # the app talking to us: never to the client
-            ex = self.ex
-            if ex is not None:
-                ex.conn.plane.hooks.on_session_header(ex, value)
-            return
-        self._lines.append(name + b": " + value + b"\r\n")
-        if lname == b"set-cookie":
+        if kind == _R_SET_COOKIE:
+            if value.partition(b"=")[0].strip() == PIN_COOKIE:
+                return  # only the gateway sets its pin cookie
+            self._lines.append(name + b": " + value + b"\r\n")
             ex = self.ex
             if ex is not None:
                 ex.conn.plane.hooks.on_set_cookie(ex, value)
+        elif kind == _R_CONTENT_LENGTH:
+            self._cl = value
+        elif kind == _R_TRANSFER_ENCODING:
+            self._mode = BODY_CHUNKED
+        elif kind == _R_CONNECTION:
+            if b"close" in value.lower():
+                self._close = True
+        elif kind == _R_UPGRADE:
+            self._upgrade = value
+        elif kind == _R_SESSION:  # the app talking to us: never to the client
+            ex = self.ex
+            if ex is not None:
+                ex.conn.plane.hooks.on_session_header(ex, value)
 
     def on_headers_complete(self) -> None:
         ex = self.ex

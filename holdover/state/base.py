@@ -118,6 +118,10 @@ class StateStore(abc.ABC):
     async def list_revisions(self) -> list[RevisionRecord]:
         """All revisions in creation order (``created_at``, then first insertion)."""
 
+    @abc.abstractmethod
+    async def delete_revision(self, id: str) -> None:
+        """Forget a revision's record (an old finished one); its events stay."""
+
     # -- pins --------------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -81,6 +81,10 @@ class MemoryStore(SharedStore):
         dump_json(list(rec.upstreams), _WHERE, f"revision {rec.id!r} upstreams")
         self._revisions[rec.id] = (replace(rec, env={}, meta={}), env, meta)
 
+    async def delete_revision(self, id: str) -> None:
+        self._check_open()
+        self._revisions.pop(id, None)
+
     @staticmethod
     def _revision(entry: tuple[RevisionRecord, str, str]) -> RevisionRecord:
         rec, env, meta = entry

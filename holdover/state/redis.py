@@ -188,8 +188,8 @@ class RedisStore(SharedStore):
         self._password = password
         self._client, self._feed_client, self._lock = client, feed_client, asyncio.Lock()
         self._scripts = {name: client.register_script(getattr(lua, name)) for name in (
-            "LAYOUT", "PUT_REVISION", "LIST_REVISIONS", "ADD_EVENT", "READ_EVENTS",
-            "PRUNE_EVENTS", "HEARTBEAT", "LIVE_NODES", "FORGET_NODE", "PUBLISH",
+            "LAYOUT", "PUT_REVISION", "DELETE_REVISION", "LIST_REVISIONS", "ADD_EVENT",
+            "READ_EVENTS", "PRUNE_EVENTS", "HEARTBEAT", "LIVE_NODES", "FORGET_NODE", "PUBLISH",
             "READ_CHANGES", "CLAIM_PIN", "TOUCH_PINS", "END_PINS")}
         try:
             found = await self._script("LAYOUT", "open", [self._key("layout")],
@@ -228,6 +228,10 @@ class RedisStore(SharedStore):
         await self._script("PUT_REVISION", f"save revision {rec.id!r}",
                            [self._key("rev"), self._key("rev:order"), self._key("rev:seq")],
                            [rec.id, body])
+
+    async def delete_revision(self, id: str) -> None:
+        await self._script("DELETE_REVISION", f"forget revision {id!r}",
+                           [self._key("rev"), self._key("rev:order")], [id])
 
     def _revision(self, action: str, text: str) -> RevisionRecord:
         try:

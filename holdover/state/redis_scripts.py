@@ -42,6 +42,11 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 """
 
+DELETE_REVISION = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+"""
+
 LIST_REVISIONS = """
 return {redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
 """

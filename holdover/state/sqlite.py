@@ -381,6 +381,10 @@ class SQLiteStore(StateStore):
         await self._run(self._write, f"save revision {rec.id!r}",
                         lambda conn: conn.execute(_PUT_REVISION, row))
 
+    async def delete_revision(self, id: str) -> None:
+        await self._run(self._write, f"forget revision {id!r}",
+                        lambda conn: conn.execute("DELETE FROM revisions WHERE id = ?", (id,)))
+
     @staticmethod
     def _revision(row: tuple[Any, ...]) -> RevisionRecord:
         (id_, state, command, cwd, env, workers, created_at, release_dir, updated_at,

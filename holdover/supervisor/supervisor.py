@@ -39,16 +39,22 @@ def _watched(task: asyncio.Task[None]) -> asyncio.Task[None]:
 
 
 class RevisionFailed(Exception):
-    """A revision's workers never became ready; carries the failing worker's log tail.
+    """A revision's workers never became ready.
 
-    ``why`` says what went wrong in words (by default: that ``worker`` never got ready)."""
+    Carries what the operator needs to fix it: ``reason`` (what the failing worker's
+    last health check got, or how its process ended) and its log tail, which ends with
+    that reason too, so every place that shows the tail shows why.  ``why`` is the
+    whole sentence, for failures that are not one worker's (no worker found in DNS)."""
 
-    def __init__(self, revision: str, worker: str, log_tail: str, why: str = "") -> None:
-        self.why = why or f"worker {worker} never became ready"
+    def __init__(self, revision: str, worker: str, log_tail: str, reason: str = "",
+                 why: str = "") -> None:
+        self.why = why or (f"worker {worker} never became ready"
+                           + (f": {reason}" if reason else ""))
         super().__init__(f"revision {revision}: {self.why}")
         self.revision = revision
         self.worker = worker
         self.log_tail = log_tail
+        self.reason = reason
 
 
 @dataclass(eq=False)
@@ -70,6 +76,7 @@ class Revision:
     canary_percent: float = 0.0
     next_index: int = 1
     source: Source | None = None  # external workers: where they are found (None: ours)
+    meta: dict[str, Any] = field(default_factory=dict)  # kept in the store with the revision
 
     def running(self) -> list[Worker]:
         """Workers whose process is (or is about to be) up."""
@@ -173,7 +180,7 @@ class Supervisor:
         if not all(results):
             bad = new[results.index(False)]
             await asyncio.gather(*(w.stop() for w in new))
-            raise RevisionFailed(rev.id, bad.id, bad.log_tail(20))
+            raise RevisionFailed(rev.id, bad.id, bad.log_tail(20), bad.start_failure)
         return new
 
     # -- workers another engine runs (external.py) ----------------------------------
@@ -212,7 +219,7 @@ class Supervisor:
             bad = new[results.index(False)]
             await asyncio.gather(*(w.stop() for w in new))
             raise RevisionFailed(rev.id, bad.id, bad.log_tail(20),
-                                 f"worker {bad.id} ({bad.url}) did not answer its health "
+                                 why=f"worker {bad.id} ({bad.url}) did not answer its health "
                                  f"check within {rev.spec.start_timeout:g}s")
         return new
 

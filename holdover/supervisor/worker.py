@@ -8,7 +8,9 @@ routing (see holdover/proxy/endpoint.py).
 
 States: ``starting`` → ``ready`` → (``unhealthy`` | ``crashed`` → ``backoff`` →
 ``starting`` …) → ``stopping`` → ``stopped``.  ``failed`` is a worker that never became
-ready within ``start_timeout`` on its first start.
+ready on its first start: within ``start_timeout``, or sooner when its health path keeps
+answering a definite 4xx (a wrong ``health_path`` does not fix itself by waiting).
+``start_failure`` says why, in words the deploy shows the operator.
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ from ..core.lifecycle import WORKER_TRANSITIONS, WorkerEvent, WorkerState, next_
 from .logs import PipeToLog, RotatingLog, tail
 
 log = logging.getLogger("holdover.supervisor")
+
+# A health path that keeps answering one of these is wrong, not slow: give up early once
+# it did so this many times in a row, over at least this long.  408 and 429 can pass.
+_DEFINITE_4XX = frozenset(range(400, 500)) - {408, 429}
+_DEFINITE_REFUSALS = 3
+_DEFINITE_MIN_SECONDS = 1.0
 
 _SHELL_CHARS = set("|&;<>()$`\\\"'*?[]#~=%{}\n")
 _PR_SET_PDEATHSIG = 1
@@ -166,6 +174,9 @@ class Worker:
     ready_at: float = 0.0
     last_exit: int | None = None
     crash_loop: bool = False
+    last_check: str = ""  # what the last failed health check got ("" after a pass)
+    last_check_status: int = 0  # its HTTP status (0: no HTTP answer)
+    start_failure: str = ""  # why the last start never got ready
     on_state: Callable[[Worker], None] | None = None
     guard: Callable[[str], None] | None = None
     _proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
@@ -190,6 +201,14 @@ class Worker:
     def log_tail(self, lines: int = 20) -> str:
         return tail(self.log_path, lines)
 
+    def fields(self, **more: object) -> dict[str, object]:
+        """The ``extra=`` of this worker's log lines (names in gatewaylog.FIELDS)."""
+        out: dict[str, object] = {"revision": self.spec.revision, "worker": self.id}
+        if self.pid:
+            out.update(pid=self.pid, port=self.port)
+        out.update(more)
+        return out
+
     def _on(self, event: WorkerEvent) -> None:
         """Apply a lifecycle event (core/lifecycle.py's table) and report the new state."""
         state = next_state(WORKER_TRANSITIONS, self.state, event, f"worker {self.id}")
@@ -213,7 +232,8 @@ class Worker:
     def suspect(self) -> None:
         """The proxy could not connect: leave rotation and get checked at once."""
         if self.state == "ready":
-            log.warning("worker %s refused a connection; checking it", self.id)
+            log.warning("worker %s refused a connection; checking it", self.id,
+                        extra=self.fields())
             self.healthy = False
             if self.on_state is not None:
                 self.on_state(self)
@@ -260,10 +280,14 @@ class Worker:
                 if self.crash_loop and not was_loop:
                     log.error("worker %s is crash-looping (%d restarts in %.0fs); last log "
                               "lines:\n%s", self.id, len(self._restart_times),
-                              self.spec.crash_loop_window, self.log_tail(10))
+                              self.spec.crash_loop_window, self.log_tail(10),
+                              extra=self.fields(event="crash-loop",
+                                                count=len(self._restart_times),
+                                                seconds=self.spec.crash_loop_window))
                 delay = min(self.spec.backoff_max, 0.5 * 2 ** (failures - 1))
                 self._on(WorkerEvent.EXITED)
-                log.info("worker %s restarts in %.1fs", self.id, delay)
+                log.info("worker %s restarts in %.1fs", self.id, delay,
+                         extra=self.fields(count=self.restarts, seconds=delay))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop_ev.wait(), delay)
         finally:
@@ -276,6 +300,7 @@ class Worker:
         """Spawn, wait until ready, serve until the process ends; True if it was ready."""
         self.port = free_port(self.spec.host)
         self.ready_at = 0.0
+        self.start_failure = ""
         self.incarnation = uuid.uuid4().hex[:12]  # sessions pinned to the old process are gone
         self._on(WorkerEvent.SPAWN)
         env = dict(os.environ)
@@ -292,8 +317,9 @@ class Worker:
                 stdout=wfd, stderr=wfd, start_new_session=True, preexec_fn=_child_setup)
         except OSError as exc:
             os.close(rfd)
-            self._log.write(f"--- holdover: cannot start {argv[0]!r}: {exc}\n".encode())
-            log.error("worker %s cannot start %r: %s", self.id, argv[0], exc)
+            self.start_failure = f"cannot start {argv[0]!r}: {exc}"
+            self._log.write(f"--- holdover: {self.start_failure}\n".encode())
+            log.error("worker %s %s", self.id, self.start_failure, extra=self.fields())
             return False
         finally:
             os.close(wfd)
@@ -303,19 +329,30 @@ class Worker:
         if self.guard:
             self.guard(f"+{proc.pid}")
         drain = await self._drain_output(rfd)
-        log.info("worker %s started pid=%d port=%d", self.id, proc.pid, self.port)
+        log.info("worker %s started pid=%d port=%d", self.id, proc.pid, self.port,
+                 extra=self.fields())
         ready = await self._wait_ready(proc)
         if ready:
             self.ready_at = time.monotonic()
             self._on(WorkerEvent.READY)
-            log.info("worker %s ready in %.2fs", self.id, self.ready_at - self.started_at)
+            took = self.ready_at - self.started_at
+            log.info("worker %s ready in %.2fs", self.id, took,
+                     extra=self.fields(seconds=round(took, 3)))
             if first_ready is not None and not first_ready.done():
                 first_ready.set_result(True)
             await self._serve(proc)
         elif not self._stopping and proc.returncode is None:
-            log.error("worker %s did not become ready within %.0fs; last log lines:\n%s",
-                      self.id, self.spec.start_timeout, self.log_tail(10))
+            self._log.write(f"--- holdover: never became ready: {self.start_failure}\n".encode())
+            if first_ready is not None and not first_ready.done():
+                # The deploy (or `holdover run`) shows the log tail itself, once.
+                log.error("worker %s never became ready: %s", self.id, self.start_failure,
+                          extra=self.fields())
+            else:
+                log.error("worker %s never became ready: %s; last log lines:\n%s", self.id,
+                          self.start_failure, self.log_tail(10), extra=self.fields())
         await self._ended(proc, drain)
+        if not ready and not self._stopping and not self.start_failure:
+            self.start_failure = f"exited with {proc.returncode} before it was ready"
         return ready
 
     async def _drain_output(self, rfd: int) -> PipeToLog:
@@ -344,7 +381,8 @@ class Worker:
         ready = proc.returncode is None
         if ready:
             self._on(WorkerEvent.READY)
-            log.info("worker %s adopted pid=%d port=%d", self.id, proc.pid, self.port)
+            log.info("worker %s adopted pid=%d port=%d", self.id, proc.pid, self.port,
+                     extra=self.fields())
             if first_ready is not None and not first_ready.done():
                 first_ready.set_result(True)
             await self._serve(proc)  # type: ignore[arg-type]
@@ -358,18 +396,38 @@ class Worker:
             await asyncio.wait_for(drain.closed, 1.0)
         self.last_exit = proc.returncode
         if not self._stopping:
-            log.warning("worker %s exited with %s", self.id, proc.returncode)
+            log.warning("worker %s exited with %s", self.id, proc.returncode,
+                        extra=self.fields(exit_code=proc.returncode))
             self._log.write(f"--- holdover: worker exited with {proc.returncode}\n".encode())
 
     async def _wait_ready(self, proc: asyncio.subprocess.Process) -> bool:
+        """Health-check until ready; False (``start_failure`` says why) on giving up."""
         deadline = time.monotonic() + self.spec.start_timeout
         delay = 0.02
+        refusals, refused_since = 0, 0.0
+        self.last_check = ""
         while not self._stopping and proc.returncode is None and time.monotonic() < deadline:
             if await self.check():
                 return True
+            if self.last_check_status in _DEFINITE_4XX:
+                now = time.monotonic()
+                if not refusals:
+                    refused_since = now
+                refusals += 1
+                if refusals >= _DEFINITE_REFUSALS and now - refused_since >= \
+                        _DEFINITE_MIN_SECONDS:
+                    self.start_failure = (f"{self.last_check} {refusals} times in a row "
+                                          f"(is [app] health_path right?)")
+                    return False
+            else:
+                refusals = 0  # not answering yet, or a 5xx: normal while an app starts
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), delay)
             delay = min(delay * 1.5, 0.5)
+        if not self._stopping and proc.returncode is None:  # (else the exit says why)
+            self.start_failure = (f"no passing health check within "
+                                  f"{self.spec.start_timeout:g}s (start_timeout); the last "
+                                  f"one: {self.last_check or 'none made'}")
         return False
 
     async def _serve(self, proc: asyncio.subprocess.Process) -> None:
@@ -387,7 +445,7 @@ class Worker:
                     return
                 if self._restart_requested:
                     self._restart_requested = False
-                    log.info("worker %s: restart requested", self.id)
+                    log.info("worker %s: restart requested", self.id, extra=self.fields())
                     self._on(WorkerEvent.RESTART)
                     return
                 if await self.check():
@@ -403,7 +461,12 @@ class Worker:
                     if self.on_state:
                         self.on_state(self)
                 if failures >= self.spec.health_failures:
-                    log.error("worker %s failed %d health checks; restarting", self.id, failures)
+                    log.error("worker %s failed %d health checks (last: %s); restarting",
+                              self.id, failures, self.last_check,
+                              extra=self.fields(count=failures))
+                    if self._log is not None:
+                        self._log.write(f"--- holdover: {failures} failed health checks "
+                                        f"(last: {self.last_check}); restarting\n".encode())
                     self._on(WorkerEvent.UNHEALTHY)
                     return
         finally:
@@ -411,11 +474,11 @@ class Worker:
                 wait.cancel()
 
     async def check(self) -> bool:
-        """One health check: a 2xx from ``health_path``, or an accepted TCP connection."""
-        return await self.probe() is None
+        """One health check: a 2xx from ``health_path``, or an accepted TCP connection.
 
-    async def probe(self) -> str | None:
-        """One health check; None if it passed, else why not (for the worker's log)."""
+        A failed check leaves what it got in ``last_check`` (and the HTTP status in
+        ``last_check_status``), for the operator; a passing one costs nothing extra."""
+        self.last_check_status = 0
         host, port = self.spec.host, self.port
         try:
             reader, writer = await asyncio.wait_for(
@@ -424,14 +487,20 @@ class Worker:
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 # The gateway itself is out of file descriptors: that says nothing about
                 # the worker, and killing it would lose its sessions for nothing.
-                log.warning("cannot health-check worker %s: %s", self.id, exc)
-                return None
-            return f"cannot connect: {exc.strerror or exc}"
+                log.warning("cannot health-check worker %s: %s", self.id, exc,
+                            extra=self.fields())
+                return True
+            why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            self.last_check = f"could not connect to {self.spec.host}:{self.port}: {why}"
+            return False
         except TimeoutError:
-            return f"no connection within {self.spec.health_timeout:g}s"
+            self.last_check = (f"could not connect to {self.spec.host}:{self.port} within "
+                               f"{self.spec.health_timeout:g}s")
+            return False
         try:
             if not self.spec.health_path:
-                return None
+                self.last_check = ""
+                return True
             name = f"[{host}]" if ":" in host else host
             writer.write(b"GET %b HTTP/1.1\r\nHost: %b:%d\r\nUser-Agent: holdover-health\r\n"
                          b"Connection: close\r\n\r\n" % (self.spec.health_path.encode(),
@@ -439,18 +508,39 @@ class Worker:
             line = await asyncio.wait_for(reader.readline(), self.spec.health_timeout)
             parts = line.split(None, 2)
             if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1][:1] == b"2":
-                return None
-            return (f"GET {self.spec.health_path} answered "
-                    f"{line.strip().decode('latin-1')[:80]!r}" if line else
-                    f"GET {self.spec.health_path}: connection closed without an answer")
+                self.last_check = ""
+                return True
+            self._failed_answer(line, parts)
+            return False
         except TimeoutError:
-            return f"GET {self.spec.health_path}: no answer within {self.spec.health_timeout:g}s"
+            self.last_check = (f"health check GET {self.spec.health_path} got no answer "
+                               f"within {self.spec.health_timeout:g}s")
+            return False
         except (OSError, ValueError) as exc:
-            return f"GET {self.spec.health_path}: {exc}"
+            self.last_check = f"health check GET {self.spec.health_path} failed: {exc}"
+            return False
         finally:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def probe(self) -> str | None:
+        """One health check; None if it passed, else what it got (``last_check``)."""
+        if await self.check():
+            return None
+        return self.last_check or "health check failed"
+
+    def _failed_answer(self, line: bytes, parts: list[bytes]) -> None:
+        """Put a non-2xx (or non-HTTP) answer of ``health_path`` into words."""
+        what = f"health check GET {self.spec.health_path}"
+        if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
+            self.last_check_status = int(parts[1])
+            status = line.decode("latin-1").split(None, 1)[1].strip()[:80]
+            self.last_check = f"{what} answered {status}"
+        elif not line:
+            self.last_check = f"{what}: the connection closed without an answer"
+        else:
+            self.last_check = f"{what} got something that is not HTTP: {line[:60]!r}"
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM the worker's process group, wait ``stop_grace``, then SIGKILL it."""
@@ -461,7 +551,7 @@ class Worker:
                 await asyncio.wait_for(proc.wait(), self.spec.stop_grace)
             except TimeoutError:
                 log.warning("worker %s did not stop within %.0fs; killing it", self.id,
-                            self.spec.stop_grace)
+                            self.spec.stop_grace, extra=self.fields(seconds=self.spec.stop_grace))
         self._signal_group(pgid, signal.SIGKILL)  # whatever it left behind in its group
         await proc.wait()
         if self.guard:

@@ -1,4 +1,5 @@
-"""A test worker (aiohttp): echo, big and streamed bodies, SSE, WebSocket, slow answers.
+"""A test worker (aiohttp): echo, big and streamed bodies, SSE, WebSocket, slow answers,
+and ``/forge``, which sets the gateway's own response headers and cookie.
 
 Run as ``python backend.py {port}`` (``HOST=ADDR`` to listen on ADDR, not 127.0.0.1).  It counts what reached it (``/_stats``) so that
 tests can prove a refused request never arrived.
@@ -104,6 +105,16 @@ async def pid(request: web.Request) -> web.Response:
     return web.Response(text=str(os.getpid()))
 
 
+async def forge(request: web.Request) -> web.Response:
+    """An app that tries to speak for the gateway: its revision, its newest, its pin."""
+    resp = web.Response(text="forged")
+    resp.headers["X-Holdover-Revision"] = "forged-revision"
+    resp.headers["X-Holdover-Latest"] = "forged-latest"
+    resp.headers.add("Set-Cookie", "holdover_pin=forged.value; Path=/")
+    resp.headers.add("Set-Cookie", "app=kept; Path=/")
+    return resp
+
+
 async def status(request: web.Request) -> web.Response:
     return web.Response(status=int(request.match_info["code"]), text="status")
 
@@ -119,6 +130,7 @@ def main() -> None:
     app.router.add_get("/slow", slow)
     app.router.add_get("/pid", pid)
     app.router.add_get("/status/{code}", status)
+    app.router.add_get("/forge", forge)
     web.run_app(app, host=os.environ.get("HOST", "127.0.0.1"), port=int(sys.argv[1]),
                 print=None,
                 shutdown_timeout=float(os.environ.get("SHUTDOWN_TIMEOUT", "10")))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import wait_for
+from conftest import NO_PROXY, wait_for
 from websockets.sync.client import connect as ws_connect
 
 PY = sys.executable
@@ -89,7 +89,7 @@ class Browser:
 
     def websocket(self):
         cookie = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        return ws_connect(f"ws://{self.host}:{self.port}/ws",
+        return ws_connect(f"ws://{self.host}:{self.port}/ws", proxy=None,
                           additional_headers={"Cookie": cookie}, open_timeout=10)
 
 
@@ -197,7 +197,7 @@ def _demo_story(d: DemoProcess, tmp_path: Path, exits: contextlib.ExitStack) -> 
     assert info["admin_link"] == f"{info['admin']}#token={info['token']}"
     req = urllib.request.Request(info["admin"] + "api/status",
                                  headers={"Authorization": f"Bearer {info['token']}"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
+    with NO_PROXY.open(req, timeout=10) as resp:
         assert json.loads(resp.read())["active"] == "v1"
 
     # A second demo in the same folder is refused while this one runs.

@@ -110,20 +110,24 @@ def test_counters_follow_traffic(gw: GatewayProcess, admin: Admin) -> None:
     assert buckets == sorted(buckets)
     assert buckets[-1] == value(after, "holdover_request_duration_seconds_count", **rev)
     assert buckets[-1] == total(after, "holdover_requests_total", **rev)
-    # Every request without a pin started a session (holdover's own cookie).
-    assert value(after, "holdover_sessions", **rev) >= value(before, "holdover_sessions",
-                                                             **rev) + 5
+    # Every request without a pin was offered holdover's own cookie; none came back with
+    # it, so none became a session (and none keeps v1 alive).
+    assert value(after, "holdover_sessions_offered") >= value(before,
+                                                              "holdover_sessions_offered") + 5
+    assert value(after, "holdover_sessions", **rev) == value(before, "holdover_sessions", **rev)
     code, _, st = admin.request("GET", "/api/sessions")
     assert value(after, "holdover_sessions", **rev) <= json.loads(st)["total"]
     assert value(after, "holdover_requests_in_flight", **rev) == 0
     assert value(after, "holdover_workers", state="ready", **rev) == 1
     assert value(after, "holdover_revision_info", state="active", **rev) == 1
     assert value(after, "holdover_queue_length") == 0
-    # A pinned client does not start another session.
+    # A client that comes back with its cookie becomes a session, once.
     n = value(after, "holdover_sessions", **rev)
     pin = cookies[0].split(";")[0]
     assert get(gw.port, "/echo", cookie=pin)[0] == 200
-    assert value(admin.scrape(), "holdover_sessions", **rev) == n
+    assert value(admin.scrape(), "holdover_sessions", **rev) == n + 1
+    assert get(gw.port, "/echo", cookie=pin)[0] == 200
+    assert value(admin.scrape(), "holdover_sessions", **rev) == n + 1
 
 
 def test_deploy_is_counted(gw: GatewayProcess, admin: Admin) -> None:

@@ -107,7 +107,7 @@ def test_head_and_204(gateway):
 
 def test_websocket_echo(gateway):
     async def run() -> list[str]:
-        async with websockets.connect(f"ws://127.0.0.1:{gateway.port}/ws") as ws:
+        async with websockets.connect(f"ws://127.0.0.1:{gateway.port}/ws", proxy=None) as ws:
             out = []
             for i in range(5):
                 await ws.send(f"m{i}")

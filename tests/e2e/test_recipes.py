@@ -189,7 +189,7 @@ def test_fastapi_websocket_and_session_survive_a_deploy(run_recipe):
         return json.loads(body)
 
     def socket(c: Client):
-        return connect(f"ws://127.0.0.1:{gw.port}/ws", open_timeout=10,
+        return connect(f"ws://127.0.0.1:{gw.port}/ws", proxy=None, open_timeout=10,
                        additional_headers={"Cookie": c.cookie_header})
 
     v1 = login(ann, "ann")
@@ -287,7 +287,7 @@ class StreamlitTab:
         # Streamlit's subprotocol list: "streamlit", an XSRF token, the session to resume.
         protocols = ["streamlit", "xsrf", *([self.session_id] if self.session_id else [])]
         self.ws = self.exits.enter_context(connect(
-            f"ws://127.0.0.1:{self.port}/_stcore/stream", open_timeout=20,
+            f"ws://127.0.0.1:{self.port}/_stcore/stream", proxy=None, open_timeout=20,
             subprotocols=protocols, additional_headers={"Cookie": self.http.cookie_header}))
 
     def rerun(self) -> dict[str, str]:

@@ -818,20 +818,21 @@ def test_deploy_shows_progress_and_waits_until_the_old_revision_retires(session_
 
 
 def test_rolling_deploy_lets_an_old_workers_websocket_finish(gateway_factory) -> None:
-    """Rolling replaces a worker only once its open WebSocket has ended (no max_drain)."""
+    """Rolling stops an old worker only once its open WebSocket has ended (no max_drain),
+    and the deploy does not wait for that: it drains in the background."""
     gw = gateway_factory(app=STATEFUL, workers=1, extra_app='strategy = "rolling"\n'
                          'stop_grace = "3s"\n').wait_ready()
     with connect(f"ws://127.0.0.1:{gw.port}/ws", proxy=None, open_timeout=10) as ws:
         ws.send("before")
         old_pid = json.loads(ws.recv(timeout=10))["pid"]
-        deploy = subprocess.Popen([sys.executable, "-m", "holdover", "deploy", "-c",
-                                   str(gw.config), "--revision", "v2"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_for(lambda: "worker v2-1 ready" in gw.log, timeout=30, what="v2's worker")
-        ws.send("during")  # the old worker still serves it while the deploy waits
+        deploy = subprocess.run([sys.executable, "-m", "holdover", "deploy", "-c",
+                                 str(gw.config), "--revision", "v2"],
+                                capture_output=True, text=True, timeout=60)
+        assert deploy.returncode == 0, deploy.stderr
+        ws.send("during")  # the old worker still serves it after the deploy
         answer = json.loads(ws.recv(timeout=10))
         assert (answer["pid"], answer["echo"]) == (old_pid, "during")
-        assert deploy.poll() is None
-    _, err = deploy.communicate(timeout=60)
-    assert deploy.returncode == 0, err
-    assert "stopped (drained)" in gw.log and "cut" not in gw.log.split("v2-1 ready")[-1]
+        assert "worker v1-1 stopped" not in gw.log
+    wait_for(lambda: "worker v1-1 stopped (drained)" in gw.log, timeout=30,
+             what="v1-1 to stop once its WebSocket ended")
+    assert "cut" not in gw.log.split("v2-1 ready")[-1]

@@ -87,12 +87,11 @@ def test_slow_reader_pauses_the_worker(gateway):
     s = socket.create_connection(("127.0.0.1", gateway.port), timeout=30)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     s.sendall(b"GET /big?n=%d HTTP/1.1\r\nHost: t\r\n\r\n" % (512 * 2**20))
-    # Give the worker every chance to push the whole body if nothing held it back.
-    deadline = time.monotonic() + 3
-    peak = base
-    while time.monotonic() < deadline:
-        peak = max(peak, gw.memory_info().rss)
-        time.sleep(0.05)
+    # Once the gateway has stopped reading the worker, whatever it buffered is all it holds.
+    watch = RssWatch(gateway.proc.pid)
+    gateway.wait_upstream_paused(1)
+    peak = max(watch.peak, gw.memory_info().rss)
+    watch.stop()
     assert peak - base < 32 * 2**20, f"gateway buffered {(peak - base) / 2**20:.1f} MiB"
     # Now read it all: everything arrives.
     _, got = read_response(s)

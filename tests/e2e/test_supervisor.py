@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import subprocess
@@ -33,7 +34,6 @@ def test_workers_get_port_and_environment(gateway):
     for _ in range(10):
         status, body = get(gateway.port, "/echo")
         assert status == 200
-        import json
         data = json.loads(body)
         pids.add(data["pid"])
         workers.add(data["worker"])
@@ -107,7 +107,11 @@ def test_sigterm_lets_inflight_request_finish_then_stops_workers(gateway):
         c.status == "ESTABLISHED" for w in gateway.workers() for c in w.net_connections()),
         what="request in flight")
     workers = gateway.workers()
-    time.sleep(0.2)  # let the request reach the worker's handler (it sleeps 2s there)
+
+    def reached_handler() -> bool:  # each worker counts what reached it (/_stats)
+        return any("/slow" in json.loads(get(port, "/_stats")[1])["paths"]
+                   for port in gateway.worker_ports())
+    wait_for(reached_handler, what="the request to reach the worker's handler")
     gateway.proc.send_signal(signal.SIGTERM)
     t.join(15)
     assert result["resp"][0] == 200 and result["resp"][1].startswith(b"slow done")

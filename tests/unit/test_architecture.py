@@ -18,9 +18,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2] / "holdover"
 
 # layer -> rank; a module may import its own layer or a layer of lower rank.
-RANKS = {"core": 0, "accesslog": 0, "__init__": 0, "middleware": 0,
+RANKS = {"core": 0, "accesslog": 0, "gatewaylog": 0, "cliformat": 0, "__init__": 0,
+         "middleware": 0,
          "proxy": 1, "state": 1, "config": 2, "supervisor": 3, "control": 4, "admin": 5,
-         "app": 6, "demo": 7, "cli": 8, "__main__": 9}
+         "app": 6, "demo": 7, "init": 7, "cli": 8, "__main__": 9}
 ADMIN_USERS = {"admin", "app", "cli", "demo"}
 
 

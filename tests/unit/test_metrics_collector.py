@@ -37,7 +37,8 @@ def fake_gateway() -> SimpleNamespace:
                            ticker=SimpleNamespace(errors={"drain": 1, "pin-flush": 0}),
                            tasks=SimpleNamespace(failed=2),
                            hooks=SimpleNamespace(failures={"on_drain": 0, "on_retire": 3}),
-                           discovery=SimpleNamespace(failures={"v2": 4}))
+                           discovery=SimpleNamespace(failures={"v2": 4}),
+                           config=SimpleNamespace(app_keep_retired=5))
 
 
 def test_collector_reads_the_gateway_state() -> None:

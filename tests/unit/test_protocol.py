@@ -17,6 +17,7 @@ from fakes import PORTS, FakePorts, signature_drift
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from holdover.proxy.http1 import forwarded_headers
 from holdover.proxy.server import (
     BODY_CHUNKED,
     BODY_LENGTH,
@@ -38,12 +39,19 @@ class FakeTransport:
     def __init__(self, peer: Any = ("127.0.0.1", 5555)) -> None:
         self.peer = peer
         self.chunks: list[bytes] = []
-        self.closed = False
+        self.closing = False
+        self.eof = False  # the writing side shut down (a lingering close)
         self.aborted = False
         self.reading = True
         self.pauses = 0
         self.limits: dict[str, Any] | None = None
         self.writes_after_close = 0
+        self.buffered = 0  # what get_write_buffer_size reports
+
+    @property
+    def closed(self) -> bool:
+        """The gateway ended its side of the connection (close, abort or EOF)."""
+        return self.closing or self.eof
 
     def write(self, data: bytes) -> None:
         if self.closed:
@@ -55,11 +63,20 @@ class FakeTransport:
             self.write(c)
 
     def close(self) -> None:
-        self.closed = True
+        self.closing = True
 
     def abort(self) -> None:
         self.aborted = True
-        self.closed = True
+        self.closing = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
 
     def pause_reading(self) -> None:
         self.reading = False
@@ -69,7 +86,7 @@ class FakeTransport:
         self.reading = True
 
     def is_closing(self) -> bool:
-        return self.closed
+        return self.closing
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.peer if name == "peername" else default
@@ -227,10 +244,17 @@ def test_forwarded_for_by_peer_address(peer: Any, xff: bytes, fwd_for: bytes) ->
 
 
 def test_proto_and_quoted_host_in_forwarded() -> None:
-    _, _, _, ex = one_request(b'GET / HTTP/1.1\r\nHost: a"b\\c\r\n\r\n', proto=b"https")
+    _, _, _, ex = one_request(b"GET / HTTP/1.1\r\nHost: a,b;for=c\r\n\r\n", proto=b"https")
     _, headers = split_head(ex.head)
     assert values(headers, b"X-Forwarded-Proto") == [b"https"]
-    assert values(headers, b"Forwarded") == [b'for=127.0.0.1;proto=https;host="a\\"b\\\\c"']
+    assert values(headers, b"Forwarded") == [b'for=127.0.0.1;proto=https;host="a,b;for=c"']
+
+
+def test_forwarded_host_is_escaped_inside_its_quotes() -> None:
+    """A quote or backslash never gets this far (an invalid Host is a 400), but the
+    Forwarded element stays well-formed whatever it is given."""
+    line = forwarded_headers(b"1.2.3.4", b"for=1.2.3.4", b"http", b'a"b\\c')
+    assert b'Forwarded: for=1.2.3.4;proto=http;host="a\\"b\\\\c"\r\n' in line
 
 
 def test_content_length_framing() -> None:

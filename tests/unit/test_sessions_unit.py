@@ -15,7 +15,9 @@ import json
 import os
 import random
 import re
+import shutil
 import stat
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -385,13 +387,16 @@ class Harness:
     """The real control plane (revisions, routing, session table) with fake workers."""
 
     def __init__(self, mode: str = "sessions", cookie: str = "sid", workers: int = 2,
-                 strategy: str = "replace") -> None:
+                 strategy: str = "replace", max_sessions: int = 1_000_000) -> None:
         self.loop = asyncio.new_event_loop()
+        # The app's folder: the first revision is a snapshot of it, under state/releases.
+        self.home = Path(tempfile.mkdtemp(prefix="holdover-unit-"))
         cfg = from_dict({
             "gateway": {"access_log": "off", "state_dir": "state"},
             "app": {"command": "app {port}", "workers": workers, "mode": mode,
+                    "health_path": "/healthz", "max_sessions": max_sessions,
                     "session_cookie": cookie, "strategy": strategy}},
-            path=Path("/nonexistent-holdover-unit/holdover.toml"))
+            path=self.home / "holdover.toml")
         gw = self.gw = Control(cfg, supervisor=FakeSupervisor, router=NoIORouter)
         gw.use_keys(Keys(b"h" * 32, [b"s" * 32]))
         gw.store = MemoryStore()
@@ -451,6 +456,7 @@ class Harness:
         if pending:  # events being recorded, workers being retired: let them finish
             self.run(asyncio.gather(*pending, return_exceptions=True))
         self.loop.close()
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 class RoutingMachine(RuleBasedStateMachine):
@@ -766,7 +772,7 @@ def test_a_state_dir_of_the_previous_holdover_opens_with_its_canary_migrated() -
     cfg = from_dict({"gateway": {"access_log": "off", "state_dir": "state"},
                      "app": {"command": "app {port}", "workers": 1, "mode": "sessions",
                              "session_cookie": "sid"}},
-                    path=Path("/nonexistent-holdover-unit/holdover.toml"))
+                    path=Path("/nonexistent-holdover-unit/holdover.toml"))  # nothing starts
     ctl = Control(cfg, supervisor=AdoptingSupervisor, router=NoIORouter)
     ctl.use_keys(Keys(b"h" * 32, [b"s" * 32]))
     ctl.store = store = MemoryStore()
@@ -802,3 +808,125 @@ def test_a_state_dir_of_the_previous_holdover_opens_with_its_canary_migrated() -
                                    asyncio.current_task()), return_exceptions=True)
         loop.run_until_complete(settle())
         loop.close()
+
+
+def test_rollback_goes_to_the_revision_active_before_this_one() -> None:
+    """Activations are a stack: a rollback pops, so it never bounces back, and a failed
+    deploy (never active) is never its target."""
+    h = Harness(workers=1)
+    try:
+        rm = h.gw.revs
+        h.run(rm.deploy(revision="v2"))
+        assert rm.previous().id == "v1" and rm.status()["rollback_to"] == "v1"
+        h.run(rm.rollback())
+        assert rm.active.id == "v1"
+        h.fail_calls = [True]
+        with pytest.raises(DeployError):
+            h.run(rm.deploy(revision="v3"))
+        assert rm.previous() is None, "v2 was rolled back from; v3 never ran"
+        with pytest.raises(DeployError, match="nothing to roll back to: no revision was "
+                                              "active before v1"):
+            h.run(rm.rollback())
+        h.run(rm.deploy(revision="v4"))  # over v1
+        assert rm.status()["rollback_to"] == "v1"
+        h.run(rm.rollback())
+        assert rm.active.id == "v1"
+    finally:
+        h.close()
+
+
+def test_rollback_to_a_named_revision_even_a_retired_one() -> None:
+    h = Harness(workers=1)
+    try:
+        rm = h.gw.revs
+        h.run(rm.deploy(revision="v2"))
+        h.run(rm.deploy(revision="v3"))
+        h.tick()
+        assert rm.revisions["v1"].state == "retired"  # no session kept it
+        res = h.run(rm.rollback("v1"))
+        assert res == {"revision": "v1", "previous": "v3"}
+        assert rm.active.id == "v1" and rm.revisions["v1"].running()
+        assert rm.previous().id == "v3", "a named rollback is pushed: the next one returns"
+        for rid, why in (("v1", "already the active one"), ("nope", "no revision 'nope'")):
+            with pytest.raises(DeployError, match=why):
+                h.run(rm.rollback(rid))
+    finally:
+        h.close()
+
+
+def test_health_checks_of_a_load_balancer_are_never_pinned() -> None:
+    h = Harness(cookie="")  # holdover's own pin cookie for every client
+    try:
+        failed: list[int] = []
+        for url in (b"/healthz", b"/healthz?probe=lb"):
+            conn = SimpleNamespace(cookie_cache=None, client_ip=b"10.0.0.2", current=None,
+                                   fail=lambda ex, status, **kw: failed.append(status))
+            ex = Exchange(conn, time.monotonic())
+            ex.method, ex.url = b"GET", url
+            h.gw.router.route(ex)
+            ex.status = 200
+            assert not (h.gw.router.response_extra_headers(ex) or b"").count(PIN_COOKIE)
+            h.gw.router.exchange_done(ex)
+        assert len(h.gw.sessions) == 0 and not failed
+        _, extra = h.request(None)  # any other path: offered its pin cookie as before
+        assert PIN_COOKIE in extra and len(h.gw.sessions.offered) == 1
+    finally:
+        h.close()
+
+
+def pin_of(extra: bytes) -> bytes:
+    m = re.search(rb"Set-Cookie: holdover_pin=([^;\r]+)", extra)
+    assert m, extra
+    return m.group(1)
+
+
+def test_junk_traffic_is_no_session_and_offers_are_bounded() -> None:
+    """Clients that never come back with holdover's cookie make no session (issue:
+    115,000 pins from 30 s of one client), and what they leave behind is bounded."""
+    h = Harness(cookie="", max_sessions=50)
+    try:
+        for i in range(400):
+            forged = b"holdover_pin=%d.AAAAAAAAAAAAAAAA" % i if i % 2 else None
+            _, extra = h.request(forged)
+            assert PIN_COOKIE in extra
+        assert len(h.gw.sessions) == 0, "nobody came back: no session"
+        assert h.gw.sessions.per_revision == {} and h.gw.sessions.per_worker == {}
+        assert len(h.gw.sessions.offered) == 50, "offers are bounded, the oldest go first"
+        # The v1 workers hold no session: a deploy retires v1 at once.
+        h.run(h.gw.revs.deploy(revision="v2"))
+        h.tick()
+        assert h.gw.revs.revisions["v1"].state == "retired"
+        h.gw.end_idle_sessions(time.monotonic() + 3600)
+        assert not h.gw.sessions.offered, "offers nobody brought back expire"
+    finally:
+        h.close()
+
+
+def test_a_client_that_comes_back_becomes_a_session_on_its_worker() -> None:
+    h = Harness(cookie="")
+    try:
+        first, extra = h.request(None)
+        value = pin_of(extra)
+        again, extra2 = h.request(b"holdover_pin=" + value)
+        assert again.worker is first.worker and b"Set-Cookie" not in extra2
+        assert len(h.gw.sessions) == 1 and not h.gw.sessions.offered
+        assert h.gw.sessions.per_worker == {first.worker.id: 1}
+    finally:
+        h.close()
+
+
+def test_a_full_session_table_refuses_new_sessions_and_keeps_the_live_ones() -> None:
+    h = Harness(max_sessions=3)
+    try:
+        homes = {}
+        for i in range(3):
+            ex, _ = h.request(None, b"sid=s%d; Path=/" % i)
+            homes[i] = ex.worker
+        ex, _ = h.request(None, b"sid=late; Path=/")
+        assert len(h.gw.sessions) == 3 and h.gw.sessions.refused == 1
+        assert h.gw.sessions.get(h.gw.keys.session_key(b"app", b"late")) is None
+        for i, w in homes.items():
+            ex, _ = h.request(b"sid=s%d" % i)
+            assert ex.worker is w, "no live session is pushed out"
+    finally:
+        h.close()

@@ -327,7 +327,9 @@ def test_sqlite_never_blocks_the_event_loop(tmp_path: Path) -> None:
         async with SQLiteStore(tmp_path / "state.db") as store:
             store_threads = {await store._run(threading.get_ident) for _ in range(3)}
             batches = [[pin(i) for i in range(b * 10_000, (b + 1) * 10_000)] for b in range(3)]
-            await asyncio.sleep(0.01)
+            deadline = time.monotonic() + 5
+            while len(ticks) < 5 and time.monotonic() < deadline:  # the ticker is running
+                await asyncio.sleep(0.001)
             start = time.perf_counter()
             n0 = len(ticks)
             for batch in batches:

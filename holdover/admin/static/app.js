@@ -45,6 +45,8 @@ function h(spec, attrs, ...kids) {
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === undefined || v === null || v === false) continue;
     if (k === "dataset") Object.assign(el.dataset, v);
+    // Through the CSSOM: the page's CSP has no 'unsafe-inline', so style="" is refused.
+    else if (k === "style") Object.assign(el.style, v);
     else if (k === "text") el.textContent = v;
     else el.setAttribute(k, v === true ? "" : v);
   }
@@ -292,7 +294,7 @@ function renderRevisions(snap) {
 function buildRevision(rev, st) {
   const created = rev.created_at ? `created ${fmtTime(rev.created_at, true)}` : "";
   const head = h("div.rev-head", {},
-    h("span.swatch", {style: `background:${colorOf(rev.id)}`}),
+    h("span.swatch", {style: {background: colorOf(rev.id)}}),
     h("h3", {}, rev.id),
     h(`span.badge.${revClass(rev, st)}`, {}, revLabel(rev, st)),
     h("span.rev-meta", {}, h("b.rev-sessions", {}, rev.sessions), " sessions"),
@@ -391,7 +393,7 @@ function renderChart() {
     const series = pts.filter((p) => p.ts >= born || p.by_revision[rid])
       .map((p) => [x(p.ts), y(p.by_revision[rid] || 0)]);
     const last = pts.length ? (pts[pts.length - 1].by_revision[rid] || 0) : 0;
-    legend.push(h("span.item", {dataset: {series: rid}}, h("span.swatch", {style: `background:${color}`}),
+    legend.push(h("span.item", {dataset: {series: rid}}, h("span.swatch", {style: {background: color}}),
       `${rid} `, h("b", {}, last)));
     if (!series.length) continue;
     // Session counts change in steps: hold each value until the next sample.
