@@ -229,7 +229,14 @@ class GatewayProcess:
             kids = psutil.Process(self.proc.pid).children()
         except psutil.NoSuchProcess:
             return []
-        return [k for k in kids if "holdover.supervisor.guard" not in " ".join(k.cmdline())]
+        out = []
+        for k in kids:
+            try:  # a worker just killed may be a zombie until the gateway reaps it
+                if "holdover.supervisor.guard" not in " ".join(k.cmdline()):
+                    out.append(k)
+            except (psutil.ZombieProcess, psutil.NoSuchProcess):
+                continue
+        return out
 
     def worker_ports(self) -> set[int]:
         """The ports the workers listen on, as the admin status reports them."""
