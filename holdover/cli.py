@@ -284,7 +284,8 @@ def _with_progress(cfg: config.Config, action: Any) -> Any:
                 if seen.get(w["id"]) != w["state"]:
                     seen[w["id"]] = w["state"]
                     print(f"  {time.monotonic() - t0:5.1f}s  {rev['id']}: worker {w['id']} "
-                          f"{w['state']}" + (f" (pid {w['pid']}, port {w['port']})"
+                          f"{w['state']}" + ((f" ({w['url']})" if w.get("url") else
+                                              f" (pid {w['pid']}, port {w['port']})")
                                              if w["state"] == "ready" else ""),
                           file=sys.stderr, flush=True)
     if "error" in box:
