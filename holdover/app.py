@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -74,7 +75,9 @@ class Gateway:
             keepalive_timeout=c.gateway_keepalive_timeout,
             response_timeout=c.gateway_response_timeout, send_timeout=c.gateway_send_timeout,
             append_forwarded=c.gateway_forwarded_headers == "append", proto=self.proto,
-            listen_host=self.listen_host)
+            listen_host=self.listen_host, tls=self.proto == b"https",
+            trusted=tuple(ipaddress.ip_network(n, strict=False)
+                          for n in c.gateway_trusted_proxies))
 
     def _bind(self, key: str, address: tuple[str, int], inherited: int | None
               ) -> socket.socket:
@@ -141,7 +144,6 @@ class Gateway:
             ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_ctx.load_cert_chain(c.base_dir / c.gateway_tls_cert, c.base_dir / c.gateway_tls_key)
             self.proto = b"https"
-            ctl.router.cookie_attrs += b"; Secure"
         router = ctl.router
         plane = self.plane = Plane(self._limits(), router, router, router, router)
         ctl.connections = plane.connections

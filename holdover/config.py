@@ -230,6 +230,22 @@ def _advertise(value: Any) -> str:
     return value
 
 
+def _networks(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of addresses or networks, got {value!r}")
+    out = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(f"expected an address or network (a string), got {item!r}")
+        try:
+            ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network (e.g. "
+                             f"\"10.0.0.0/8\")") from None
+        out.append(item.strip())
+    return out
+
+
 def _access_log(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a file path, \"-\" for standard output or \"off\"")
@@ -326,8 +342,14 @@ SETTINGS: tuple[Setting, ...] = (
             "GET /readyz answers 503, so that a load balancer takes the node out before it "
             "stops accepting (e.g. \"5s\" behind a balancer that probes every 2 s)."),
     Setting("gateway", "forwarded_headers", _choice("replace", "append"), "replace",
-            "\"append\" keeps a client's X-Forwarded-For/Forwarded (only behind a trusted "
-            "proxy); \"replace\" drops them."),
+            "\"append\" keeps every client's X-Forwarded-For/Forwarded; \"replace\" drops "
+            "them (except from trusted_proxies)."),
+    Setting("gateway", "trusted_proxies", _networks, [],
+            "Addresses or networks (e.g. [\"127.0.0.1\", \"10.0.0.0/8\"]) of the proxies or load "
+            "balancers in front (nginx, Caddy, a cloud balancer that terminates TLS). From "
+            "them X-Forwarded-For/Forwarded are kept and extended, X-Forwarded-Proto and "
+            "X-Forwarded-Host are kept, the client address is the last one they name, and "
+            "the pin cookie is Secure when the original scheme was https."),
     # [app]
     Setting("app", "command", _optional_command, "",
             "Command that starts one worker; {port} and $PORT name its port. Required "
