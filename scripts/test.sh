@@ -41,6 +41,22 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
              "and apt-get); the systemd unit docs test needs it" >&2
     fi
 fi
+# The external-worker tests publish their workers in a real DNS server, Debian's dnsmasq
+# (the dnsmasq-base package: the program alone, with no system service to start).
+if ! command -v dnsmasq >/dev/null 2>&1 && [ ! -x /usr/sbin/dnsmasq ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: installing Debian's dnsmasq-base for the external-worker tests" >&2
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+                apt-get install -y -qq --no-install-recommends dnsmasq-base; } >/dev/null; then
+            echo "test.sh: could not install dnsmasq-base, which the tests need" >&2
+            exit 1
+        fi
+    else
+        echo "test.sh: dnsmasq is missing and cannot be installed here (needs root and" \
+             "apt-get); install Debian's dnsmasq-base package, the tests need it" >&2
+        exit 1
+    fi
+fi
 python3 -m ruff check holdover tests bench scripts
 # -rs: every skip is printed with its reason (docs/testing.md lists the allowed ones).
 exec python3 -m pytest -q -rs -p no:cacheprovider "$@"

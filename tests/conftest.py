@@ -131,11 +131,12 @@ class GatewayProcess:
 
     The config is the test defaults below, overridden by ``mode``/``workers``/... and
     by the TOML snippets ``extra_gateway``/``extra_app`` (which may repeat a default key).
+    ``command=False`` leaves ``command`` out (workers another engine runs).
     """
 
     def __init__(self, tmp: Path, app: str = "", extra_gateway: str = "", extra_app: str = "",
                  workers: int = 2, health_path: str = "/healthz", env: dict | None = None,
-                 mode: str = "stateless"):
+                 mode: str = "stateless", command: bool = True):
         self.dir = tmp
         gateway: dict[str, object] = {
             "listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0", "state_dir": "state",
@@ -144,6 +145,8 @@ class GatewayProcess:
             "command": app or f"{PY} {APPS / 'backend.py'} {{port}}", "workers": workers,
             "health_path": health_path, "health_interval": "1s", "stop_grace": "5s",
             "mode": mode}
+        if not command:
+            del application["command"]
         gateway.update(tomllib.loads(textwrap.dedent(extra_gateway)))
         application.update(tomllib.loads(textwrap.dedent(extra_app)))
         self.config = tmp / "holdover.toml"
@@ -226,7 +229,14 @@ class GatewayProcess:
             kids = psutil.Process(self.proc.pid).children()
         except psutil.NoSuchProcess:
             return []
-        return [k for k in kids if "holdover.supervisor.guard" not in " ".join(k.cmdline())]
+        out = []
+        for k in kids:
+            try:  # a worker just killed may be a zombie until the gateway reaps it
+                if "holdover.supervisor.guard" not in " ".join(k.cmdline()):
+                    out.append(k)
+            except (psutil.ZombieProcess, psutil.NoSuchProcess):
+                continue
+        return out
 
     def worker_ports(self) -> set[int]:
         """The ports the workers listen on, as the admin status reports them."""
