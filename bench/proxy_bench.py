@@ -56,9 +56,31 @@ SBIN_PATH = os.environ.get("PATH", "") + ":/usr/sbin:/usr/local/sbin:/sbin"
 # name -> (path, body size in bytes)
 SIZES: dict[str, tuple[str, int]] = {
     "small": ("/small", 13),
+    "small-h13": ("/small", 13),  # the same, with a browser's 13 request headers
     "64k": ("/64k", 64 * 1024),
     "1m": ("/1m", 1024 * 1024),
 }
+# What a browser sends with a page request (issue "Data-plane speed"): the app's session
+# cookie and another, and the usual twelve more.
+BROWSER_HEADERS = (
+    "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36",
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+    "*/*;q=0.8",
+    "Accept-Language: en-GB,en;q=0.9,de;q=0.8",
+    "Accept-Encoding: gzip, deflate, br, zstd",
+    "Cookie: session=eyJ1c2VyIjoiYWxpY2UifQ.Z0xyAB.c2lnbmF0dXJlLW9mLXRoZS1hcHA; "
+    "_ga=GA1.1.123456789.1700000000",
+    "Referer: http://127.0.0.1/catalogue?page=2",
+    "Cache-Control: max-age=0",
+    "Pragma: no-cache",
+    "Sec-Fetch-Dest: document",
+    "Sec-Fetch-Mode: navigate",
+    "Sec-Fetch-Site: same-origin",
+    "Upgrade-Insecure-Requests: 1",
+    "X-Request-Id: 6f1c2d3e-4b5a-6978-8a9b-0c1d2e3f4a5b",
+)
+HEADERS: dict[str, tuple[str, ...]] = {"small-h13": BROWSER_HEADERS}
 PROXIES = ("direct", "nginx", "haproxy", "holdover")
 READY_DEADLINE_S = 30.0
 
@@ -389,7 +411,8 @@ def parse_wrk_text(text: str) -> dict[str, Any]:
 
 
 def run_wrk(
-    port: int, path: str, duration_s: int, connections: int, lua: Path, cpus: str | None
+    port: int, path: str, duration_s: int, connections: int, lua: Path, cpus: str | None,
+    headers: tuple[str, ...] = (),
 ) -> WrkResult:
     argv = [
         which("wrk") or "wrk",
@@ -401,6 +424,7 @@ def run_wrk(
         "--latency",
         "-s",
         str(lua),
+        *(arg for h in headers for arg in ("-H", h)),
         f"http://127.0.0.1:{port}{path}",
     ]
     if cpus is not None:
@@ -720,8 +744,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 def make_www(workdir: Path) -> None:
     www = workdir / "www"
     www.mkdir(parents=True, exist_ok=True)
-    for size, (path, nbytes) in SIZES.items():
-        if size == "small":
+    for path, nbytes in SIZES.values():
+        if path == "/small":
             continue
         target = www / path.lstrip("/")
         target.write_bytes(os.urandom(nbytes))
@@ -803,6 +827,7 @@ def start_targets(
         else:
             port, admin_port = free_port(), free_port()
             conf = workdir / "conf" / "holdover.toml"
+            conf.parent.mkdir(parents=True, exist_ok=True)
             conf.write_text(holdover_toml(port, admin_port, workdir))
             managed = sup.start(
                 "holdover",
@@ -850,7 +875,8 @@ def measure(
     path, _ = SIZES[size]
     proxy_procs, backend_procs = proxy_and_backend_procs(target)
     p0, b0 = cpu_snapshot(proxy_procs), cpu_snapshot(backend_procs)
-    wrk = run_wrk(target.port, path, duration, connections, lua, wrk_cpus)
+    wrk = run_wrk(target.port, path, duration, connections, lua, wrk_cpus,
+                  HEADERS.get(size, ()))
     proxy_procs, backend_procs = proxy_and_backend_procs(target)
     p_cpu = cpu_delta(p0, cpu_snapshot(proxy_procs))
     b_cpu = cpu_delta(b0, cpu_snapshot(backend_procs))

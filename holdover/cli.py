@@ -82,8 +82,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .admin.exposure import file_warnings, listen_warnings
 
     cfg = _load(args.config)
-    print(f"{cfg.path}: ok ({cfg.app_workers} worker(s) of {cfg.app_command!r}, "
-          f"listening on {cfg.gateway_listen[0]}:{cfg.gateway_listen[1]})")
+    if cfg.app_upstreams or not cfg.app_command:
+        what = (f"{len(cfg.app_upstreams)} external worker(s)" if cfg.app_upstreams else
+                f"external workers found by {cfg.app_discover}")
+    else:
+        what = f"{cfg.app_workers} worker(s) of {cfg.app_command!r}"
+    print(f"{cfg.path}: ok ({what}, listening on {cfg.gateway_listen[0]}:"
+          f"{cfg.gateway_listen[1]})")
     for warning in [*listen_warnings(cfg), *file_warnings(cfg.state_dir)]:
         print(f"holdover: warning: {warning}", file=sys.stderr)
     return 0
@@ -285,7 +290,8 @@ def _with_progress(cfg: config.Config, action: Any) -> Any:
                 if seen.get(w["id"]) != w["state"]:
                     seen[w["id"]] = w["state"]
                     print(f"  {time.monotonic() - t0:5.1f}s  {rev['id']}: worker {w['id']} "
-                          f"{w['state']}" + (f" (pid {w['pid']}, port {w['port']})"
+                          f"{w['state']}" + ((f" ({w['url']})" if w.get("url") else
+                                              f" (pid {w['pid']}, port {w['port']})")
                                              if w["state"] == "ready" else ""),
                           file=sys.stderr, flush=True)
     if "error" in box:
@@ -525,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 **({} if prm.required else {"nargs": "?"}))
             elif prm.type is dict:
                 sp.add_argument(flag, dest=prm.name, action="append", metavar="K=V", help=prm.help)
+            elif prm.type is list:
+                sp.add_argument(flag, dest=prm.name, action="append", metavar="URL",
+                                help=prm.help)
             elif prm.type is bool:
                 sp.add_argument(flag, dest=prm.name, action="store_true", default=None,
                                 help=prm.help)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-import math
 import os
 import re
 import shlex
@@ -21,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .core.discovery import discover_setting, dns_servers_setting, hook_setting, upstreams_setting
+from .core.units import parse_duration, parse_size
 from .state import StoreError, check_store
 from .state.url import check_files, is_redis_url, parse_redis_url
 
@@ -32,49 +33,6 @@ class ConfigError(Exception):
 
 
 # -- value parsers -------------------------------------------------------------------
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?\s*$", re.I)
-_SIZE_UNITS = {
-    None: 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2,
-    "mib": 1024**2, "g": 1024**3, "gb": 1000**3, "gib": 1024**3,
-}
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from ``30s``, ``5m``, ``250ms``, ``1h``, ``2d`` or a bare number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like \"30s\", \"5m\" or \"250ms\"")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        m = _DURATION.match(str(value))
-        if not m:
-            raise ValueError(
-                f"expected a duration like \"30s\", \"5m\" or \"250ms\", got {value!r}")
-        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"expected a finite duration >= 0, got {value!r}")
-    return seconds
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from ``64KiB``, ``10MiB``, ``1GiB``, ``500kb`` or a bare integer."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size like \"64KiB\" or \"10MiB\"")
-    if isinstance(value, int):
-        n = value
-    else:
-        m = _SIZE.match(str(value))
-        if not m:
-            raise ValueError(f"expected a size like \"64KiB\" or \"10MiB\", got {value!r}")
-        unit = m.group(2).lower() if m.group(2) else None
-        n = int(float(m.group(1)) * _SIZE_UNITS[unit])
-    if n < 0:
-        raise ValueError("expected a size >= 0")
-    return n
-
 
 def parse_address(value: Any) -> tuple[str, int]:
     """``host:port`` (``[::1]:8080`` for IPv6); port 0 means "any free port"."""
@@ -140,6 +98,17 @@ def _command(value: Any) -> str:
     except ValueError as exc:
         raise ValueError(f"cannot split the command into words: {exc}") from None
     return value
+
+
+def _optional_command(value: Any) -> str:
+    return "" if value == "" else _command(value)
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"expected a duration > 0, got {value!r}")
+    return seconds
 
 
 def _health_path(value: Any) -> str:
@@ -226,6 +195,22 @@ def _processes(value: Any) -> int | str:
         raise ValueError(f"expected a number of processes from 1 to 256, or \"auto\" (one "
                          f"per usable core), got {value!r}")
     return value
+
+
+def _networks(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of addresses or networks, got {value!r}")
+    out = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(f"expected an address or network (a string), got {item!r}")
+        try:
+            ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network (e.g. "
+                             f"\"10.0.0.0/8\")") from None
+        out.append(item.strip())
+    return out
 
 
 def _access_log(value: Any) -> str:
@@ -331,11 +316,37 @@ SETTINGS: tuple[Setting, ...] = (
             "GET /readyz answers 503, so that a load balancer takes the node out before it "
             "stops accepting (e.g. \"5s\" behind a balancer that probes every 2 s)."),
     Setting("gateway", "forwarded_headers", _choice("replace", "append"), "replace",
-            "\"append\" keeps a client's X-Forwarded-For/Forwarded (only behind a trusted "
-            "proxy); \"replace\" drops them."),
+            "\"append\" keeps every client's X-Forwarded-For/Forwarded; \"replace\" drops "
+            "them (except from trusted_proxies)."),
+    Setting("gateway", "trusted_proxies", _networks, [],
+            "Addresses or networks (e.g. [\"127.0.0.1\", \"10.0.0.0/8\"]) of the proxies or load "
+            "balancers in front (nginx, Caddy, a cloud balancer that terminates TLS). From "
+            "them X-Forwarded-For/Forwarded are kept and extended, X-Forwarded-Proto and "
+            "X-Forwarded-Host are kept, the client address is the last one they name, and "
+            "the pin cookie is Secure when the original scheme was https."),
     # [app]
-    Setting("app", "command", _command, None,
-            "Command that starts one worker; {port} and $PORT name its port.", required=True),
+    Setting("app", "command", _optional_command, "",
+            "Command that starts one worker; {port} and $PORT name its port. Required "
+            "unless upstreams or discover name workers another engine runs."),
+    Setting("app", "upstreams", upstreams_setting, [],
+            "The first revision's workers when another engine runs them, as "
+            "http://HOST:PORT URLs, instead of command (docs/orchestrators.md)."),
+    Setting("app", "discover", discover_setting, "",
+            "How `deploy --revision ID` finds ID's workers in DNS: \"dns+srv:NAME\" (SRV "
+            "records) or \"dns:NAME:PORT\" (A/AAAA), NAME containing {revision}. \"\" = none."),
+    Setting("app", "dns_servers", dns_servers_setting, [],
+            "DNS servers (IP or IP:PORT) discover asks; [] = the system resolver."),
+    Setting("app", "discover_interval", _positive_duration, "5s",
+            "How often discovered revisions are looked up again: new addresses join, "
+            "vanished ones take no new session (their pinned sessions are still served)."),
+    Setting("app", "on_drain", hook_setting, "",
+            "Command run when a revision starts draining ({revision} and "
+            "$HOLDOVER_REVISION name it); its output goes to the event log. \"\" = none."),
+    Setting("app", "on_retire", hook_setting, "",
+            "Command run when a revision retires, e.g. \"kubectl scale deployment/app-"
+            "{revision} --replicas=0\"; the retirement does not wait for it. \"\" = none."),
+    Setting("app", "hook_timeout", _positive_duration, "60s",
+            "Longest on_drain or on_retire may run; then it is killed and counted as failed."),
     Setting("app", "cwd", _string, ".",
             "Working directory of the workers (relative to the config file)."),
     Setting("app", "env", _env, {}, "Extra environment variables for the workers."),
@@ -561,6 +572,11 @@ def from_dict(data: dict[str, Any], path: Path, text: str = "",
             raise ConfigError(f"{where('gateway', 'advertise')}: with a shared store, other "
                               f"nodes must reach this one, and listen is on every address "
                               f"({listen_host!r}): set advertise to this node's own address")
+    if not (values["app_command"] or values["app_upstreams"] or values["app_discover"]):
+        raise ConfigError(f"{where('app', 'command' if 'command' in data.get('app', {}) else None)}"
+                          f": missing required key 'command': the command that starts one "
+                          f"worker, e.g. \"python app.py --port {{port}}\" (or upstreams or "
+                          f"discover, for workers another engine runs)")
     if values["gateway_redirect_listen"] is not None and not values["gateway_tls_cert"]:
         raise ConfigError(f"{where('gateway', 'redirect_listen')}: redirecting to HTTPS needs "
                           f"tls_cert and tls_key")

@@ -114,6 +114,8 @@ def _toml_value(v: object) -> str:
         return repr(v)
     if isinstance(v, dict):
         return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     return json.dumps(str(v))  # a TOML basic string is a JSON string
 
 
@@ -137,11 +139,12 @@ class GatewayProcess:
 
     The config is the test defaults below, overridden by ``mode``/``workers``/... and
     by the TOML snippets ``extra_gateway``/``extra_app`` (which may repeat a default key).
+    ``command=False`` leaves ``command`` out (workers another engine runs).
     """
 
     def __init__(self, tmp: Path, app: str = "", extra_gateway: str = "", extra_app: str = "",
                  workers: int = 2, health_path: str = "/healthz", env: dict | None = None,
-                 mode: str = "stateless"):
+                 mode: str = "stateless", command: bool = True):
         self.dir = tmp
         gateway: dict[str, object] = {
             "listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0", "state_dir": "state",
@@ -150,6 +153,8 @@ class GatewayProcess:
             "command": app or f"{PY} {APPS / 'backend.py'} {{port}}", "workers": workers,
             "health_path": health_path, "health_interval": "1s", "stop_grace": "5s",
             "mode": mode}
+        if not command:
+            del application["command"]
         gateway.update(tomllib.loads(textwrap.dedent(extra_gateway)))
         application.update(tomllib.loads(textwrap.dedent(extra_app)))
         self.config = tmp / "holdover.toml"
@@ -227,7 +232,9 @@ class GatewayProcess:
         return self
 
     def workers(self) -> list[psutil.Process]:
-        """The worker processes (children of the gateway, not the guard nor a plane)."""
+        """The worker processes (children of the gateway, not the guard nor a plane).
+
+        A worker just killed may be a zombie until the gateway reaps it: it is left out."""
         try:
             kids = psutil.Process(self.proc.pid).children()
         except psutil.NoSuchProcess:

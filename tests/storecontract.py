@@ -110,6 +110,28 @@ def test_revisions_upsert_get_and_list_in_creation_order(backend: Backend) -> No
     with_store(backend, body)
 
 
+def test_revisions_say_who_runs_their_workers(backend: Backend) -> None:
+    async def body(store: StateStore) -> None:
+        await store.put_revision(rev("v1", 1.0))
+        urls = ["http://10.1.0.5:8000", "http://[fd00::6]:8000"]
+        await store.put_revision(rev("v2", 2.0, kind="external", upstreams=urls))
+        await store.put_revision(rev("v3", 3.0, kind="external",
+                                     discover="dns+srv:_http._tcp.app-v3.example"))
+        urls.append("http://10.1.0.7:8000")  # the caller's list is not the stored one
+        v1, v2, v3 = await store.list_revisions()
+        assert (v1.kind, v1.upstreams, v1.discover) == ("supervised", (), "")
+        assert v2.kind == "external" and v2.upstreams == ("http://10.1.0.5:8000",
+                                                          "http://[fd00::6]:8000")
+        assert v3.kind == "external" and v3.discover == "dns+srv:_http._tcp.app-v3.example"
+        assert await store.get_revision("v2") == rev("v2", 2.0, kind="external",
+                                                     upstreams=v2.upstreams)
+        # the kind can change with an upsert (a revision id deployed again another way)
+        await store.put_revision(rev("v2", 2.0))
+        assert (await store.get_revision("v2")).kind == "supervised"
+
+    with_store(backend, body)
+
+
 def test_pins_upsert_delete_load_in_batches_of_10k(backend: Backend) -> None:
     async def body(store: StateStore) -> None:
         assert await store.load_pins() == []

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Param:
     name: str
-    type: type  # str, int, float, bool, dict (str -> str)
+    type: type  # str, int, float, bool, dict (str -> str), list (of str; a repeated flag)
     help: str
     required: bool = False
     cli: str | None = None  # the CLI flag, e.g. "--from"; without dashes: positional
@@ -42,9 +42,11 @@ class Param:
         if t is dict:
             ok = isinstance(value, dict) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+        if t is list:
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
         if not ok:
             want = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
-                    dict: "an object of string values"}[t]
+                    dict: "an object of string values", list: "a list of strings"}[t]
             raise CommandError(f"{self.name}: expected {want}, got {value!r}", 400, field=self.name)
         return float(value) if t is float else value
 
@@ -99,7 +101,8 @@ async def _status(gw: Gateway, args: dict[str, Any]) -> Any:
 async def _deploy(gw: Gateway, args: dict[str, Any]) -> Any:
     return await gw.revs.deploy(revision=args.get("revision"), from_dir=args.get("from"),
                                 command=args.get("command"), workers=args.get("workers"),
-                                env=args.get("env"), canary=args.get("canary"))
+                                env=args.get("env"), canary=args.get("canary"),
+                                upstreams=args.get("upstreams"))
 
 
 async def _rollback(gw: Gateway, args: dict[str, Any]) -> Any:
@@ -223,6 +226,9 @@ COMMANDS: tuple[Command, ...] = (
                 Param("env", dict, "extra environment, K=V", cli="--env"),
                 Param("canary", float, "send only this percentage of new sessions to it",
                       cli="--canary"),
+                Param("upstreams", list, "URL of a worker another engine runs (repeat for "
+                      "each); no process is started (default: found by discover)",
+                      cli="--upstream"),
             ), long_running=True),
     Command("rollback", "POST", "make the previous revision (the one active before this "
             "one), or REV, active again; or abort a canary", _rollback,

@@ -280,6 +280,19 @@ class GatewayCollector(Collector):
         yield errors
         yield CounterMetricFamily("holdover_task_failures", "Background tasks that ended with "
                                   "an exception", value=gw.tasks.failed)
+        hooks = CounterMetricFamily("holdover_hook_failures", "Runs of on_drain or on_retire "
+                                    "that failed, could not start or timed out", labels=["hook"])
+        for hook, n in gw.hooks.failures.items():
+            hooks.add_metric([hook], n)
+        yield hooks
+        dns = CounterMetricFamily("holdover_discovery_failures", "DNS look-ups of a "
+                                  "revision's workers that failed or named none (the last "
+                                  "known workers were kept)", labels=["revision"])
+        shown = {r.id for r in revisions}
+        for rid, n in gw.discovery.failures.items():
+            if rid in shown:  # a forgotten revision leaves the metrics
+                dns.add_metric([rid], n)
+        yield dns
 
 
 def _plane_metrics(planes: Any) -> Iterator[Metric]:

@@ -112,7 +112,8 @@ def openapi() -> dict[str, Any]:
     """The OpenAPI 3.1 document, generated from the command definitions."""
     types = {str: {"type": "string"}, int: {"type": "integer"}, float: {"type": "number"},
              bool: {"type": "boolean"},
-             dict: {"type": "object", "additionalProperties": {"type": "string"}}}
+             dict: {"type": "object", "additionalProperties": {"type": "string"}},
+             list: {"type": "array", "items": {"type": "string"}}}
     error = {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["status", "message"],
         "properties": {"status": {"type": "integer"}, "message": {"type": "string"},

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..core.lifecycle import RevisionState
     from ..proxy.endpoint import Stats
     from ..state import StateStore
     from ..supervisor.supervisor import Revision, Supervisor
@@ -29,8 +30,12 @@ class Context(Protocol):
     tasks: Tasks
     rolling: Revision | None
     revs: Any  # the RevisionManager (holdover/control/revisions.py)
+    discovery: Any  # external revisions (holdover/control/external.py)
 
     def routing_changed(self) -> None: ...
+
+    def revision_changed(self, rid: str, before: RevisionState, after: RevisionState
+                         ) -> None: ...
 
     async def record_event(self, kind: str, message: str, revision: str | None = None,
                            worker: str | None = None, data: dict | None = None) -> None: ...

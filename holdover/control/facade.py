@@ -23,8 +23,11 @@ from ..core.lifecycle import RevisionState
 from ..proxy.endpoint import Stats
 from ..proxy.server import ClientConnection
 from ..state import StateStore, StoreError
+from ..supervisor.external import ExternalWorker
 from ..supervisor.supervisor import Revision, Supervisor
 from ..supervisor.worker import Worker
+from .external import Discovery
+from .hooks import Hooks
 from .persist import Persistence
 from .pins import PinDirectory, local_directory
 from .revisions import RevisionManager
@@ -57,6 +60,8 @@ class Control:
         self.router = router(config, None, self.sessions, self.tasks.spawn,  # type: ignore[arg-type]
                              self.persist.record_event)
         self.revs = RevisionManager(self)
+        self.hooks = Hooks(config, self.tasks.spawn, self.persist.record_event)
+        self.discovery = Discovery(self)  # revisions whose workers another engine runs
         self.store: StateStore = None  # type: ignore[assignment]  # opened by the root
         self.rolling: Revision | None = None  # a stateless rolling deploy in progress
         self.session_history: deque[tuple[float, dict[str, int]]] = deque(maxlen=720)
@@ -97,6 +102,8 @@ class Control:
         t.add("drain", 1.0, self._drain)
         t.add("pin-flush", 1.0, self._flush)
         t.add("access-log", 1.0, self._flush_access_log)
+        t.add("discovery", self.config.app_discover_interval, self._discover)
+        t.add("external-leavers", 1.0, self._leavers)
 
     def start_closing(self) -> None:
         """Shutdown or reload began: connection sweeps run ten times a second."""
@@ -152,6 +159,14 @@ class Control:
                 self.sessions.dirty or self.sessions.removed):
             self.tasks.spawn(self.persist.flush_pins(), "pin-flush")
 
+    def _discover(self, now: float) -> None:
+        if not self.closing:
+            self.discovery.tick(now)
+
+    def _leavers(self, now: float) -> None:
+        if not self.closing:
+            self.discovery.leavers(now)
+
     def _flush_access_log(self, now: float) -> None:
         if self.router.access_log is not None:
             self.router.access_log.flush()
@@ -160,8 +175,13 @@ class Control:
 
     def _worker_state(self, w: Worker) -> None:
         rev = self.supervisor.revisions.get(w.spec.revision)
-        self.router.worker_changed(w, rev, w in self.revs._stopping,
+        self.router.worker_changed(w, rev, w in self.revs._stopping or w.leaving,
                                    rev is not None and rev is self.rolling)
+
+    def revision_changed(self, rid: str, before: RevisionState, after: RevisionState
+                         ) -> None:
+        """A revision entered a new state: run the hook of that state (control/hooks.py)."""
+        self.hooks.revision_changed(rid, before, after)
 
     def routing_changed(self) -> None:
         """Rebuild what the hot path reads after a revision or worker-set change."""
@@ -191,7 +211,10 @@ class Control:
                 "disabled": w.disabled, "requests": stats.requests, "errors": stats.errors,
                 "sessions": self.sessions.per_worker.get(w.id, 0),
                 "uptime": round(monotonic() - w.ready_at, 1) if w.ready_at and
-                w.state == "ready" else 0.0, "crash_loop": w.crash_loop}
+                w.state == "ready" else 0.0, "crash_loop": w.crash_loop,
+                "host": w.spec.host, "external": w.external,
+                **({"url": w.url, "in_discovery": w.listed} if isinstance(w, ExternalWorker)
+                   else {})}
 
     # -- the store (see persist.py) --------------------------------------------------
 

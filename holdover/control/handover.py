@@ -73,6 +73,10 @@ async def reexec(ctl: Control, fds: dict[str, Any], lock_fd: int,
             workers.append({"id": w.id, "revision": w.spec.revision, "pid": w.pid,
                             "port": w.port, "incarnation": w.incarnation,
                             "standby": w.standby, "restarts": w.restarts, "log_fd": fd})
+        elif w.external and w.state is WorkerState.READY:  # another engine's: an address
+            workers.append({"id": w.id, "revision": w.spec.revision, "external": True,
+                            "host": w.spec.host, "port": w.port, "incarnation": w.incarnation,
+                            "listed": not w.leaving})
         elif w.state not in (WorkerState.STOPPED, WorkerState.FAILED):
             w.kill_now()  # not ready: the new image starts a fresh one
     await ctl.save_revisions()

@@ -21,9 +21,11 @@ from pathlib import Path
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from ..core.discovery import Target
 from ..core.lifecycle import RevisionEvent, RevisionState, WorkerState
 from ..core.sessions import Pin
 from ..state import PinRecord, RevisionRecord, StoreError
+from ..supervisor.external import Source
 from ..supervisor.supervisor import RevisionFailed
 from ..supervisor.worker import Adoption
 
@@ -63,7 +65,7 @@ class Persistence:
                     cwd=str(rev.spec.cwd), env=dict(rev.spec.env), workers=rev.size,
                     created_at=rev.created_at, release_dir=rev.release_dir,
                     updated_at=time.time(), canary_percent=rev.canary_percent,
-                    meta=rev.meta))
+                    meta=rev.meta, **_source_fields(rev.source)))
             await store.set_meta("active", rm.active.id if rm.active else "")
             await store.set_meta("canary", rm.canary.id if rm.canary else "")
             await store.set_meta("activations", json.dumps(rm.activations))
@@ -115,7 +117,11 @@ class Persistence:
         rm = ctl.revs
         sup = ctl.supervisor
         adopted: dict[str, list[tuple[str, bool, Adoption]]] = {}
+        external: dict[str, list[dict[str, Any]]] = {}  # workers another engine runs
         for w in (inherit or {}).get("workers", []):
+            if w.get("external"):
+                external.setdefault(w["revision"], []).append(w)
+                continue
             adopted.setdefault(w["revision"], []).append(
                 (w["id"], w["standby"], Adoption(w["pid"], w["port"], w["incarnation"],
                                                  w["log_fd"], w["restarts"])))
@@ -123,12 +129,17 @@ class Persistence:
             spec = sup.spec(rec.id, command=rec.command, cwd=Path(rec.cwd), env=rec.env)
             rev = sup.create_revision(spec, rec.workers, rec.created_at, rec.release_dir)
             rev.canary_percent = rec.canary_percent
+            rev.source = _stored_source(rec)
             rev.meta = dict(rec.meta or {})
             state = _stored_state(rec.state, rec.id == canary_id)
-            if rec.id in adopted:
+            if rec.id in adopted or rec.id in external:
                 rm.restore_state(rev, state)
                 rev.drain_started = monotonic()
-                await sup.adopt_workers(rev, adopted[rec.id])
+                if rec.id in adopted:
+                    await sup.adopt_workers(rev, adopted[rec.id])
+                for w in external.get(rec.id, []):
+                    sup.add_external(rev, Target(w["host"], w["port"]), adopt=w["incarnation"],
+                                     wid=w["id"]).listed = w["listed"]
                 if rec.id == active_id:
                     rm.active = rev
                 elif rec.id == canary_id:
@@ -159,7 +170,7 @@ class Persistence:
             self.tell_config_drift(rm.active)
             # Adopted: top up workers that were not ready at the handover.
             missing = rm.active.size - len([w for w in rm.active.running() if not w.standby])
-            if missing > 0:
+            if missing > 0 and rm.active.source is None:
                 await sup.start_workers(rm.active, missing)
             ctl.routing_changed()
             await self.record_event("reload", f"gateway re-executed: adopted "
@@ -183,6 +194,20 @@ class Persistence:
             rm._activate(rev)
 
 
+def _source_fields(source: Source | None) -> dict[str, Any]:
+    """A revision record's ``kind``, ``upstreams`` and ``discover`` (state/base.py)."""
+    if source is None:
+        return {"kind": "supervised"}
+    return {"kind": "external", "upstreams": source.upstreams, "discover": source.discover}
+
+
+def _stored_source(rec: RevisionRecord) -> Source | None:
+    """Where a stored revision's workers are: ours, or another engine's."""
+    if rec.kind != "external":
+        return None
+    return Source(upstreams=tuple(rec.upstreams), discover=rec.discover)
+
+
 def app_settings(config: Any) -> dict[str, Any]:
     """The ``[app]`` values a revision takes from the config when it is created."""
     return {"command": config.app_command, "env": dict(config.app_env),
@@ -196,6 +221,8 @@ def config_drift(config: Any, rev: Any) -> list[str]:
     own, so a changed config applies them only to the next deploy.  Everything else in
     ``[app]`` (health checks, timeouts, logs) is read anew at every start and reload.
     A revision from before this was recorded is compared with what it runs."""
+    if rev.source is not None:
+        return []  # another engine's workers: command, env, workers and cwd are not theirs
     then = rev.meta.get("config")
     if not isinstance(then, dict):
         then = {"command": rev.spec.command, "env": dict(rev.spec.env), "workers": rev.size,

@@ -106,8 +106,7 @@ class PlaneSet:
         r = self.router
         self.listen_fds = [sock.fileno() for sock in listen]
         self.hello = {
-            "limits": {k: v.decode("latin-1") if isinstance(v, bytes) else v
-                       for k, v in dataclasses.asdict(limits).items()},
+            "limits": limits_to_wire(limits),
             "routing": {
                 "sessions_mode": r.sessions_mode,
                 "app_cookie": r.app_cookie.decode() if r.app_cookie else "",
@@ -509,6 +508,20 @@ class PlaneSet:
         return [{"index": h.index, "pid": h.pid, "alive": h.alive,
                  "connections": h.report.get("connections", 0) if h.alive else 0}
                 for h in self.planes]
+
+
+def limits_to_wire(limits: Limits) -> dict[str, Any]:
+    """``Limits`` as JSON: bytes as Latin-1 text, networks as text (plane/process.py
+    reads it back)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(limits):
+        v = getattr(limits, f.name)
+        if isinstance(v, bytes):
+            v = v.decode("latin-1")
+        elif f.name == "trusted":
+            v = [str(n) for n in v]
+        out[f.name] = v
+    return out
 
 
 def bind_group(host: str, port: int, n: int) -> list[socket.socket]:

@@ -29,7 +29,9 @@ from ..core.lifecycle import check_revisions, revision_next
 from ..core.policy import drain_expired, judge_canary, workers_to_stop
 from ..core.retention import to_forget
 from ..state import StoreError
+from ..supervisor.external import Source
 from ..supervisor.supervisor import Revision, RevisionFailed
+from .external import choose_source, first_source
 from .persist import app_settings
 from .releases import REVISION_ID, git_short_sha, snapshot
 from .retention import remove_files
@@ -65,8 +67,9 @@ class RevisionManager:
         """Apply a lifecycle event (core/lifecycle.py) and check the invariants."""
         new = revision_next(rev.id, rev.state, event)
         check_revisions((r.id, new if r is rev else r.state) for r in self.revisions.values())
-        rev.state = new
+        before, rev.state = rev.state, new
         self.ctl.routing_changed()
+        self.ctl.revision_changed(rev.id, before, new)  # the hooks (control/hooks.py)
 
     def restore_state(self, rev: Revision, state: S) -> None:
         """A revision loaded from the state store takes the state it was saved in."""
@@ -113,7 +116,7 @@ class RevisionManager:
                 "canary_percent": rev.canary_percent if rev is self.canary else 0,
                 "sessions": gw.sessions.per_revision.get(rev.id, 0),
                 "created_at": rev.created_at, "command": rev.spec.command,
-                "release_dir": rev.release_dir,
+                "release_dir": rev.release_dir, **gw.discovery.status(rev),
                 "workers": [gw.worker_status(w) for w in rev.workers],
             })
         return {"revisions": out, "active": self.active.id if self.active else None,
@@ -155,17 +158,22 @@ class RevisionManager:
 
         Like every other revision it runs from a snapshot of its files (the config's
         ``cwd``), so that editing the live folder never changes it: a restart, a crash
-        restart or a rollback to it runs the code it started with."""
-        rev = await self._start(self._new_id(None, None), self.config.app_dir, None, None,
-                                None)
+        restart or a rollback to it runs the code it started with (external ones: none)."""
+        rid = self._new_id(None, None)
+        ext = first_source(self.ctl, rid)
+        rev = await self._start(rid, self.config.app_dir if ext is None else None, None, None,
+                                None, ext=ext)
         self._activate(rev)
         await self.ctl.record_event("deploy", f"revision {rev.id} is active", rev.id)
 
     async def deploy(self, revision: str | None = None, from_dir: str | None = None,
                      command: str | None = None, workers: int | None = None,
-                     env: dict[str, str] | None = None, canary: float | None = None
-                     ) -> dict[str, Any]:
-        """Start a revision, make it active (or canary) once every worker is ready."""
+                     env: dict[str, str] | None = None, canary: float | None = None,
+                     upstreams: list[str] | None = None) -> dict[str, Any]:
+        """Start a revision, make it active (or canary) once every worker is ready.
+
+        ``upstreams`` names workers another engine runs; without it and without a
+        command or folder, the ``discover`` template finds them (control/external.py)."""
         if canary is not None and not 0 < canary < 100:
             raise DeployError("canary must be a percentage between 0 and 100 (exclusive)", 400)
         if workers is not None and workers < 1:
@@ -183,8 +191,11 @@ class RevisionManager:
         self._claim("a deploy")
         try:
             rid = self._new_id(revision, source)
+            ext = choose_source(self.ctl, rid, upstreams, source is not None or
+                                command is not None, workers is not None or bool(env))
             old = self.active
-            rev = await self._start(rid, source, command, workers, env, canary is not None)
+            rev = await self._start(rid, source, command, workers, env, canary is not None,
+                                    ext)
             if canary is not None:
                 rev.canary_percent = float(canary)
                 self.canary = rev
@@ -208,7 +219,7 @@ class RevisionManager:
 
     async def _start(self, rid: str, source: Path | None, command: str | None,
                      workers: int | None, env: dict[str, str] | None,
-                     canary: bool = False) -> Revision:
+                     canary: bool = False, ext: Source | None = None) -> Revision:
         cfg = self.config
         release = None
         cwd = None
@@ -218,13 +229,17 @@ class RevisionManager:
             cwd = release
         spec = self.supervisor.spec(rid, command=command, cwd=cwd, env=env)
         size = workers or cfg.app_workers
+        if ext is not None:  # another engine's workers: as many as it runs
+            spec.command, size = "", 0
         rev = self.supervisor.create_revision(spec, size, time.time(),
                                               str(release) if release else None)
+        rev.source = ext
         rev.meta["config"] = app_settings(cfg)  # what a later restart compares the config to
         rolling = (cfg.app_mode == "stateless" and cfg.app_strategy == "rolling"
-                   and self.active is not None and not canary)
-        await self.ctl.record_event("starting", f"revision {rid}: starting {size} worker(s)",
-                                   rid)
+                   and self.active is not None and not canary and ext is None)
+        await self.ctl.record_event("starting", f"revision {rid}: starting {size} worker(s)"
+                                    if ext is None else f"revision {rid}: looking for its "
+                                    f"workers at {ext}", rid)
         try:
             if rolling:
                 await self._roll(rev, size)
@@ -237,13 +252,15 @@ class RevisionManager:
                                        exc.worker, {"log_tail": exc.log_tail})
             await self.forget_old()
             await self.ctl.save_revisions()
-            raise DeployError(f"revision {rid} failed to start: worker {exc.worker} never "
-                              f"became ready; the active revision is unchanged", 422,
-                              log_tail=exc.log_tail) from None
+            raise DeployError(f"revision {rid} failed to start: {exc.why}; the active "
+                              f"revision is unchanged", 422, log_tail=exc.log_tail) from None
         return rev
 
     async def start_workers_of(self, rev: Revision) -> None:
         """Start a revision's workers and hot standbys (RevisionFailed if any fails)."""
+        if rev.source is not None:  # another engine runs them: find them, wait for answers
+            await self.ctl.discovery.start(rev)
+            return
         await self.supervisor.start_workers(rev, rev.size)
         await self._start_standby(rev)
 
@@ -374,6 +391,9 @@ class RevisionManager:
 
     async def _top_up(self, rev: Revision) -> None:
         """Start the workers a draining revision already let go, back up to its size."""
+        if rev.source is not None:  # discovery finds its workers again (control/external.py)
+            self.ctl.routing_changed()
+            return
         live = [w for w in rev.running() if w not in self._stopping]
         missing = rev.size - len([w for w in live if not w.standby])
         try:
@@ -401,8 +421,8 @@ class RevisionManager:
             await self.start_workers_of(rev)
         except RevisionFailed as exc:
             self._apply(rev, E.RETIRE)
-            raise DeployError(f"revision {rev.id} failed to start again: worker {exc.worker} "
-                              f"never became ready", 422, log_tail=exc.log_tail) from None
+            raise DeployError(f"revision {rev.id} failed to start again: {exc.why}", 422,
+                              log_tail=exc.log_tail) from None
         return rev
 
     def _revision(self, rid: str) -> Revision:

@@ -68,6 +68,7 @@ class Router:
         self.health_path = c.app_health_path.encode() or None
         self.latest_header = b""
         self.cookie_attrs = b"; Path=/; HttpOnly; SameSite=Lax"
+        self.secure_cookie_attrs = self.cookie_attrs + b"; Secure"  # for https clients
         self.connect_timeout = c.gateway_connect_timeout
         self.queue_timeout = c.gateway_queue_timeout
         self.keepalive = c.gateway_upstream_keepalive
@@ -234,8 +235,8 @@ class Router:
             pin.active -= 1
             pin.last_seen = monotonic()
         if self.access_log is not None:
-            self.access_log.log(ex.conn.client_ip, ex.method, ex.url, ex.status, ex.resp_bytes,
-                                duration, ep.id if ep is not None else "-",
+            self.access_log.log(ex.client or ex.conn.client_ip, ex.method, ex.url, ex.status,
+                                ex.resp_bytes, duration, ep.id if ep is not None else "-",
                                 ep.revision if ep is not None else "-", note)
 
     # -- the SessionHooks port (rule 3) -----------------------------------------------
@@ -295,13 +296,14 @@ class Router:
         if not self.sessions_mode:
             return None
         out = b""
+        attrs = self.secure_cookie_attrs if ex.secure else self.cookie_attrs
         event = ex.session_event
         if event is not None:
             if event.startswith(b"pin:"):
                 out = (b"Set-Cookie: " + PIN_COOKIE + b"=" + self.keys.sign(event[4:].decode())
-                       + self.cookie_attrs + b"\r\n")
+                       + attrs + b"\r\n")
             elif event == b"end-pin":
-                out = b"Set-Cookie: " + PIN_COOKIE + b"=; Max-Age=0" + self.cookie_attrs + b"\r\n"
+                out = b"Set-Cookie: " + PIN_COOKIE + b"=; Max-Age=0" + attrs + b"\r\n"
         elif self.pin_clients and not self.protocol_seen and ex.pin is None \
                 and ex.worker is not None and ex.status < 500 and not self._is_health(ex.url):
             # No app cookie configured: holdover offers each client its own pin cookie;
@@ -310,7 +312,7 @@ class Router:
             ep = ex.worker
             self.sessions.offer(key, ep.id, ep.incarnation, ep.revision, monotonic())
             out = (b"Set-Cookie: " + PIN_COOKIE + b"=" + self.keys.sign(key)
-                   + self.cookie_attrs + b"\r\n")
+                   + attrs + b"\r\n")
         if ex.pin is not None or out:
             ep = ex.worker
             if ep is not None:

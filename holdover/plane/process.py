@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import ipaddress
 import logging
 import os
 import signal
@@ -73,8 +74,12 @@ class PipeAccessLog(AccessLog):
 
 
 def limits_from(d: dict[str, Any]) -> Limits:
-    return Limits(**{k: v.encode("latin-1") if k in ("proto", "listen_host") else v
-                     for k, v in d.items()})
+    """The inverse of control/planes.py's ``limits_to_wire``."""
+    kw = dict(d)
+    for k in ("proto", "listen_host"):
+        kw[k] = kw[k].encode("latin-1")
+    kw["trusted"] = tuple(ipaddress.ip_network(n, strict=False) for n in kw.get("trusted", ()))
+    return Limits(**kw)
 
 
 class PlaneProcess:

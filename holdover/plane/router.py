@@ -84,6 +84,7 @@ class PlaneRouter:
         self.pin_clients = bool(s["pin_clients"])
         self.health_path = s["health_path"].encode() if s["health_path"] else None
         self.cookie_attrs = s["cookie_attrs"].encode()
+        self.secure_cookie_attrs = self.cookie_attrs + b"; Secure"  # for https clients
         self.connect_timeout = float(s["connect_timeout"])
         self.queue_timeout = float(s["queue_timeout"])
         self.keepalive = int(s["upstream_keepalive"])
@@ -316,8 +317,8 @@ class PlaneRouter:
                 self.busy.discard(pin)
             self.seen.add(pin.key)
         if self.access_log is not None:
-            self.access_log.log(ex.conn.client_ip, ex.method, ex.url, ex.status, ex.resp_bytes,
-                                duration, ep.id if ep is not None else "-",
+            self.access_log.log(ex.client or ex.conn.client_ip, ex.method, ex.url, ex.status,
+                                ex.resp_bytes, duration, ep.id if ep is not None else "-",
                                 ep.revision if ep is not None else "-", note)
 
     # -- pin changes, held until control has them -------------------------------------
@@ -430,20 +431,21 @@ class PlaneRouter:
         if not self.sessions_mode:
             return None
         out = b""
+        attrs = self.secure_cookie_attrs if ex.secure else self.cookie_attrs
         event = ex.session_event
         if event is not None:
             if event.startswith(b"pin:"):
                 out = (b"Set-Cookie: " + PIN_COOKIE + b"=" + self.keys.sign(event[4:].decode())
-                       + self.cookie_attrs + b"\r\n")
+                       + attrs + b"\r\n")
             elif event == b"end-pin":
-                out = b"Set-Cookie: " + PIN_COOKIE + b"=; Max-Age=0" + self.cookie_attrs + b"\r\n"
+                out = b"Set-Cookie: " + PIN_COOKIE + b"=; Max-Age=0" + attrs + b"\r\n"
         elif self.pin_clients and not self.protocol_seen and ex.pin is None \
                 and ex.worker is not None and ex.status < 500 and not self._is_health(ex.url):
             key = self.keys.new_key()
             ep = ex.worker
             self._claim(ex, ["o", key, ep.id, ep.incarnation, ep.revision])
             out = (b"Set-Cookie: " + PIN_COOKIE + b"=" + self.keys.sign(key)
-                   + self.cookie_attrs + b"\r\n")
+                   + attrs + b"\r\n")
         if ex.pin is not None or out:
             ep = ex.worker
             if ep is not None:

@@ -30,6 +30,7 @@ class Exchange:
         "body_buf",
         "body_mode",
         "body_seen",
+        "client",
         "conn",
         "cookie",
         "head",
@@ -41,6 +42,7 @@ class Exchange:
         "request_done",
         "resp_bytes",
         "resp_started",
+        "secure",
         "sent_at",
         "session_event",
         "skey",
@@ -85,3 +87,5 @@ class Exchange:
         self.tunnel_early = b""
         self.skey: str | None = None  # key of the app session cookie the request carried
         self.session_event: bytes | None = None  # what the response did to its session
+        self.secure = False  # the client's scheme was https (TLS here, or a trusted proxy's)
+        self.client: bytes | None = None  # the client behind a trusted proxy, if it named one

@@ -10,6 +10,7 @@ function over bytes so that it can be tested without a network.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http import HTTPStatus
 
 # Headers that describe one connection, never the message (RFC 9110 section 7.6.1), plus
@@ -134,6 +135,47 @@ def forwarded_for_element(ip: str) -> bytes:
     if ":" in ip:
         return b'for="[' + ip.encode() + b']"'
     return b"for=" + ip.encode()
+
+
+# Request headers that need more than passing through, by lower-cased name.  Codes below
+# _H_HOST are dropped from what the worker receives (hop-by-hop, framing, forwarding, and
+# the gateway's own X-Holdover-* names).
+(_H_CONTENT_LENGTH, _H_TRANSFER_ENCODING, _H_CONNECTION, _H_UPGRADE, _H_XFF, _H_FORWARDED,
+ _H_XFP, _H_XFH, _H_OTHER_DROPPED, _H_HOST, _H_COOKIE, _H_ACCEPT) = range(12)
+_SPECIAL: dict[bytes, int] = {
+    **{h: _H_OTHER_DROPPED for h in HOP_BY_HOP | FORWARDING | HOLDOVER_HEADERS},
+    b"content-length": _H_CONTENT_LENGTH, b"transfer-encoding": _H_TRANSFER_ENCODING,
+    b"connection": _H_CONNECTION, b"upgrade": _H_UPGRADE, b"x-forwarded-for": _H_XFF,
+    b"forwarded": _H_FORWARDED, b"x-forwarded-proto": _H_XFP, b"x-forwarded-host": _H_XFH,
+    b"host": _H_HOST, b"cookie": _H_COOKIE, b"accept": _H_ACCEPT,
+}
+
+
+
+def behind_proxy(proto: bytes, host: bytes | None, xfp: bytes | None, xfh: bytes | None,
+                 xff: bytes | None, trusts: Callable[[str], bool]
+                 ) -> tuple[bytes, bytes | None, bytes | None]:
+    """``(scheme, host, client)`` of a request a trusted proxy forwarded.
+
+    Its X-Forwarded-Proto and -Host are believed (their first value: the original
+    client's; a malformed one is ignored), and the client is the last address of
+    X-Forwarded-For that is not itself a trusted proxy (None if it names none)."""
+    if xfp is not None:
+        first = xfp.split(b",", 1)[0].strip().lower()
+        if first in (b"http", b"https"):
+            proto = first
+    if xfh is not None:
+        first = xfh.split(b",", 1)[0].strip()
+        if first and valid_host(first):
+            host = first
+    client = None
+    if xff is not None:
+        for addr in reversed(xff.split(b",")):
+            addr = addr.strip()
+            if addr and not trusts(addr.decode("latin-1")):
+                client = addr
+                break
+    return proto, host, client
 
 
 def forwarded_headers(client_ip: bytes, forwarded_for: bytes, proto: bytes, host: bytes | None,

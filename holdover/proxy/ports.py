@@ -13,6 +13,7 @@ their signatures match, so a fake cannot drift from the real interface.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -79,6 +80,19 @@ class Limits:
     proto: bytes = b"http"  # the scheme clients used (X-Forwarded-Proto)
     listen_host: bytes = b"127.0.0.1:8080"  # Host for HTTP/1.0 requests without one
     max_head_bytes: int = 0  # a head still incomplete past this is refused (0: the sum above)
+    tls: bool = False  # the listener terminates TLS (the pin cookie is Secure)
+    # Networks of the proxies in front whose forwarding headers are kept (empty: none).
+    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def trusts(self, ip: str) -> bool:
+        """Whether a peer address is one of the trusted proxies (once per connection)."""
+        if not self.trusted:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted)
 
     def __post_init__(self) -> None:
         if not self.max_head_bytes:

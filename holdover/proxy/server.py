@@ -33,40 +33,21 @@ from .exchange import (
     Exchange,
 )
 from .http1 import (
-    FORWARDING,
-    HOLDOVER_HEADERS,
-    HOP_BY_HOP,
     LAST_CHUNK,
     SAFE_METHODS,
     RequestRejected,
-    check_transfer_encoding,
-    connection_tokens,
     declared_chunk_size,
     error_response,
     forwarded_for_element,
-    forwarded_headers,
-    split_target,
     status_for_parser_error,
-    valid_host,
     wants_json,
 )
+from .request import RequestHead
 from .upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from .ports import Plane
 
-
-# Request headers that need more than passing through, by lower-cased name.  Codes below
-# _H_HOST are dropped from what the worker receives (hop-by-hop, framing, forwarding, and
-# the gateway's own X-Holdover-* names).
-(_H_CONTENT_LENGTH, _H_TRANSFER_ENCODING, _H_CONNECTION, _H_UPGRADE, _H_XFF, _H_FORWARDED,
- _H_OTHER_DROPPED, _H_HOST, _H_COOKIE, _H_ACCEPT) = range(10)
-_SPECIAL: dict[bytes, int] = {
-    **{h: _H_OTHER_DROPPED for h in HOP_BY_HOP | FORWARDING | HOLDOVER_HEADERS},
-    b"content-length": _H_CONTENT_LENGTH, b"transfer-encoding": _H_TRANSFER_ENCODING,
-    b"connection": _H_CONNECTION, b"upgrade": _H_UPGRADE, b"x-forwarded-for": _H_XFF,
-    b"forwarded": _H_FORWARDED, b"host": _H_HOST, b"cookie": _H_COOKIE, b"accept": _H_ACCEPT,
-}
 
 _UNSET = object()
 
@@ -75,15 +56,15 @@ _UNSET = object()
 CLIENT_WRITE_HIGH_WATER = 64 * 1024
 
 
-class ClientConnection(Closing, asyncio.Protocol):
+class ClientConnection(RequestHead, Closing, asyncio.Protocol):
     """One client connection: parse, route, stream, answer in order."""
 
     __slots__ = ("_body_left", "_chunk_in", "_cl", "_conn_tokens", "_fwd", "_fwd_host",
                  "_fwd_key", "_hdr_count", "_head_bytes", "_head_raw", "_lines", "_prior_fwd",
-                 "_prior_xff", "_route_next", "_te", "_upgrade_value", "_url_parts", "_wbuf",
-                 "_wsince", "client_ip", "cookie_cache", "current", "last_active", "lim",
-                 "parser", "parsing", "paused", "pending", "plane", "served", "transport",
-                 "tunnel", "write_paused")
+                 "_prior_xff", "_prior_xfh", "_prior_xfp", "_route_next", "_te", "_trusted",
+                 "_upgrade_value", "_url_parts", "_wbuf", "_wsince", "client_ip", "cookie_cache",
+                 "current", "last_active", "lim", "parser", "parsing", "paused", "pending",
+                 "plane", "served", "transport", "tunnel", "write_paused")
 
     def __init__(self, plane: Plane) -> None:
         self.plane = plane
@@ -112,6 +93,9 @@ class ClientConnection(Closing, asyncio.Protocol):
         self._upgrade_value: bytes | None = None
         self._prior_xff: bytes | None = None
         self._prior_fwd: bytes | None = None
+        self._prior_xfp: bytes | None = None  # from a trusted proxy only
+        self._prior_xfh: bytes | None = None
+        self._trusted = False
         self._route_next: Exchange | None = None
         self._body_left = 0
         self._chunk_in = -1  # data bytes in this packet of a chunk whose header it holds
@@ -129,6 +113,7 @@ class ClientConnection(Closing, asyncio.Protocol):
         ip = peer[0] if isinstance(peer, tuple) else "unix"
         self.client_ip = ip.encode()
         self._fwd = forwarded_for_element(ip)
+        self._trusted = self.lim.trusts(ip)  # one of the proxies in front (trusted_proxies)
         self.last_active = monotonic()
         self.plane.connections.add(self)
 
@@ -242,141 +227,7 @@ class ClientConnection(Closing, asyncio.Protocol):
             if not self.paused and not self.transport.is_closing():
                 self.transport.resume_reading()
 
-    # -- httptools callbacks (request) ----------------------------------------------
-
-    def on_message_begin(self) -> None:
-        ex = Exchange(self, monotonic())
-        self.parsing = ex
-        self._lines = []
-        self._url_parts = []
-        self._head_bytes = 0
-        self._head_raw = 0
-        self._hdr_count = 0
-        self._te = self._cl = self._conn_tokens = self._upgrade_value = None
-        self._prior_xff = self._prior_fwd = None
-
-    def on_url(self, url: bytes) -> None:
-        self._url_parts.append(url)
-        if len(self._url_parts) > 1 and sum(map(len, self._url_parts)) > self.lim.max_request_line:
-            raise RequestRejected(414, "request line too long")
-        if len(url) > self.lim.max_request_line:
-            raise RequestRejected(414, "request line too long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._lines is None:
-            return  # a trailer field of a chunked body: not forwarded (bodies are re-framed)
-        self._hdr_count += 1
-        self._head_bytes += len(name) + len(value) + 4
-        lim = self.lim
-        if self._hdr_count > lim.max_headers or self._head_bytes > lim.max_header_size:
-            raise RequestRejected(431, "request headers too large")
-        kind = _SPECIAL.get(name.lower())
-        if kind is None:  # the common case: passed through as it came
-            self._lines.append(name + b": " + value + b"\r\n")
-            return
-        if kind < _H_HOST:  # hop-by-hop and forwarding headers: not passed on
-            if kind == _H_CONTENT_LENGTH:
-                self._cl = value
-            elif kind == _H_TRANSFER_ENCODING:
-                check_transfer_encoding(value)
-                self._te = value
-            elif kind == _H_CONNECTION:
-                self._conn_tokens = value if self._conn_tokens is None else \
-                    self._conn_tokens + b"," + value
-            elif kind == _H_UPGRADE:
-                self._upgrade_value = value
-            elif lim.append_forwarded:
-                if kind == _H_XFF:
-                    prior = self._prior_xff
-                    self._prior_xff = value if prior is None else prior + b", " + value
-                elif kind == _H_FORWARDED:
-                    prior = self._prior_fwd
-                    self._prior_fwd = value if prior is None else prior + b", " + value
-            return
-        ex = self.parsing
-        if kind == _H_HOST:
-            if ex.host is not None:
-                raise RequestRejected(400, "more than one Host header")
-            ex.host = value
-        elif kind == _H_COOKIE:
-            ex.cookie = value if ex.cookie is None else ex.cookie + b"; " + value
-        else:
-            ex.accept = value
-        self._lines.append(name + b": " + value + b"\r\n")
-
-    def on_headers_complete(self) -> None:
-        ex = self.parsing
-        lim = self.lim
-        parser = self.parser
-        ex.method = method = parser.get_method()
-        if method == b"TRACE":  # it would echo the request's cookies back (as nginx, 405)
-            raise RequestRejected(405, "TRACE is not served")
-        parts = self._url_parts
-        url = parts[0] if len(parts) == 1 else b"".join(parts)
-        version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
-            raise RequestRejected(505, "unsupported HTTP version")
-        ex.http11 = version == "1.1"
-        if url[:1] != b"/":
-            url = self._origin_form(ex, method, url)
-        ex.keep_alive = parser.should_keep_alive()
-        ex.url = url
-        lines = self._lines
-        self._lines = None  # type: ignore[assignment]  # head complete: stop counting head bytes
-        if self._conn_tokens is not None:
-            tokens = connection_tokens(self._conn_tokens)
-            extra = tokens - {b"close", b"keep-alive", b"upgrade", b"host"}
-            if extra:  # headers the client named as hop-by-hop stay with this connection
-                lines = [ln for ln in lines if ln.split(b":", 1)[0].lower() not in extra]
-        if ex.host is None and ex.http11:
-            raise RequestRejected(400, "HTTP/1.1 request without Host")
-        if self._te is not None:
-            if not ex.http11:
-                raise RequestRejected(400, "Transfer-Encoding in an HTTP/1.0 request")
-            ex.body_mode = BODY_CHUNKED
-            framing = b"Transfer-Encoding: chunked\r\n"
-        elif self._cl is not None:
-            if lim.max_body_size and int(self._cl) > lim.max_body_size:
-                raise RequestRejected(413, "request body too large")
-            ex.body_mode = BODY_LENGTH if self._cl != b"0" else BODY_NONE
-            framing = b"Content-Length: " + self._cl + b"\r\n"
-        else:
-            framing = b""
-        if parser.should_upgrade() and self._upgrade_value is not None:
-            ex.upgrade = True
-            framing += b"Connection: upgrade\r\nUpgrade: " + self._upgrade_value + b"\r\n"
-        host = ex.host
-        if host is None:
-            lines.append(b"Host: " + lim.listen_host + b"\r\n")
-        elif host != self._fwd_key and not valid_host(host):  # once per new Host value
-            raise RequestRejected(400, "invalid Host header")
-        if self._prior_xff is None and self._prior_fwd is None:
-            if host != self._fwd_key:  # usually the same for the whole connection
-                self._fwd_key = host
-                self._fwd_host = forwarded_headers(self.client_ip, self._fwd, lim.proto, host)
-            fwd = self._fwd_host
-        else:
-            fwd = forwarded_headers(self.client_ip, self._fwd, lim.proto, host,
-                                    self._prior_xff, self._prior_fwd)
-        ex.head = b"".join((method, b" ", url, b" HTTP/1.1\r\n", *lines, fwd, framing, b"\r\n"))
-        if self.current is None:
-            # Routed once this read's bytes are all parsed: a request whose body turns
-            # out malformed in the same packet never reaches a worker at all.
-            self.current = self._route_next = ex
-        else:
-            self.pending.append(ex)
-            self.pause_reading_for(PAUSE_PIPELINE)
-
-    def _origin_form(self, ex: Exchange, method: bytes, url: bytes) -> bytes:
-        """``http://host/path`` → ``/path`` with that host as Host (RFC 9112 3.2.2)."""
-        authority, path = split_target(method, url)
-        if authority is None:
-            return path
-        if ex.host is not None:  # the target's authority wins over the Host header
-            self._lines = [ln for ln in self._lines if ln[:5].lower() != b"host:"]
-        ex.host = authority
-        self._lines.append(b"Host: " + authority + b"\r\n")
-        return path
+    # -- httptools callbacks (request body; the head is request.py's) -------------
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing

@@ -29,7 +29,10 @@ class RevisionRecord:
     """One revision of the app as deployed: how to run it and where it is in its life.
 
     ``state`` is the revision lifecycle state (starting, active, draining, retired,
-    failed); the store does not interpret it.
+    failed); the store does not interpret it.  ``kind`` says who runs its workers:
+    holdover (``"supervised"``: ``command``, ``cwd``, ``env``) or another engine
+    (``"external"``: the URLs in ``upstreams``, or the DNS name in ``discover``).
+    Records stored before external workers existed load as supervised.
     """
 
     id: str
@@ -43,6 +46,13 @@ class RevisionRecord:
     updated_at: float
     canary_percent: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
+    kind: str = "supervised"
+    upstreams: tuple[str, ...] = ()
+    discover: str = ""
+
+    def __post_init__(self) -> None:
+        # A tuple, whatever was passed (JSON gives lists): nothing outside can change it.
+        object.__setattr__(self, "upstreams", tuple(self.upstreams))
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,6 +78,7 @@ class MemoryStore(SharedStore):
         self._check_open()
         env = dump_json(rec.env, _WHERE, f"revision {rec.id!r} env")
         meta = dump_json(rec.meta, _WHERE, f"revision {rec.id!r} meta")
+        dump_json(list(rec.upstreams), _WHERE, f"revision {rec.id!r} upstreams")
         self._revisions[rec.id] = (replace(rec, env={}, meta={}), env, meta)
 
     async def delete_revision(self, id: str) -> None:

@@ -223,6 +223,7 @@ class RedisStore(SharedStore):
         # check the JSON fields one by one first, so that the error names the one that failed
         dump_json(rec.env, self._where, f"revision {rec.id!r} env")
         dump_json(rec.meta, self._where, f"revision {rec.id!r} meta")
+        dump_json(list(rec.upstreams), self._where, f"revision {rec.id!r} upstreams")
         body = dump_json(asdict(rec), self._where, f"revision {rec.id!r}")
         await self._script("PUT_REVISION", f"save revision {rec.id!r}",
                            [self._key("rev"), self._key("rev:order"), self._key("rev:seq")],

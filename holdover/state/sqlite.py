@@ -35,7 +35,13 @@ from .base import (
 )
 
 APPLICATION_ID = 0x686F6C64  # "hold": marks the file as a holdover state database
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# What each older schema lacks, added in place when such a file is opened for writing.
+_MIGRATIONS = {
+    2: ("ALTER TABLE revisions ADD COLUMN kind TEXT NOT NULL DEFAULT 'supervised'",
+        "ALTER TABLE revisions ADD COLUMN upstreams TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE revisions ADD COLUMN discover TEXT NOT NULL DEFAULT ''"),
+}
 
 _SCHEMA = (
     """CREATE TABLE revisions (
@@ -49,7 +55,10 @@ _SCHEMA = (
         release_dir TEXT,
         updated_at REAL NOT NULL,
         canary_percent REAL NOT NULL DEFAULT 0,
-        meta TEXT NOT NULL DEFAULT '{}'
+        meta TEXT NOT NULL DEFAULT '{}',
+        kind TEXT NOT NULL DEFAULT 'supervised',
+        upstreams TEXT NOT NULL DEFAULT '[]',
+        discover TEXT NOT NULL DEFAULT ''
     )""",
     """CREATE TABLE pins (
         key TEXT PRIMARY KEY,
@@ -75,14 +84,18 @@ _SCHEMA = (
 _TABLES = {"revisions", "pins", "events", "meta"}
 
 _REVISION_COLUMNS = ("id, state, command, cwd, env, workers, created_at, release_dir, "
-                     "updated_at, canary_percent, meta")
+                     "updated_at, canary_percent, meta, kind, upstreams, discover")
+# A read-only store over a version 1 file reads the columns it lacks as their defaults.
+_REVISION_COLUMNS_V1 = _REVISION_COLUMNS.replace(
+    "kind, upstreams, discover", "'supervised', '[]', ''")
 _PUT_REVISION = (
-    f"INSERT INTO revisions ({_REVISION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+    f"INSERT INTO revisions ({_REVISION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
     "ON CONFLICT (id) DO UPDATE SET state=excluded.state, command=excluded.command, "
     "cwd=excluded.cwd, env=excluded.env, workers=excluded.workers, "
     "created_at=excluded.created_at, release_dir=excluded.release_dir, "
     "updated_at=excluded.updated_at, canary_percent=excluded.canary_percent, "
-    "meta=excluded.meta"
+    "meta=excluded.meta, kind=excluded.kind, upstreams=excluded.upstreams, "
+    "discover=excluded.discover"
 )
 _PUT_PIN = (
     "INSERT INTO pins (key, worker, incarnation, revision, created_at, last_seen, expires_at) "
@@ -127,6 +140,7 @@ class SQLiteStore(StateStore):
         self.busy_timeout = busy_timeout
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # used only on the executor's thread
+        self._columns = _REVISION_COLUMNS  # what a revision row is read from (see open)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r}{', readonly=True' if self.readonly else ''})"
@@ -318,6 +332,27 @@ class SQLiteStore(StateStore):
         if missing:
             raise StoreError(f"state store {self.path}: damaged holdover state database: "
                              f"missing tables {', '.join(missing)}")
+        if version < SCHEMA_VERSION:
+            self._migrate(conn, version)
+
+    def _migrate(self, conn: sqlite3.Connection, version: int) -> None:
+        """Bring a file of an older holdover up to this schema, all in one transaction."""
+        if self.readonly:
+            self._columns = _REVISION_COLUMNS_V1  # read as it is, with today's defaults
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = conn.execute("PRAGMA user_version").fetchone()[0]
+            if found < SCHEMA_VERSION:  # not migrated by another process meanwhile
+                for step in range(found + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[step]:
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def _inspect(self, conn: sqlite3.Connection) -> tuple[int, int, list[str]]:
         try:
@@ -340,7 +375,9 @@ class SQLiteStore(StateStore):
         row = (rec.id, rec.state, rec.command, rec.cwd,
                dump_json(rec.env, where, f"revision {rec.id!r} env"), rec.workers,
                rec.created_at, rec.release_dir, rec.updated_at, rec.canary_percent,
-               dump_json(rec.meta, where, f"revision {rec.id!r} meta"))
+               dump_json(rec.meta, where, f"revision {rec.id!r} meta"), rec.kind,
+               dump_json(list(rec.upstreams), where, f"revision {rec.id!r} upstreams"),
+               rec.discover)
         await self._run(self._write, f"save revision {rec.id!r}",
                         lambda conn: conn.execute(_PUT_REVISION, row))
 
@@ -351,13 +388,14 @@ class SQLiteStore(StateStore):
     @staticmethod
     def _revision(row: tuple[Any, ...]) -> RevisionRecord:
         (id_, state, command, cwd, env, workers, created_at, release_dir, updated_at,
-         canary_percent, meta) = row
+         canary_percent, meta, kind, upstreams, discover) = row
         return RevisionRecord(id_, state, command, cwd, json.loads(env), workers, created_at,
-                              release_dir, updated_at, canary_percent, json.loads(meta))
+                              release_dir, updated_at, canary_percent, json.loads(meta), kind,
+                              json.loads(upstreams), discover)
 
     async def get_revision(self, id: str) -> RevisionRecord | None:
         def get(conn: sqlite3.Connection) -> RevisionRecord | None:
-            row = conn.execute(f"SELECT {_REVISION_COLUMNS} FROM revisions WHERE id = ?",
+            row = conn.execute(f"SELECT {self._columns} FROM revisions WHERE id = ?",
                                (id,)).fetchone()
             return None if row is None else self._revision(row)
 
@@ -365,7 +403,7 @@ class SQLiteStore(StateStore):
 
     async def list_revisions(self) -> list[RevisionRecord]:
         def list_(conn: sqlite3.Connection) -> list[RevisionRecord]:
-            rows = conn.execute(f"SELECT {_REVISION_COLUMNS} FROM revisions "
+            rows = conn.execute(f"SELECT {self._columns} FROM revisions "
                                 "ORDER BY created_at, rowid")
             return [self._revision(row) for row in rows]
 

@@ -10,6 +10,7 @@ update routing at once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -19,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..core.discovery import Target
 from ..core.lifecycle import RUNNING, RevisionState
+from .external import ExternalWorker, Source
 from .worker import AdoptedProcess, Adoption, Worker, WorkerSpec
 
 log = logging.getLogger("holdover.supervisor")
@@ -40,11 +43,14 @@ class RevisionFailed(Exception):
 
     Carries what the operator needs to fix it: ``reason`` (what the failing worker's
     last health check got, or how its process ended) and its log tail, which ends with
-    that reason too, so every place that shows the tail shows why."""
+    that reason too, so every place that shows the tail shows why.  ``why`` is the
+    whole sentence, for failures that are not one worker's (no worker found in DNS)."""
 
-    def __init__(self, revision: str, worker: str, log_tail: str, reason: str = "") -> None:
-        super().__init__(f"revision {revision}: worker {worker} never became ready"
-                         + (f": {reason}" if reason else ""))
+    def __init__(self, revision: str, worker: str, log_tail: str, reason: str = "",
+                 why: str = "") -> None:
+        self.why = why or (f"worker {worker} never became ready"
+                           + (f": {reason}" if reason else ""))
+        super().__init__(f"revision {revision}: {self.why}")
         self.revision = revision
         self.worker = worker
         self.log_tail = log_tail
@@ -69,6 +75,7 @@ class Revision:
     drain_started: float = 0.0
     canary_percent: float = 0.0
     next_index: int = 1
+    source: Source | None = None  # external workers: where they are found (None: ours)
     meta: dict[str, Any] = field(default_factory=dict)  # kept in the store with the revision
 
     def running(self) -> list[Worker]:
@@ -174,6 +181,46 @@ class Supervisor:
             bad = new[results.index(False)]
             await asyncio.gather(*(w.stop() for w in new))
             raise RevisionFailed(rev.id, bad.id, bad.log_tail(20), bad.start_failure)
+        return new
+
+    # -- workers another engine runs (external.py) ----------------------------------
+
+    def add_external(self, rev: Revision, target: Target,
+                     ready: asyncio.Future[bool] | None = None, adopt: str | None = None,
+                     wid: str | None = None) -> ExternalWorker:
+        """Start checking one more external worker of ``rev`` at ``target``."""
+        if wid is None:
+            wid = f"{rev.id}-{rev.next_index}"
+            rev.next_index += 1
+        else:
+            suffix = wid.rsplit("-", 1)[-1]
+            if suffix.isdigit():
+                rev.next_index = max(rev.next_index, int(suffix) + 1)
+        spec = dataclasses.replace(rev.spec, host=target.host)
+        w = ExternalWorker(id=wid, spec=spec, target=target, on_state=self.on_worker_state)
+        rev.workers.append(w)
+        if adopt is not None:
+            w.adopt(adopt)  # its pins stay valid (see Persistence.restore)
+        rev.tasks.append(_watched(asyncio.get_running_loop().create_task(
+            w.run(ready), name=f"worker {w.id}")))
+        return w
+
+    async def start_external(self, rev: Revision, targets: list[Target]
+                             ) -> list[ExternalWorker]:
+        """Check ``rev``'s external workers; return once every one answers.
+
+        Raises RevisionFailed (after they are stopped) if one does not within
+        ``start_timeout``."""
+        loop = asyncio.get_running_loop()
+        ready: list[asyncio.Future[bool]] = [loop.create_future() for _ in targets]
+        new = [self.add_external(rev, t, fut) for t, fut in zip(targets, ready, strict=True)]
+        results = await asyncio.gather(*ready)
+        if not all(results):
+            bad = new[results.index(False)]
+            await asyncio.gather(*(w.stop() for w in new))
+            raise RevisionFailed(rev.id, bad.id, bad.log_tail(20),
+                                 why=f"worker {bad.id} ({bad.url}) did not answer its health "
+                                 f"check within {rev.spec.start_timeout:g}s")
         return new
 
     async def adopt_workers(self, rev: Revision, adopted: list[tuple[str, bool, Adoption]]

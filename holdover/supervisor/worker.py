@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from ..core.lifecycle import WORKER_TRANSITIONS, WorkerEvent, WorkerState, next_state
 from .logs import PipeToLog, RotatingLog, tail
@@ -186,6 +187,12 @@ class Worker:
     _log: RotatingLog | None = field(default=None, repr=False)
     _out_fd: int = field(default=-1, repr=False)
     _restart_requested: bool = field(default=False, repr=False)
+    external: ClassVar[bool] = False  # its process is another engine's (supervisor/external.py)
+
+    @property
+    def leaving(self) -> bool:
+        """Takes no new session but serves its pins (an external worker gone from DNS)."""
+        return False
 
     @property
     def log_path(self) -> Path:
@@ -472,9 +479,10 @@ class Worker:
         A failed check leaves what it got in ``last_check`` (and the HTTP status in
         ``last_check_status``), for the operator; a passing one costs nothing extra."""
         self.last_check_status = 0
+        host, port = self.spec.host, self.port
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.spec.host, self.port), self.spec.health_timeout)
+                asyncio.open_connection(host, port), self.spec.health_timeout)
         except OSError as exc:
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 # The gateway itself is out of file descriptors: that says nothing about
@@ -493,9 +501,10 @@ class Worker:
             if not self.spec.health_path:
                 self.last_check = ""
                 return True
+            name = f"[{host}]" if ":" in host else host
             writer.write(b"GET %b HTTP/1.1\r\nHost: %b:%d\r\nUser-Agent: holdover-health\r\n"
                          b"Connection: close\r\n\r\n" % (self.spec.health_path.encode(),
-                                                          self.spec.host.encode(), self.port))
+                                                          name.encode(), port))
             line = await asyncio.wait_for(reader.readline(), self.spec.health_timeout)
             parts = line.split(None, 2)
             if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1][:1] == b"2":
@@ -514,6 +523,12 @@ class Worker:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def probe(self) -> str | None:
+        """One health check; None if it passed, else what it got (``last_check``)."""
+        if await self.check():
+            return None
+        return self.last_check or "health check failed"
 
     def _failed_answer(self, line: bytes, parts: list[bytes]) -> None:
         """Put a non-2xx (or non-HTTP) answer of ``health_path`` into words."""

@@ -1,7 +1,7 @@
 """A test worker (aiohttp): echo, big and streamed bodies, SSE, WebSocket, slow answers,
 and ``/forge``, which sets the gateway's own response headers and cookie.
 
-Run as ``python backend.py {port}``.  It counts what reached it (``/_stats``) so that
+Run as ``python backend.py {port}`` (``HOST=ADDR`` to listen on ADDR, not 127.0.0.1).  It counts what reached it (``/_stats``) so that
 tests can prove a refused request never arrived.
 """
 
@@ -131,7 +131,8 @@ def main() -> None:
     app.router.add_get("/pid", pid)
     app.router.add_get("/status/{code}", status)
     app.router.add_get("/forge", forge)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None,
+    web.run_app(app, host=os.environ.get("HOST", "127.0.0.1"), port=int(sys.argv[1]),
+                print=None,
                 shutdown_timeout=float(os.environ.get("SHUTDOWN_TIMEOUT", "10")))
 
 

@@ -11,7 +11,8 @@ revision) than the one that created the session finds no session at all.
 - ``GET /healthz``           ``ok``
 
 ``FAIL_START=1`` makes it exit with status 3 at once (a revision that cannot start);
-``START_DELAY=S`` makes it wait S seconds before it listens (a slow start).
+``START_DELAY=S`` makes it wait S seconds before it listens (a slow start); ``HOST=ADDR``
+makes it listen on ADDR instead of 127.0.0.1 (a worker another engine runs).
 """
 
 from __future__ import annotations
@@ -99,8 +100,8 @@ def main() -> None:
     app.router.add_post("/logout", logout)
     app.router.add_get("/ws", ws)
     app.router.add_get("/healthz", healthz)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None,
-                shutdown_timeout=1.0)
+    web.run_app(app, host=os.environ.get("HOST", "127.0.0.1"), port=int(sys.argv[1]),
+                print=None, shutdown_timeout=1.0)
 
 
 if __name__ == "__main__":

@@ -136,8 +136,9 @@ def test_refused_post_did_nothing(gw: GatewayProcess, admin: Admin) -> None:
 
 POST_COMMANDS = [c for c in COMMANDS if c.method == "POST"]
 WRONG = {str: [5, True, ["x"], {"a": "b"}], int: ["3", 1.5, True, [1]],
-         float: ["5", True, [5]], bool: ["yes", 1], dict: [["A=1"], "A=1", {"A": 1}]}
-PLACEHOLDER = {str: "placeholder", int: 1, float: 1.0, bool: True, dict: {}}
+         float: ["5", True, [5]], bool: ["yes", 1], dict: [["A=1"], "A=1", {"A": 1}],
+         list: ["http://x", [1], {"a": "b"}, [None]]}
+PLACEHOLDER = {str: "placeholder", int: 1, float: 1.0, bool: True, dict: {}, list: []}
 
 
 def _valid_others(command: Command, skip: str) -> dict[str, Any]:

@@ -225,6 +225,34 @@ def test_readyz_turns_503_on_sigterm_while_the_node_still_serves(tmp_path: Path)
         gw.stop_and_check()
 
 
+def test_behind_a_trusted_tls_terminator(tmp_path: Path) -> None:
+    """nginx, Caddy or a cloud balancer in front: its forwarding is kept, the pin cookie
+    is Secure when the user came over https, the access log names the real client."""
+    import http.client
+    gw = GatewayProcess(tmp_path, workers=1, mode="sessions",
+                        extra_gateway='trusted_proxies = ["127.0.0.1"]\n'
+                                      'access_log = "access.log"\n')
+    try:
+        gw.wait_ready()
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+        conn.request("GET", "/echo", headers={"X-Forwarded-For": "203.0.113.7",
+                                              "X-Forwarded-Proto": "https",
+                                              "X-Forwarded-Host": "shop.example"})
+        r = conn.getresponse()
+        seen = dict(json.loads(r.read())["headers"])
+        conn.close()
+        assert seen["X-Forwarded-Proto"] == "https" and seen["X-Forwarded-Host"] == \
+            "shop.example"
+        assert seen["X-Forwarded-For"] == "203.0.113.7, 127.0.0.1"
+        cookie = r.getheader("Set-Cookie")
+        assert cookie.startswith("holdover_pin=") and "; Secure" in cookie, cookie
+        log = gw.dir / "state" / "access.log"
+        wait_for(lambda: log.exists() and "203.0.113.7" in log.read_text(),
+                 what="the real client in the access log")
+    finally:
+        gw.stop_and_check()
+
+
 if __name__ == "__main__":  # pragma: no cover
     import pytest
     sys.exit(pytest.main([__file__, "-q"]))

@@ -13,6 +13,7 @@ from storecontract import (  # noqa: F401 - the contract's tests, collected here
     test_meta,
     test_pins_upsert_delete_load_in_batches_of_10k,
     test_records_handed_out_are_independent_copies,
+    test_revisions_say_who_runs_their_workers,
     test_revisions_upsert_get_and_list_in_creation_order,
     test_values_json_cannot_hold_are_refused_and_nothing_is_stored,
 )

@@ -36,6 +36,8 @@ def fake_gateway() -> SimpleNamespace:
                            stats=lambda w: w, inflight=lambda w: w.inflight,
                            ticker=SimpleNamespace(errors={"drain": 1, "pin-flush": 0}),
                            tasks=SimpleNamespace(failed=2),
+                           hooks=SimpleNamespace(failures={"on_drain": 0, "on_retire": 3}),
+                           discovery=SimpleNamespace(failures={"v2": 4}),
                            config=SimpleNamespace(app_keep_retired=5))
 
 
@@ -67,6 +69,9 @@ def test_collector_reads_the_gateway_state() -> None:
     assert value(s, "holdover_canary_percent", revision="v2") == 10
     assert value(s, "holdover_periodic_job_errors_total", job="drain") == 1
     assert value(s, "holdover_task_failures_total") == 2
+    assert value(s, "holdover_hook_failures_total", hook="on_retire") == 3
+    assert value(s, "holdover_hook_failures_total", hook="on_drain") == 0
+    assert value(s, "holdover_discovery_failures_total", revision="v2") == 4
 
 
 def test_counters_survive_workers_leaving() -> None:

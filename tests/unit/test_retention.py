@@ -74,7 +74,9 @@ def _many_retired(n: int, keep: int) -> SimpleNamespace:
                            sessions_lost=0, queue=[], connections=set(),
                            stats=lambda w: w, inflight=lambda w: w.inflight,
                            ticker=SimpleNamespace(errors={}), tasks=SimpleNamespace(failed=0),
-                           config=SimpleNamespace(app_keep_retired=keep))
+                           config=SimpleNamespace(app_keep_retired=keep),
+                           hooks=SimpleNamespace(failures={}),
+                           discovery=SimpleNamespace(failures={"v1": 2}))
 
 
 def test_metrics_show_only_the_kept_retired_revisions() -> None:

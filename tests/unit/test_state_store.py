@@ -30,6 +30,7 @@ from storecontract import (  # noqa: F401 - the contract's tests, collected here
     test_meta,
     test_pins_upsert_delete_load_in_batches_of_10k,
     test_records_handed_out_are_independent_copies,
+    test_revisions_say_who_runs_their_workers,
     test_revisions_upsert_get_and_list_in_creation_order,
     test_values_json_cannot_hold_are_refused_and_nothing_is_stored,
     with_store,
@@ -38,11 +39,12 @@ from storecontract import (  # noqa: F401 - the contract's tests, collected here
 from holdover.state import (
     MemoryStore,
     RedisStore,
+    RevisionRecord,
     SQLiteStore,
     StoreError,
     open_store,
 )
-from holdover.state.sqlite import APPLICATION_ID
+from holdover.state.sqlite import APPLICATION_ID, SCHEMA_VERSION
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -94,7 +96,7 @@ def test_sqlite_file_and_directory_modes(tmp_path: Path) -> None:
     conn = sqlite3.connect(path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
 
 
@@ -159,6 +161,67 @@ def test_sqlite_refuses_a_newer_or_damaged_holdover_database(tmp_path: Path) -> 
     conn.commit()
     conn.close()
     assert "missing tables pins" in refused(path)
+
+
+# The revisions table as the first holdover release wrote it (schema version 1).
+_V1_REVISIONS = """CREATE TABLE revisions (
+    id TEXT PRIMARY KEY, state TEXT NOT NULL, command TEXT NOT NULL, cwd TEXT NOT NULL,
+    env TEXT NOT NULL, workers INTEGER NOT NULL, created_at REAL NOT NULL, release_dir TEXT,
+    updated_at REAL NOT NULL, canary_percent REAL NOT NULL DEFAULT 0,
+    meta TEXT NOT NULL DEFAULT '{}')"""
+
+
+def make_v1(path: Path) -> None:
+    """A state file of schema version 1 with one revision, written without holdover."""
+    conn = sqlite3.connect(path)
+    conn.execute(_V1_REVISIONS)
+    conn.execute("CREATE TABLE pins (key TEXT PRIMARY KEY, worker TEXT NOT NULL, incarnation "
+                 "TEXT NOT NULL, revision TEXT NOT NULL, created_at REAL NOT NULL, last_seen "
+                 "REAL NOT NULL, expires_at REAL) WITHOUT ROWID")
+    conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, "
+                 "kind TEXT NOT NULL, revision TEXT, worker TEXT, message TEXT NOT NULL, "
+                 "data TEXT NOT NULL DEFAULT '{}')")
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
+    conn.execute("INSERT INTO revisions VALUES ('v1', 'active', 'python app.py', '/srv', "
+                 "'{\"A\":\"1\"}', 2, 10.0, NULL, 11.0, 0, '{}')")
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+
+def test_sqlite_reads_a_version_1_file_read_only_without_changing_it(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    make_v1(path)
+    before = path.read_bytes()
+
+    async def main() -> RevisionRecord | None:
+        async with SQLiteStore(path, readonly=True) as store:
+            return await store.get_revision("v1")
+    got = run(main())
+    assert got is not None and got.kind == "supervised" and got.upstreams == ()
+    assert got.env == {"A": "1"} and got.command == "python app.py"
+    assert path.read_bytes() == before
+
+
+def test_sqlite_migrates_a_version_1_file_and_keeps_its_revisions(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    make_v1(path)
+
+    async def main() -> tuple[RevisionRecord | None, RevisionRecord | None]:
+        async with SQLiteStore(path) as store:
+            old = await store.get_revision("v1")
+            await store.put_revision(rev("v2", 20.0, kind="external",
+                                         upstreams=("http://10.1.0.5:8000",)))
+        async with SQLiteStore(path) as store:
+            return old, await store.get_revision("v2")
+    old, new = run(main())
+    assert old is not None and old.kind == "supervised" and old.discover == ""
+    assert new is not None and new.kind == "external"
+    assert new.upstreams == ("http://10.1.0.5:8000",)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    conn.close()
 
 
 def test_sqlite_refuses_a_directory(tmp_path: Path) -> None:
