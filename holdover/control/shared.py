@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ..supervisor.worker import Worker
 
 
-def _nothing() -> None:
+def _nothing(*args: Any) -> None:
     pass
 
 
@@ -39,7 +39,8 @@ class SharedTable(SessionTable):
     """The authoritative pin table, recording each change for the planes' copies.
 
     Operations, in order: ``["+", key, worker, incarnation, revision]`` (a live pin),
-    ``["o", key, worker, incarnation, revision]`` (an offer), ``["-", key]`` (gone)."""
+    ``["o", key, worker, incarnation, revision]`` (an offer), ``["x", key]`` (the offer
+    is gone) and ``["-", key]`` (the pin, and any offer, are gone)."""
 
     ops: list[list[Any]] = field(default_factory=list)
     on_change: Callable[[], None] = _nothing  # an operation was recorded
@@ -70,7 +71,7 @@ class SharedTable(SessionTable):
     def offer(self, key: str, worker: str, incarnation: str, revision: str, now: float
               ) -> Pin:
         if len(self.offered) >= self.limit:
-            self._op(["-", next(iter(self.offered))])  # pushed out, as the table does
+            self._op(["x", next(iter(self.offered))])  # pushed out, as the table does
         p = super().offer(key, worker, incarnation, revision, now)
         self._op(["o", key, worker, incarnation, revision])
         return p
@@ -79,7 +80,7 @@ class SharedTable(SessionTable):
         offered = key in self.offered
         p = super().promote(key, now)
         if p is None and offered:
-            self._op(["-", key])  # refused (the table is full): the offer is gone
+            self._op(["x", key])  # refused (the table is full): the offer is gone
         return p
 
     def expire_offers(self, now: float, ttl: float) -> int:
@@ -90,18 +91,26 @@ class SharedTable(SessionTable):
             if now - offered[key].created_at < ttl:
                 break
             del offered[key]
-            self._op(["-", key])
+            self._op(["x", key])
             n += 1
         return n
 
     def drop_offers_of(self, worker: str) -> None:
         for key in [k for k, p in self.offered.items() if p.worker == worker]:
             del self.offered[key]
-            self._op(["-", key])
+            self._op(["x", key])
+
+    def pin(self, key: str, worker: str, incarnation: str, revision: str, now: float,
+            expires_at: float | None = None) -> Pin | None:
+        offered = key in self.offered
+        p = super().pin(key, worker, incarnation, revision, now, expires_at)
+        if offered and key not in self.offered:
+            self._op(["x", key])  # a pin replaces its offer (or a refusal drops it)
+        return p
 
     def end(self, key: str) -> Pin | None:
         if key in self.offered and key not in self.pins:
-            self._op(["-", key])
+            self._op(["x", key])
         return super().end(key)
 
 

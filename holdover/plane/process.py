@@ -146,9 +146,6 @@ class PlaneProcess:
         elif kind == "close":
             if not self._closing:
                 self.spawn(self._close(float(msg[1])))
-        elif kind == "reopen":
-            if r is not None and r.access_log is not None:
-                r.access_log.reopen()
         else:
             log.error("unknown message from the control process: %r", kind)
 

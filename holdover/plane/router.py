@@ -475,11 +475,13 @@ class PlaneRouter:
             if kind == "-":
                 pins.pop(key, None)
                 offered.pop(key, None)
+            elif kind == "x":
+                offered.pop(key, None)
             elif kind == "+":
+                offered.pop(key, None)
                 old = pins.get(key)
                 if old is not None and old.worker == op[2] and old.incarnation == op[3]:
                     continue  # keeps this plane's in-flight count
-                offered.pop(key, None)
                 pins[key] = CachedPin(key, op[2], op[3], op[4])
             elif kind == "o":
                 offered[key] = CachedPin(key, op[2], op[3], op[4])
