@@ -25,7 +25,7 @@ class HeldTransport:
     """Stands in for a client transport while a pin claim waits for its acknowledgement."""
 
     __slots__ = ("_buf", "_close", "_eof", "_paused", "_size", "conn", "done", "id", "ops", "real",
-                 "sent", "timer")
+                 "sent")
 
     def __init__(self, conn: Any, claim_id: int) -> None:
         self.conn = conn
@@ -34,7 +34,6 @@ class HeldTransport:
         self.ops: list[list[Any]] = []  # the pin changes this hold waits for
         self.sent = False  # the claim went to the control process: no more ops join it
         self.done = False
-        self.timer: asyncio.TimerHandle | None = None
         self._buf: list[bytes] = []
         self._size = 0
         self._close = False
@@ -100,9 +99,6 @@ class HeldTransport:
         if self.done:
             return
         self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         conn = self.conn
         if conn.transport is self:
             conn.transport = self.real

@@ -340,16 +340,16 @@ class PlaneRouter:
         """One message for every claim this loop iteration made."""
         holds, self._unsent = self._unsent, []
         batch = []
-        loop = self.chan._loop
         for h in holds:
             h.sent = True
             if not h.done:
                 batch.append([h.id, h.ops])
-                h.timer = loop.call_later(self.claim_timeout, self._claim_timed_out, h.id)  # type: ignore[union-attr]
         if batch:
             self.counters["claims"] += len(batch)
             self.chan.send(["claim", batch])
             self.chan.flush()
+            self.chan._loop.call_later(  # type: ignore[union-attr]  # one timer per batch
+                self.claim_timeout, self._claims_timed_out, [cid for cid, _ in batch])
 
     def acked(self, ids: list[int]) -> None:
         for cid in ids:
@@ -357,13 +357,14 @@ class PlaneRouter:
             if hold is not None:
                 hold.release()
 
-    def _claim_timed_out(self, cid: int) -> None:
-        hold = self._holds.pop(cid, None)
-        if hold is not None and not hold.done:
-            self.counters["claim_timeouts"] += 1
-            log.warning("pin change unacknowledged after %.0f ms: the response goes out",
-                        self.claim_timeout * 1000)
-            hold.release()
+    def _claims_timed_out(self, ids: list[int]) -> None:
+        for cid in ids:
+            hold = self._holds.pop(cid, None)
+            if hold is not None and not hold.done:
+                self.counters["claim_timeouts"] += 1
+                log.warning("pin change unacknowledged after %.0f ms: the response goes out",
+                            self.claim_timeout * 1000)
+                hold.release()
 
     def release_all(self) -> None:
         """Closing down: nothing more will be acknowledged."""
