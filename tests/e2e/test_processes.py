@@ -419,3 +419,14 @@ def test_reload_can_change_the_number_of_processes(gateway_factory):
     assert status(gw)["sessions_lost"] == 0
     # The three processes' sockets stay open, all served by the one process now.
     assert len(listeners(gw.port)) == 3
+
+
+def test_a_port_another_gateway_serves_is_refused_before_any_worker(gateway_factory):
+    """SO_REUSEPORT would let a second group share the port: it is refused instead."""
+    first = multi(gateway_factory, workers=1).wait_ready()
+    second = multi(gateway_factory, workers=1,
+                   extra_gateway=f'listen = "127.0.0.1:{first.port}"\n')
+    assert second.proc.wait(30) == 1
+    assert "cannot listen on 127.0.0.1" in second.log and "[gateway] listen" in second.log
+    assert "worker" not in second.log.split("cannot listen")[0], second.log
+    assert len(listeners(first.port)) == 2
