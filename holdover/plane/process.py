@@ -199,9 +199,11 @@ class PlaneProcess:
         self._hello = loop.create_future()
         self._table = loop.create_future()
         self._done = loop.create_future()
-        for sig in (signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(sig, lambda: None)  # the control process decides
-        loop.add_signal_handler(signal.SIGTERM, lambda: self.spawn(self._close(5.0)))
+        # Ctrl-C in a terminal, or a service manager signalling every process of the
+        # service: the control process decides when this one stops (and if it dies,
+        # so does this one), so that a shutdown drains as one.
+        for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: None)
         self.chan.start()
         await self._hello
         ctx = self._ssl

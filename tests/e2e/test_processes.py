@@ -430,3 +430,25 @@ def test_a_port_another_gateway_serves_is_refused_before_any_worker(gateway_fact
     assert "cannot listen on 127.0.0.1" in second.log and "[gateway] listen" in second.log
     assert "worker" not in second.log.split("cannot listen")[0], second.log
     assert len(listeners(first.port)) == 2
+
+
+def test_sigterm_lets_every_process_finish_its_requests(gateway_factory):
+    gw = gateway_factory(app=BACKEND, workers=2, mode="sessions",
+                         extra_gateway="processes = 2\n").wait_ready()
+    planes = gw.planes()
+
+    async def slow_ones() -> list[int]:
+        return [st for st, _, _ in await asyncio.gather(
+            *(fetch(gw.port, "GET", "/slow?delay=1.5") for _ in range(12)))]
+
+    results: list[int] = []
+    t = threading.Thread(target=lambda: results.extend(asyncio.run(slow_ones())))
+    t.start()
+    wait_for(lambda: total(scrape(gw), "holdover_requests_in_flight") == 12, 10,
+             interval=0.05, what="12 slow requests in flight")
+    gw.proc.send_signal(signal.SIGTERM)
+    t.join(30)
+    assert results == [200] * 12
+    assert gw.proc.wait(30) == 0
+    _, alive = psutil.wait_procs(planes, timeout=10)
+    assert not alive

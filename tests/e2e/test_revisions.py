@@ -730,8 +730,9 @@ def test_session_survives_gateway_reload(session_gateway) -> None:
 # -- stateless rolling deploy under load ---------------------------------------------------
 
 
-def test_stateless_rolling_deploy_under_load(gateway_factory) -> None:
-    gw = gateway_factory(app=STATEFUL, workers=2,
+@pytest.mark.parametrize("processes", [1, 2])
+def test_stateless_rolling_deploy_under_load(gateway_factory, processes: int) -> None:
+    gw = gateway_factory(app=STATEFUL, workers=2, extra_gateway=f"processes = {processes}\n",
                          extra_app='strategy = "rolling"\n').wait_ready()
     results: list[tuple[float, float, Any, str | None]] = []  # start, end, status, revision
     stop = threading.Event()

@@ -60,10 +60,12 @@ def live_sessions(gw: GatewayProcess) -> int:
     return sum(rev["sessions"] for rev in status["revisions"])
 
 
-@pytest.fixture
-def gw(gateway_factory) -> GatewayProcess:
-    return gateway_factory(app=APP, workers=2, mode="sessions",
-                           extra_app=SESSIONS).wait_ready()
+@pytest.fixture(params=[1, 2], ids=["1-process", "2-processes"])
+def gw(gateway_factory, request) -> GatewayProcess:
+    """The protocol app behind one gateway process, and behind two data-plane processes
+    (where a client's connection, and so its pins' claims, land on either of them)."""
+    return gateway_factory(app=APP, workers=2, mode="sessions", extra_app=SESSIONS,
+                           extra_gateway=f"processes = {request.param}\n").wait_ready()
 
 
 def test_session_header_pins_renews_and_ends(gw: GatewayProcess) -> None:
