@@ -75,6 +75,7 @@ class Gateway:
             header_timeout=c.gateway_header_timeout, body_timeout=c.gateway_body_timeout,
             keepalive_timeout=c.gateway_keepalive_timeout,
             response_timeout=c.gateway_response_timeout, send_timeout=c.gateway_send_timeout,
+            min_body_rate=c.gateway_min_body_rate,
             append_forwarded=c.gateway_forwarded_headers == "append", proto=self.proto,
             listen_host=self.listen_host, tls=self.proto == b"https",
             trusted=tuple(ipaddress.ip_network(n, strict=False)
