@@ -89,6 +89,7 @@ class Gateway:
             header_timeout=c.gateway_header_timeout, body_timeout=c.gateway_body_timeout,
             keepalive_timeout=c.gateway_keepalive_timeout,
             response_timeout=c.gateway_response_timeout, send_timeout=c.gateway_send_timeout,
+            min_body_rate=c.gateway_min_body_rate,
             append_forwarded=c.gateway_forwarded_headers == "append", proto=self.proto,
             listen_host=self.listen_host, tls=self.proto == b"https",
             trusted=tuple(ipaddress.ip_network(n, strict=False)
@@ -281,8 +282,11 @@ class Gateway:
         await ctl.tasks.cancel_all()
         log.info("stopped")
 
-    async def drain_connections(self, timeout: float) -> None:
-        """Stop accepting; wait for in-flight work to finish; cut what is left."""
+    async def drain_connections(self, timeout: float, cut_streams: bool = False) -> None:
+        """Stop accepting; wait for in-flight work to finish; cut what is left.
+
+        ``cut_streams`` (a reload): WebSockets and other tunnels are closed at once —
+        their clients reconnect to the same worker — instead of being waited for."""
         self._set_closing()
         if self.server is not None:
             self.server.close()
@@ -296,6 +300,10 @@ class Gateway:
         await asyncio.sleep(0)  # a connection accepted just before is made (counted) now
         conns = self.ctl.connections
         for conn in list(conns):
+            if cut_streams and conn.tunnel is not None:
+                conn.tunnel.abort()
+                conn.transport.abort()
+                continue
             conn.sweep(monotonic())  # closes idle keep-alive connections now
         deadline = monotonic() + timeout
         while conns and monotonic() < deadline:
@@ -344,6 +352,7 @@ class Gateway:
                 if ctl.closing:
                     return
             log.info("reloading: finishing in-flight requests, then re-executing")
+            self._set_closing()  # from here no deploy-side action starts
             await ctl.record_event("reloading", "gateway re-executes itself; workers and "
                                    "sessions are kept")
             socks = self._listen_socks  # their backlogs stay open
@@ -356,7 +365,8 @@ class Gateway:
                 fds["redirect_fd"] = os.dup(self._redirect_sock.fileno())
 
             async def stop_serving() -> None:
-                await self.drain_connections(self.config.gateway_shutdown_timeout)
+                await self.drain_connections(self.config.gateway_shutdown_timeout,
+                                             cut_streams=True)
                 if self.admin is not None:
                     await self.admin.stop()
             await handover.reexec(ctl, fds, self._lock_fd, stop_serving)

@@ -299,6 +299,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gateway", "send_timeout", parse_duration, "60s",
             "Longest a write to a client may make no progress (a client that stopped "
             "reading); then the connection is cut."),
+    Setting("gateway", "min_body_rate", parse_size, 0,
+            "The slowest average a request body may arrive at (bytes a second, e.g. "
+            "\"1KiB\") once it has taken 10 s: a slower upload gets 408. 0: no minimum "
+            "(body_timeout still cuts a body that makes no progress at all)."),
     Setting("gateway", "upstream_idle_timeout", parse_duration, "4s",
             "How long an idle pooled connection to a worker is kept (below the app's "
             "own keep-alive timeout, so the gateway closes first)."),

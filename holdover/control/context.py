@@ -29,6 +29,7 @@ class Context(Protocol):
     store: StateStore
     tasks: Tasks
     rolling: Revision | None
+    closing: bool
     revs: Any  # the RevisionManager (holdover/control/revisions.py)
     discovery: Any  # external revisions (holdover/control/external.py)
 

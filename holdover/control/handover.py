@@ -79,9 +79,13 @@ async def reexec(ctl: Control, fds: dict[str, Any], lock_fd: int,
                             "listed": not w.leaving})
         elif w.state not in (WorkerState.STOPPED, WorkerState.FAILED):
             w.kill_now()  # not ready: the new image starts a fresh one
-    await ctl.save_revisions()
-    await ctl.persist.flush_pins()
-    await ctl.store.close()
+    # Past this point the listeners no longer serve: whatever fails while saving, the
+    # exec must happen (the new image restores from what the store has).
+    for step in (ctl.save_revisions, ctl.persist.flush_pins, ctl.store.close):
+        try:
+            await step()
+        except Exception:
+            log.exception("reload: %s failed; re-executing all the same", step.__name__)
     if ctl.router.access_log is not None:
         ctl.router.access_log.close()
     os.set_inheritable(lock_fd, True)

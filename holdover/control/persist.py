@@ -14,6 +14,7 @@ beside the meta key ``canary``) is migrated on load.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -59,7 +60,7 @@ class Persistence:
         rm = self.ctl.revs
         store = self.ctl.store
         try:
-            for rev in rm.revisions.values():
+            for rev in list(rm.revisions.values()):  # it may change while we await
                 await store.put_revision(RevisionRecord(
                     id=rev.id, state=str(rev.state), command=rev.spec.command,
                     cwd=str(rev.spec.cwd), env=dict(rev.spec.env), workers=rev.size,
@@ -185,6 +186,7 @@ class Persistence:
             try:
                 await rm.start_workers_of(rev)
             except RevisionFailed as exc:
+                await asyncio.gather(*(w.stop() for w in rev.running()))
                 rm._apply(rev, RevisionEvent.FAIL)
                 await self.record_event("failed", f"revision {rev.id} did not start again "
                                         f"({exc}); starting the configured app instead",

@@ -26,15 +26,12 @@ from ..core.lifecycle import RevisionEvent as E
 from ..core.lifecycle import RevisionState as S
 from ..core.lifecycle import WorkerState as W
 from ..core.lifecycle import check_revisions, revision_next
-from ..core.policy import drain_expired, judge_canary, workers_to_stop
-from ..core.retention import to_forget
-from ..state import StoreError
 from ..supervisor.external import Source
 from ..supervisor.supervisor import Revision, RevisionFailed
+from .draining import Draining
 from .external import choose_source, first_source
 from .persist import app_settings
 from .releases import REVISION_ID, git_short_sha, snapshot
-from .retention import remove_files
 
 MAX_ACTIVATIONS = 50  # how far back the activation stack (rollback targets) remembers
 
@@ -45,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("holdover.revisions")
 
-class RevisionManager:
+class RevisionManager(Draining):
     """All revisions of the app and the one or two that get new sessions."""
 
     def __init__(self, ctl: Control) -> None:
@@ -59,6 +56,7 @@ class RevisionManager:
         self._stopping: set[Any] = set()
         self._canary_samples: deque[tuple[float, int, int]] = deque()
         self.activations: list[str] = []  # revision ids in order of activation (a stack)
+        self._drains: dict[Any, asyncio.Task[Any]] = {}  # rolling deploys' old workers
         self.deploys = 0
 
     # -- the one place a revision's state changes ------------------------------------
@@ -128,6 +126,9 @@ class RevisionManager:
     # -- changes -------------------------------------------------------------------
 
     def _claim(self, what: str) -> None:
+        if self.ctl.closing:
+            raise DeployError(f"cannot start {what}: the gateway is reloading or shutting "
+                              f"down; try again in a moment", 409)
         if self._busy is not None:
             raise DeployError(f"cannot start {what}: {self._busy} is in progress; try again "
                               f"when it has finished", 409)
@@ -205,6 +206,9 @@ class RevisionManager:
                                            f"sessions", rid)
             else:
                 self._activate(rev)
+                if self.ctl.rolling is rev:  # a rolling deploy is over once rev is active
+                    self.ctl.rolling = None
+                    self.ctl.routing_changed()
                 await self.ctl.record_event(
                     "deploy", f"revision {rid} is active" + (
                         f"; {old.id} is draining" if old is not None else ""), rid)
@@ -243,10 +247,11 @@ class RevisionManager:
         try:
             if rolling:
                 await self._roll(rev, size)
-                await self._start_standby(rev)
             else:
                 await self.start_workers_of(rev)
         except RevisionFailed as exc:
+            # Its workers that did start (a hot standby failed after them) go too.
+            await asyncio.gather(*(w.stop() for w in rev.running()))
             self._apply(rev, E.FAIL)
             await self.ctl.record_event("failed", f"revision {rid} failed: {exc}", rid,
                                        exc.worker, {"log_tail": exc.log_tail})
@@ -284,22 +289,34 @@ class RevisionManager:
                 victims = [w for w in old.running() if w not in self._stopping]
                 if victims:
                     self._drain_in_background(victims[0])
+            await self._start_standby(rev)
         except RevisionFailed:
-            # Undo: the new revision's workers go, the old one is brought back to size.
+            # Undo: the new revision's workers go, the old ones come back into rotation
+            # (their drains called off) and the old revision is brought back to size.
             self.ctl.rolling = None
-            self.ctl.routing_changed()
+            self._reclaim(old)
             await asyncio.gather(*(w.stop() for w in rev.running()))
             await self._top_up(old)
             raise
         for w in old.running():
             if w not in self._stopping:
                 self._drain_in_background(w)
-        self.ctl.rolling = None
+        # ``ctl.rolling`` stays until the deploy has made ``rev`` active.
 
     def _drain_in_background(self, w: Any) -> None:
         self._stopping.add(w)  # out of rotation now; _retire_worker keeps it there
         self.ctl.routing_changed()
-        self.ctl.tasks.spawn(self._retire_worker(w, wait=True), f"drain {w.id}")
+        self._drains[w] = self.ctl.tasks.spawn(self._retire_worker(w, wait=True),
+                                               f"drain {w.id}")
+
+    def _reclaim(self, rev: Revision) -> None:
+        """Call off the background drains of ``rev``'s workers: they serve again."""
+        for w in rev.workers:
+            task = self._drains.pop(w, None)
+            if task is not None and not task.done():
+                task.cancel()
+                self._stopping.discard(w)
+        self.ctl.routing_changed()
 
     def _activate(self, rev: Revision, push: bool = True) -> None:
         if push:
@@ -366,6 +383,7 @@ class RevisionManager:
     async def _back_to(self, prev: Revision, push: bool) -> dict[str, Any]:
         """Make ``prev`` active again, restarting it if it retired."""
         current = self.active
+        self._reclaim(prev)  # its workers still draining after a rolling deploy serve again
         if prev.state is S.RETIRED or not prev.running():
             prev = await self._restart_retired(prev)
             if not push:
@@ -420,6 +438,7 @@ class RevisionManager:
         try:
             await self.start_workers_of(rev)
         except RevisionFailed as exc:
+            await asyncio.gather(*(w.stop() for w in rev.running()))
             self._apply(rev, E.RETIRE)
             raise DeployError(f"revision {rev.id} failed to start again: {exc.why}", 422,
                               log_tail=exc.log_tail) from None
@@ -447,7 +466,9 @@ class RevisionManager:
     async def retire(self, rid: str) -> dict[str, Any]:
         """Retire a draining revision now: its remaining sessions end (counted as lost)."""
         rev = self._revision(rid)
-        revision_next(rid, rev.state, E.RETIRE)  # only a draining revision (409 otherwise)
+        if rev.state is not S.DRAINING:  # the table lets a failed restart retire too
+            raise DeployError(f"revision {rid} is {rev.state}: cannot retire (only a "
+                              f"draining revision can be retired)", 409)
         lost = self.ctl.end_sessions_of(rid, reason="retired by an operator")
         await asyncio.gather(*(self._retire_worker(w) for w in rev.running()
                                if w not in self._stopping))
@@ -489,111 +510,6 @@ class RevisionManager:
                                    w.spec.revision, wid)
         return {"worker": wid, "action": action, "state": w.state, "disabled": w.disabled,
                 "standby": w.standby}
-
-    # -- draining ------------------------------------------------------------------
-
-    def _judge_canary(self, now: float) -> None:
-        """Abort the canary when its 5xx ratio over the window exceeds the budget."""
-        rev = self.canary
-        budget = self.config.app_canary_max_error_ratio
-        if rev is None or not budget or self._busy is not None:
-            self._canary_samples.clear()
-            return
-        stats = [self.ctl.stats(w) for w in rev.workers]
-        samples = self._canary_samples
-        samples.append((now, sum(s.requests for s in stats), sum(s.errors for s in stats)))
-        verdict, drop = judge_canary(samples, now, self.config.app_canary_window,
-                                     self.config.app_canary_min_requests, budget)
-        for _ in range(drop):
-            samples.popleft()
-        if verdict.abort:
-            n, bad = verdict.requests, verdict.errors
-            self._canary_samples.clear()
-            msg = (f"canary {rev.id} answered {bad} of {n} requests with 5xx "
-                   f"({bad / n:.0%} > {budget:.0%}): aborting it")
-            log.error(msg)
-            self.ctl.tasks.spawn(self._abort_canary(msg), "abort-canary")
-
-    async def _abort_canary(self, why: str) -> None:
-        await self.ctl.record_event("canary-failed", why, self.canary.id if self.canary
-                                   else None)
-        try:
-            await self.rollback()
-        except DeployError as exc:
-            log.error("could not abort the canary: %s", exc)
-
-    def tick(self, now: float) -> None:
-        """Stop idle workers of draining revisions; retire revisions left with none."""
-        if self.canary is not None:
-            self._judge_canary(now)
-        max_drain = self.config.app_max_drain
-        sessions = self.ctl.sessions
-        for rev in list(self.revisions.values()):
-            if rev.state is not S.DRAINING:
-                continue
-            if drain_expired(now, rev.drain_started, max_drain):
-                lost = self.ctl.end_sessions_of(rev.id, reason="max_drain")
-                if lost:
-                    log.warning("revision %s: max_drain reached, %d session(s) ended", rev.id,
-                                lost)
-            running = {w.id: w for w in rev.running()}
-            plan = workers_to_stop(
-                ((w.id, self.ctl.inflight(w), sessions.per_worker.get(w.id, 0))
-                 for w in running.values()), (w.id for w in self._stopping))
-            for wid in plan:
-                self.ctl.tasks.spawn(self._retire_worker(running[wid]), "retire-worker")
-            if not running and not any(w in self._stopping for w in rev.workers):
-                self._apply(rev, E.RETIRE)
-                self.ctl.tasks.spawn(self._retired(rev), "retired")
-
-    async def _retired(self, rev: Revision) -> None:
-        await self.ctl.record_event("retired", f"revision {rev.id} retired: its last worker "
-                                   f"stopped", rev.id)
-        await self.forget_old()
-        await self.ctl.save_revisions()
-
-    async def forget_old(self) -> list[str]:
-        """Forget finished revisions beyond ``keep_retired`` (core/retention.py): out of
-        status, metrics and the store, their release snapshot and logs removed from disk;
-        their events stay."""
-        gone = to_forget(((r.id, str(r.state)) for r in self.revisions.values()),
-                         self.config.app_keep_retired)
-        for rid in gone:
-            rev = self.revisions.pop(rid)
-            if rev.running():  # never the case for a finished revision; keep it if so
-                self.revisions[rid] = rev
-                continue
-            try:
-                await self.ctl.store.delete_revision(rid)
-                await asyncio.to_thread(remove_files, self.config.state_dir, rid)
-            except (StoreError, OSError) as exc:
-                log.error("cannot forget revision %s: %s", rid, exc)
-        if gone:
-            log.info("forgot finished revision(s) %s (keep_retired = %d); their events stay",
-                     ", ".join(gone), self.config.app_keep_retired)
-            self.ctl.routing_changed()
-        return gone
-
-    async def _retire_worker(self, w: Any, wait: bool = False) -> None:
-        """Take ``w`` out of service; stop it when nothing runs on it any more."""
-        self._stopping.add(w)
-        try:
-            self.ctl.routing_changed()  # retiring: it takes no new session
-            if wait:
-                # A rolling deploy lets the old worker drain like a draining revision: its
-                # requests and open WebSockets finish, bounded only by max_drain.
-                limit = self.config.app_max_drain
-                deadline = time.monotonic() + limit if limit else None
-                while self.ctl.inflight(w) and (deadline is None or time.monotonic() < deadline):
-                    await asyncio.sleep(0.1)
-            cut = self.ctl.inflight(w)
-            await w.stop()
-            await self.ctl.record_event(
-                "worker-stopped", f"worker {w.id} stopped (drained)" if not cut else
-                f"worker {w.id} stopped after max_drain with {cut} open request(s) or "
-                f"stream(s) cut", w.spec.revision, w.id)
-        finally:
-            self._stopping.discard(w)
 
     async def stop_all(self) -> None:
         await self.supervisor.stop_all()

@@ -188,11 +188,26 @@ class Router:
         return ep
 
     def retry(self, ex: Exchange) -> bool:
-        """Send ``ex`` again on another worker; only for requests nothing has seen (rule 7)."""
+        """Send ``ex`` again on another worker; only for requests nothing has seen (rule 7).
+
+        A pinned request never goes to another worker (rule 1): it is tried once more on
+        a fresh connection to its own, or fails."""
+        pin = ex.pin
         ep = self._undispatch(ex)
         tried = ex.tried if ex.tried is not None else []
         ex.tried = tried
         tried.append(ep)
+        if pin is not None:
+            if ep is None or not ep.ready or len(tried) > 1 or \
+                    self.sessions.pins.get(pin.key) is not pin:
+                return False
+            ex.pin = pin
+            pin.active += 1
+            ex.body_buf = []
+            ex.worker = ep
+            ep.inflight += 1
+            self.spawn(self._connect(ex, ep), "connect")  # a fresh connection, not the pool
+            return True
         if len(tried) > 3:
             return False
         nxt = self.balancer.pick(exclude=tried)
@@ -362,14 +377,15 @@ class Router:
         ep = self.endpoint(w)
         if w.port:
             ep.repoint(w.port, w.incarnation, self.keepalive)
+        was_ready = ep.ready
         ep.ready = w.state is WorkerState.READY
         ep.standby = w.standby
         ep.routable = rev is not None and takes_new_sessions(
             rev.state, w.state, w.healthy, w.disabled, retiring, rolling_in)
         if not ep.routable:
             ep.close_pool()
-        if w.state in PROCESS_GONE and self.sessions.offered:
-            self.sessions.drop_offers_of(w.id)
+        if was_ready and w.state in PROCESS_GONE and self.sessions.offered:
+            self.sessions.drop_offers_of(w.id)  # once, when its process goes
         if w.state in PROCESS_GONE and not self.closing and self.sessions.per_worker.get(w.id):
             # The process that held these sessions' memory is gone (rule 5).
             pins = self.sessions.of_worker(w.id)

@@ -60,7 +60,7 @@ _REVISION_WHY: dict[RevisionEvent, str] = {
     RE.ACTIVATE: "only a starting, canary or draining revision can become active",
     RE.START_CANARY: "only a starting revision can become a canary",
     RE.FAIL: "only a starting revision can fail to start",
-    RE.DRAIN: "only an active, canary or starting revision can start draining",
+    RE.DRAIN: "only the active revision or a canary can start draining",
     RE.RETIRE: "only a draining revision can be retired",
     RE.RESTART: "only a retired, draining or active revision can be started again",
 }

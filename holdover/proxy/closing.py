@@ -66,6 +66,9 @@ def linger(transport: asyncio.Transport, now: float) -> Discard:
     return Discard(transport, now)
 
 
+MIN_RATE_AFTER = 10.0  # seconds a body may take before min_body_rate is enforced
+
+
 class Closing:
     """The timeouts and the lingering close of ``ClientConnection`` (its attributes)."""
 
@@ -120,7 +123,11 @@ class Closing:
                 now - ex.sent_at > lim.response_timeout:
             # From the end of the request, or since the worker stopped reading its body.
             self.fail(ex, 504)
-        elif not ex.request_done and not self.paused and now - self.last_active > lim.body_timeout:
+        elif not ex.request_done and not self.paused and (
+                now - self.last_active > lim.body_timeout or (
+                    lim.min_body_rate and now - ex.t0 > MIN_RATE_AFTER
+                    and ex.body_seen < lim.min_body_rate * (now - ex.t0))):
+            # No progress for body_timeout, or slower than min_body_rate on average.
             if ex.resp_started:
                 self.transport.abort()
             else:

@@ -76,6 +76,7 @@ class Limits:
     keepalive_timeout: float = 75.0
     response_timeout: float = 60.0
     send_timeout: float = 60.0  # the longest a write to a client may make no progress
+    min_body_rate: int = 0  # bytes a second a request body must average after 10 s
     append_forwarded: bool = False  # keep and extend the client's X-Forwarded-*/Forwarded
     proto: bytes = b"http"  # the scheme clients used (X-Forwarded-Proto)
     listen_host: bytes = b"127.0.0.1:8080"  # Host for HTTP/1.0 requests without one

@@ -301,3 +301,39 @@ def test_a_stalled_websocket_is_cut_too() -> None:
 def test_the_client_write_buffer_is_low() -> None:
     _, _, t = client()
     assert t.limits is not None and t.limits["high"] <= 64 * 1024
+
+
+# == 17. a minimum body rate ===========================================================
+
+
+def test_an_upload_slower_than_min_body_rate_gets_408_after_its_grace() -> None:
+    g, c, t = client(min_body_rate=1000, body_timeout=60.0)
+    c.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n" + b"x" * 500)
+    ex = g.routed[0]
+    c.attach(ex, AttachingUp())  # type: ignore[arg-type]
+    t0 = ex.t0
+    c.last_active = t0 + 9  # a byte now and then: body_timeout never fires
+    c.sweep(t0 + 9.5)  # within the grace: nothing yet, however slow
+    assert not t.data
+    c.data_received(b"x" * 8000)  # 8.5 kB in 11 s: under 1 kB/s on average
+    c.last_active = t0 + 11
+    c.sweep(t0 + 11)
+    assert t.data.startswith(b"HTTP/1.1 408 "), t.data[:60]
+
+
+def test_a_steady_upload_at_min_body_rate_or_faster_is_left_alone() -> None:
+    g, c, t = client(min_body_rate=1000, body_timeout=60.0)
+    c.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n")
+    ex = g.routed[0]
+    c.attach(ex, AttachingUp())  # type: ignore[arg-type]
+    c.data_received(b"x" * 30000)  # 30 kB within 20 s: 1.5 kB/s
+    c.last_active = ex.t0 + 20
+    c.sweep(ex.t0 + 20)
+    assert not t.data
+    g2, c2, t2 = client(body_timeout=60.0)  # no minimum configured: never by rate
+    c2.data_received(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\nx")
+    ex2 = g2.routed[0]
+    c2.attach(ex2, AttachingUp())  # type: ignore[arg-type]
+    c2.last_active = ex2.t0 + 50
+    c2.sweep(ex2.t0 + 50)
+    assert not t2.data

@@ -382,19 +382,23 @@ class NoIORouter(Router):
         ex.worker = ep
         ep.inflight += 1
 
+    async def _connect(self, ex: Any, ep: Any) -> None:
+        self.connects = [*getattr(self, "connects", []), ep.id]
+
 
 class Harness:
     """The real control plane (revisions, routing, session table) with fake workers."""
 
     def __init__(self, mode: str = "sessions", cookie: str = "sid", workers: int = 2,
-                 strategy: str = "replace", max_sessions: int = 1_000_000) -> None:
+                 strategy: str = "replace", max_sessions: int = 1_000_000,
+                 **app: object) -> None:
         self.loop = asyncio.new_event_loop()
         # The app's folder: the first revision is a snapshot of it, under state/releases.
         self.home = Path(tempfile.mkdtemp(prefix="holdover-unit-"))
         cfg = from_dict({
             "gateway": {"access_log": "off", "state_dir": "state"},
             "app": {"command": "app {port}", "workers": workers, "mode": mode,
-                    "health_path": "/healthz", "max_sessions": max_sessions,
+                    "health_path": "/healthz", "max_sessions": max_sessions, **app,
                     "session_cookie": cookie, "strategy": strategy}},
             path=self.home / "holdover.toml")
         gw = self.gw = Control(cfg, supervisor=FakeSupervisor, router=NoIORouter)
@@ -928,5 +932,79 @@ def test_a_full_session_table_refuses_new_sessions_and_keeps_the_live_ones() -> 
         for i, w in homes.items():
             ex, _ = h.request(b"sid=s%d" % i)
             assert ex.worker is w, "no live session is pushed out"
+    finally:
+        h.close()
+
+
+def test_a_pinned_request_is_retried_only_on_its_own_worker() -> None:
+    """Rule 1 over rule 7: a stale pooled connection to a session's worker is retried on
+    a fresh connection to that worker, never on another one."""
+    h = Harness(workers=2)
+    try:
+        ex, _ = h.request(None, b"sid=s1; Path=/")
+        home = ex.worker
+        failed: list[int] = []
+        conn = SimpleNamespace(cookie_cache=None, client_ip=b"127.0.0.1", current=None,
+                               fail=lambda ex, status, **kw: failed.append(status))
+        ex = Exchange(conn, time.monotonic())
+        ex.method, ex.url, ex.cookie = b"GET", b"/", b"sid=s1"
+        router = h.gw.router
+        router.route(ex)
+        assert ex.worker.id == home.id and ex.pin is not None
+        pin = ex.pin
+
+        async def retried() -> bool:
+            ok = router.retry(ex)
+            await asyncio.sleep(0)
+            return ok
+        assert h.run(retried())
+        assert ex.worker.id == home.id and ex.pin is pin, "same worker, same pin"
+        assert router.connects == [home.id], "on a fresh connection"
+        assert not router.retry(ex), "once only: then the client gets its 502"
+    finally:
+        h.close()
+
+
+def test_a_revision_whose_standby_fails_leaves_no_worker_running() -> None:
+    h = Harness(workers=2, standby=1)
+    try:
+        h.fail_calls = [False, True]  # its workers start, its hot standby does not
+        with pytest.raises(DeployError):
+            h.run(h.gw.revs.deploy(revision="v2"))
+        v2 = h.gw.revs.revisions["v2"]
+        assert v2.state == "failed" and not v2.running()
+        assert h.gw.revs.active.id == "v1"
+    finally:
+        h.close()
+
+
+def test_retention_never_forgets_the_rollback_target() -> None:
+    h = Harness(workers=1, keep_retired=1)
+    try:
+        rm = h.gw.revs
+        h.run(rm.deploy(revision="v2"))
+        h.tick()
+        h.run(rm.rollback())  # v1 again; v2 drains and retires
+        h.tick()
+        h.run(rm.deploy(revision="v3"))
+        h.tick()
+        for n in range(3):  # a bad release tried again and again
+            h.fail_calls = [True]
+            with pytest.raises(DeployError):
+                h.run(rm.deploy(revision=f"bad{n}"))
+        assert "v1" in rm.revisions and rm.previous().id == "v1"
+        assert rm.status()["rollback_to"] == "v1"
+        assert [r for r in rm.revisions if r.startswith("bad")] == ["bad2"]
+        h.run(rm.rollback())
+        assert rm.active.id == "v1"
+    finally:
+        h.close()
+
+
+def test_an_operator_retires_only_a_draining_revision() -> None:
+    h = Harness(workers=1)
+    try:
+        with pytest.raises(DeployError, match="v1 is active: cannot retire"):
+            h.run(h.gw.revs.retire("v1"))
     finally:
         h.close()
