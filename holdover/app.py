@@ -54,7 +54,7 @@ class Gateway:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.processes = config.processes
+        self.processes = config.gateway_processes
         self.planes: PlaneSet | None = None
         if self.processes > 1:
             # Several data-plane processes: this one routes no request, it keeps the one

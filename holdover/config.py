@@ -188,9 +188,9 @@ def _advertise(value: Any) -> str:
     return value
 
 
-def _processes(value: Any) -> int | str:
-    if value == "auto":
-        return value
+def _processes(value: Any) -> int:
+    if value == "auto":  # one per usable core, counted when the file is read
+        return len(os.sched_getaffinity(0))
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
         raise ValueError(f"expected a number of processes from 1 to 256, or \"auto\" (one "
                          f"per usable core), got {value!r}")
@@ -450,12 +450,6 @@ class Config:
             line = None
         return f"[{section}] {key} in {self.path}" + (f", line {line}" if line else
                                                        " (its default)")
-
-    @property
-    def processes(self) -> int:
-        """How many proxy processes: ``[gateway] processes``, "auto" = the usable cores."""
-        value = self.gateway_processes
-        return len(os.sched_getaffinity(0)) if value == "auto" else int(value)
 
     @property
     def node_name(self) -> str:

@@ -271,11 +271,26 @@ class PlaneRouter:
         return ep
 
     def retry(self, ex: Exchange) -> bool:
-        """Send ``ex`` again on another worker; only for requests nothing has seen (rule 7)."""
+        """Send ``ex`` again on another worker; only for requests nothing has seen (rule 7).
+
+        A pinned request never goes to another worker (rule 1): it is tried once more on
+        a fresh connection to its own, or fails."""
+        pin = ex.pin
         ep = self._undispatch(ex)
         tried = ex.tried if ex.tried is not None else []
         ex.tried = tried
         tried.append(ep)
+        if pin is not None:
+            if ep is None or not ep.ready or len(tried) > 1 or self.pins.get(pin.key) is not pin:
+                return False
+            ex.pin = pin
+            pin.active += 1
+            self.busy.add(pin)
+            ex.body_buf = []
+            ex.worker = ep
+            ep.inflight += 1
+            self.spawn(self._connect(ex, ep))  # a fresh connection, not the pool
+            return True
         if len(tried) > 3:
             return False
         nxt = self.balancer.pick(exclude=tried)

@@ -347,7 +347,7 @@ def test_processes(tmp_path: Path, raw: str, expected: int | None,
                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(config.os, "sched_getaffinity", lambda pid: {0, 1, 2})
     cfg = load(write(tmp_path, f"[gateway]\nprocesses = {raw}\n" + MINIMAL))
-    assert cfg.processes == (expected if expected is not None else 3)
+    assert cfg.gateway_processes == (expected if expected is not None else 3)
 
 
 @pytest.mark.parametrize("raw", ["0", "-1", "257", '"many"', "true", "1.5"])
