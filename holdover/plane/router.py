@@ -180,7 +180,7 @@ class PlaneRouter:
         ex.waiter = look
         self._lookups[lid] = look
         self.counters["lookups"] += 1
-        look.timer = self.chan._loop.call_later(  # type: ignore[union-attr]
+        look.timer = self.chan.loop.call_later(
             self.lookup_timeout, self._lookup_timed_out, lid)
         self.chan.send(["lookup", lid, key])
 
@@ -348,7 +348,7 @@ class PlaneRouter:
             self._holds[hold.id] = hold
             self._unsent.append(hold)
             if len(self._unsent) == 1:
-                self.chan._loop.call_soon(self._send_claims)  # type: ignore[union-attr]
+                self.chan.loop.call_soon(self._send_claims)
         hold.ops.append(op)
 
     def _send_claims(self) -> None:
@@ -363,7 +363,7 @@ class PlaneRouter:
             self.counters["claims"] += len(batch)
             self.chan.send(["claim", batch])
             self.chan.flush()
-            self.chan._loop.call_later(  # type: ignore[union-attr]  # one timer per batch
+            self.chan.loop.call_later(  # one timer per batch
                 self.claim_timeout, self._claims_timed_out, [cid for cid, _ in batch])
 
     def acked(self, ids: list[int]) -> None:

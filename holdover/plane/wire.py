@@ -105,6 +105,12 @@ class Channel:
         self.sock.setblocking(False)
         self._loop.add_reader(self.sock.fileno(), self.pump)
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the channel runs on (timers of its users go there too)."""
+        assert self._loop is not None, "the channel is not started"
+        return self._loop
+
     # -- in --------------------------------------------------------------------------
 
     def pump(self) -> None:

@@ -82,7 +82,7 @@ def test_limits_cross_the_channel_unchanged() -> None:
 
 
 def replica() -> PlaneRouter:
-    chan = SimpleNamespace(send=lambda m: None, pump=lambda: None, _loop=None)
+    chan = SimpleNamespace(send=lambda m: None, pump=lambda: None, loop=None)
     settings_ = {"sessions_mode": True, "app_cookie": "sid", "pin_clients": False,
                  "health_path": "", "cookie_attrs": "; Path=/", "connect_timeout": 1,
                  "queue_size": 4, "queue_timeout": 1, "upstream_keepalive": 2,
@@ -167,7 +167,7 @@ class FakeLoop:
 
 class FakeChannel:
     def __init__(self) -> None:
-        self._loop = FakeLoop()
+        self.loop = FakeLoop()
         self.sent: list[list[Any]] = []
         self.pumped = 0
 
@@ -216,7 +216,7 @@ def test_a_claiming_response_waits_for_the_acknowledgement() -> None:
     t, _ = one_exchange(r, plane, b"POST /login HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
                         LOGIN)
     assert t.chunks == [], "nothing reaches the client before control has the pin"
-    chan._loop.run_soon()  # the end of the loop iteration: the claim goes out
+    chan.loop.run_soon()  # the end of the loop iteration: the claim goes out
     (claim,) = [m for m in chan.sent if m[0] == "claim"]
     ((cid, ops),) = claim[1]
     key = KEYS.session_key(b"app", b"abc")
@@ -240,8 +240,8 @@ def test_an_unacknowledged_hold_is_released_after_its_timeout() -> None:
     r, chan, plane = plane_with_worker()
     t, _ = one_exchange(r, plane, b"POST /login HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
                         LOGIN)
-    chan._loop.run_soon()
-    ((delay, fn, args),) = chan._loop.later
+    chan.loop.run_soon()
+    ((delay, fn, args),) = chan.loop.later
     assert delay == r.claim_timeout
     assert t.chunks == []
     fn(*args)
