@@ -292,7 +292,9 @@ class PlaneSet:
             elif kind == "claim":
                 self._claims(h, msg[1])
             elif kind == "promote":
-                self.table.promote(msg[1], monotonic())
+                key = msg[1]
+                if self.table.promote(key, monotonic()) is None and key not in self.table.pins:
+                    self.table.gone(key)  # the offer expired meanwhile: no plane keeps it
             elif kind == "lookup":
                 self._lookup(h, msg[1], msg[2])
             elif kind == "lose":

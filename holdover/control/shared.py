@@ -55,6 +55,10 @@ class SharedTable(SessionTable):
         """Tell the planes of ``p`` again (a claim that found its pin already in place)."""
         self._op(["+", p.key, p.worker, p.incarnation, p.revision])
 
+    def gone(self, key: str) -> None:
+        """Tell the planes ``key`` is no session (one may have made it one on its own)."""
+        self._op(["-", key])
+
     def take_ops(self) -> list[list[Any]]:
         ops, self.ops = self.ops, []
         return ops

@@ -335,3 +335,13 @@ def test_a_worker_counts_as_busy_until_every_process_answered_after_it_went_idle
     a.alive = False  # a process that died counts no more
     report(b, ps.next_seq, 1)
     assert ep.inflight == 1
+
+
+def test_a_promotion_of_an_offer_control_no_longer_has_is_undone(tmp_path: Path) -> None:
+    ps, _ = planeset(tmp_path)
+    h = ps.planes[0]
+    ps.table.offer("k", "w1", "inc", "v1", 0.0)
+    ps._message(h, ["promote", "k"])
+    assert "k" in ps.table.pins and ps.table.take_ops()[-1][0] == "+"
+    ps._message(h, ["promote", "k2"])  # expired before the client came back
+    assert "k2" not in ps.table.pins and ps.table.take_ops() == [["-", "k2"]]
