@@ -20,6 +20,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
@@ -102,43 +103,33 @@ class Keys:
         return None
 
 
-def cookie_value(header: bytes | None, name: bytes) -> bytes | None:
-    """The value of cookie ``name`` in a Cookie request header (first one wins)."""
+def iter_cookie_values(header: bytes | None, name: bytes) -> Iterator[bytes]:
+    """Every value of cookie ``name`` in a Cookie request header, in order."""
     if not header:
-        return None
+        return
     start = 0
     needle = name + b"="
     while True:
         i = header.find(needle, start)
         if i < 0:
-            return None
+            return
         if i == 0 or header[i - 1] in b" ;":
             j = header.find(b";", i)
             v = header[i + len(needle): j if j >= 0 else len(header)].strip()
             if len(v) >= 2 and v[:1] == b'"' and v[-1:] == b'"':
                 v = v[1:-1]
-            return v
+            yield v
         start = i + 1
+
+
+def cookie_value(header: bytes | None, name: bytes) -> bytes | None:
+    """The value of cookie ``name`` in a Cookie request header (first one wins)."""
+    return next(iter_cookie_values(header, name), None)
 
 
 def cookie_values(header: bytes | None, name: bytes) -> list[bytes]:
     """Every value of cookie ``name`` in a Cookie request header, in order."""
-    out: list[bytes] = []
-    if not header:
-        return out
-    start = 0
-    needle = name + b"="
-    while True:
-        i = header.find(needle, start)
-        if i < 0:
-            return out
-        if i == 0 or header[i - 1] in b" ;":
-            j = header.find(b";", i)
-            v = header[i + len(needle): j if j >= 0 else len(header)].strip()
-            if len(v) >= 2 and v[:1] == b'"' and v[-1:] == b'"':
-                v = v[1:-1]
-            out.append(v)
-        start = i + 1
+    return list(iter_cookie_values(header, name))
 
 
 def parse_set_cookie(value: bytes) -> tuple[bytes, bytes, bool]:

@@ -149,3 +149,9 @@ def test_design_doc_diagrams_are_generated_from_the_tables() -> None:
         block = f"```mermaid\n{diagram(table, initial)}\n```"
         assert block in text, f"docs/design.md: the {name} diagram is out of date; it " \
             f"must read:\n{block}"
+
+
+def test_the_drain_plan_stops_only_idle_workers_not_already_stopping() -> None:
+    from holdover.core.policy import workers_to_stop
+    plan = workers_to_stop([("a", 0, 0), ("b", 1, 0), ("c", 0, 2), ("d", 0, 0)], ["d"])
+    assert plan == ["a"], "in flight (b), sessions (c) and already stopping (d) stay"

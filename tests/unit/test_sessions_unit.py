@@ -1008,3 +1008,21 @@ def test_an_operator_retires_only_a_draining_revision() -> None:
             h.run(h.gw.revs.retire("v1"))
     finally:
         h.close()
+
+
+def test_a_worker_planned_to_stop_is_kept_if_a_session_reached_it_meanwhile() -> None:
+    """The drain plan picks idle workers; a client may come back to one before its stop
+    runs (an offered pin promoted, a request): then it is not stopped."""
+    h = Harness(workers=1)
+    try:
+        ex, _ = h.request(None, b"sid=s1; Path=/")
+        w = ex.worker
+        h.run(h.gw.revs.deploy(revision="v2"))
+        assert h.gw.sessions.per_worker.get(w.id) == 1
+        h.run(h.gw.revs._retire_worker(w, idle=True))  # planned while it looked idle
+        assert w.state == "ready", "a worker that holds a session is never stopped"
+        h.request(b"sid=s1", b"sid=; Max-Age=0; Path=/")  # logout: now it is idle
+        h.run(h.gw.revs._retire_worker(w, idle=True))
+        assert w.state == "stopped"
+    finally:
+        h.close()
