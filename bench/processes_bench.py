@@ -138,8 +138,9 @@ def markdown(runs: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"-t{meta.get('wrk_threads', THREADS)} -c{meta['connections']} for "
         f"{meta['duration_s']} s, GET /small (13 bytes), no cookie; best of "
         f"{meta['rounds']} interleaved rounds. Proxy, backend "
-        "and wrk share every core (no taskset). **The machine was shared with other work "
-        "while this ran: the numbers are noisy.**",
+        "and wrk share every core (no taskset)."
+        + (" **The machine was busy with other work at the start: the numbers are noisy.**"
+           if float(meta["machine"]["loadavg_1m_at_start"]) > 0.5 else ""),
         "",
         "| target | req/s | every round | p50 ms | p99 ms | proxy CPU µs/req "
         "| per process µs/req | errors |",
