@@ -72,7 +72,8 @@ async def reexec(ctl: Control, fds: dict[str, Any], lock_fd: int,
             os.set_inheritable(fd, True)
             workers.append({"id": w.id, "revision": w.spec.revision, "pid": w.pid,
                             "port": w.port, "incarnation": w.incarnation,
-                            "standby": w.standby, "restarts": w.restarts, "log_fd": fd})
+                            "standby": w.standby, "restarts": w.restarts, "log_fd": fd,
+                            "disabled": w.disabled})
         elif w.external and w.state is WorkerState.READY:  # another engine's: an address
             workers.append({"id": w.id, "revision": w.spec.revision, "external": True,
                             "host": w.spec.host, "port": w.port, "incarnation": w.incarnation,

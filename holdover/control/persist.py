@@ -125,7 +125,8 @@ class Persistence:
                 continue
             adopted.setdefault(w["revision"], []).append(
                 (w["id"], w["standby"], Adoption(w["pid"], w["port"], w["incarnation"],
-                                                 w["log_fd"], w["restarts"])))
+                                                 w["log_fd"], w["restarts"],
+                                                 w.get("disabled", False))))
         for rec in records:
             spec = sup.spec(rec.id, command=rec.command, cwd=Path(rec.cwd), env=rec.env)
             rev = sup.create_revision(spec, rec.workers, rec.created_at, rec.release_dir)

@@ -230,7 +230,7 @@ class Supervisor:
         ready = []
         for wid, standby, info in adopted:
             w = Worker(id=wid, spec=rev.spec, standby=standby, on_state=self.on_worker_state,
-                       guard=self.guard.tell)
+                       guard=self.guard.tell, disabled=info.disabled)
             suffix = wid.rsplit("-", 1)[-1]
             if suffix.isdigit():
                 rev.next_index = max(rev.next_index, int(suffix) + 1)

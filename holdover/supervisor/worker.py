@@ -131,6 +131,7 @@ class Adoption:
     incarnation: str
     log_fd: int
     restarts: int = 0
+    disabled: bool = False  # an operator took it out of rotation before the reload
 
 
 @dataclass

@@ -115,3 +115,14 @@ def test_adopted_worker_is_still_supervised_and_deploys_work(gateway_factory):
                           "--revision", "v2"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert status(gw)["active"] == "v2"
+
+
+def test_a_disabled_worker_stays_disabled_across_a_reload(gateway_factory):
+    gw = gateway_factory(workers=2).wait_ready()
+    wid = status(gw)["revisions"][0]["workers"][0]["id"]
+    assert gw.cli("worker-disable", wid).returncode == 0
+    assert gw.cli("reload").returncode == 0
+    wait_for(lambda: gw.log.count("holdover: serving") >= 2, timeout=30, what="re-exec")
+    workers = {w["id"]: w for w in status(gw)["revisions"][0]["workers"]}
+    assert workers[wid]["disabled"] is True, workers
+    assert [w["disabled"] for i, w in workers.items() if i != wid] == [False]
