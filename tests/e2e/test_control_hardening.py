@@ -224,10 +224,17 @@ def test_retired_revisions_beyond_keep_leave_status_and_disk(tmp_path: Path) -> 
                 return {x["id"]: x["state"] for x in st["revisions"]}.get(f"v{n - 1}") in (
                     "retired", None)
             wait_for(retired, 60, what=f"v{n - 1} to retire")
-        st = json.loads(gw.admin_request("GET", "/api/status")[2])
-        ids = [x["id"] for x in st["revisions"]]
         state = gw.dir / "state"
-        on_disk = sorted(os.listdir(state / "releases")), sorted(os.listdir(state / "logs"))
+
+        def kept() -> tuple[list[str], tuple[list[str], list[str]]]:
+            st = json.loads(gw.admin_request("GET", "/api/status")[2])
+            return [x["id"] for x in st["revisions"]], (
+                sorted(os.listdir(state / "releases")), sorted(os.listdir(state / "logs")))
+
+        # Forgetting follows the retirement a moment later (the store, then the files).
+        wait_for(lambda: kept() == (["v4", "v5"], (["v4", "v5"], ["v4", "v5"])), 30,
+                 what="only the newest finished revision kept")
+        ids, on_disk = kept()
         assert ids == ["v4", "v5"], ids
         assert on_disk == (["v4", "v5"], ["v4", "v5"]), on_disk
         kinds = [e["kind"] for e in json.loads(gw.admin_request(
