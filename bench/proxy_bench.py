@@ -581,7 +581,7 @@ listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin_port}"
 state_dir = {toml_str(str(workdir / f"holdover-state-{processes}-{int(app_cookie)}"))}
 access_log = "access.log"
-processes = {processes}
+{f"processes = {processes}" if processes != 1 else ""}
 
 [app]
 command = {toml_str(command)}
