@@ -74,9 +74,7 @@ class SharedTable(SessionTable):
 
     def offer(self, key: str, worker: str, incarnation: str, revision: str, now: float
               ) -> Pin:
-        if len(self.offered) >= self.limit:
-            self._op(["x", next(iter(self.offered))])  # pushed out, as the table does
-        p = super().offer(key, worker, incarnation, revision, now)
+        p = super().offer(key, worker, incarnation, revision, now)  # may push one out
         self._op(["o", key, worker, incarnation, revision])
         return p
 
@@ -87,22 +85,9 @@ class SharedTable(SessionTable):
             self._op(["x", key])  # refused (the table is full): the offer is gone
         return p
 
-    def expire_offers(self, now: float, ttl: float) -> int:
-        offered = self.offered
-        n = 0
-        while offered:
-            key = next(iter(offered))
-            if now - offered[key].created_at < ttl:
-                break
-            del offered[key]
-            self._op(["x", key])
-            n += 1
-        return n
-
-    def drop_offers_of(self, worker: str) -> None:
-        for key in [k for k, p in self.offered.items() if p.worker == worker]:
-            del self.offered[key]
-            self._op(["x", key])
+    def _drop_offer(self, key: str) -> None:
+        super()._drop_offer(key)
+        self._op(["x", key])
 
     def pin(self, key: str, worker: str, incarnation: str, revision: str, now: float,
             expires_at: float | None = None) -> Pin | None:

@@ -61,7 +61,7 @@ class SessionTable:
         """An offered pin: it routes, but counts as a session only once the client returns."""
         offered = self.offered
         if len(offered) >= self.limit:
-            del offered[next(iter(offered))]  # the oldest offer goes first
+            self._drop_offer(next(iter(offered)))  # the oldest offer goes first
         p = Pin(key, worker, incarnation, revision, now, now)
         offered[key] = p
         return p
@@ -86,14 +86,18 @@ class SessionTable:
             key = next(iter(offered))
             if now - offered[key].created_at < ttl:
                 break
-            del offered[key]
+            self._drop_offer(key)
             n += 1
         return n
 
     def drop_offers_of(self, worker: str) -> None:
         """A worker's process is gone: its offers go (they were never sessions)."""
         for key in [k for k, p in self.offered.items() if p.worker == worker]:
-            del self.offered[key]
+            self._drop_offer(key)
+
+    def _drop_offer(self, key: str) -> None:
+        """An offer is gone unanswered (the one place; a shared table records it)."""
+        del self.offered[key]
 
     def get(self, key: str) -> Pin | None:
         return self.pins.get(key)
