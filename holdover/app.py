@@ -144,7 +144,7 @@ class Gateway:
                                base_dir=c.base_dir)
         await ctl.store.open()
         if c.gateway_store and isinstance(ctl.store, SharedStore):
-            await ctl.claim_node(self.node_info())
+            await ctl.claim_node(self.node_info)
         if inherit:
             await ctl.supervisor.guard.adopt(inherit["guard_pid"], inherit["guard_fd"])
         else:

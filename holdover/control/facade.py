@@ -26,6 +26,7 @@ from ..state import StateStore, StoreError
 from ..supervisor.external import ExternalWorker
 from ..supervisor.supervisor import Revision, Supervisor
 from ..supervisor.worker import Worker
+from .cluster import Cluster
 from .external import Discovery
 from .hooks import Hooks
 from .persist import Persistence
@@ -37,7 +38,6 @@ from .ticker import Tasks, Ticker
 log = logging.getLogger("holdover.control")
 
 _NO_STATS = Stats()
-HEARTBEAT = 5.0  # seconds between a node's heartbeats on a shared store
 OFFER_TTL = 600.0  # seconds an offered pin waits for its client to come back
 
 
@@ -69,7 +69,7 @@ class Control:
         self.schedule_reload: Callable[[], None] = lambda: None  # set by the root
         self.check_reload: Callable[[], None] = lambda: None  # Refused if it would fail
         self.closing = False
-        self._node_info: dict[str, Any] | None = None  # set on a shared store
+        self.cluster: Cluster | None = None  # on a shared store (control/cluster.py)
         self.ready = False  # serving, and not shutting down (the admin side's /readyz)
         self.planes: Any = None  # the data-plane processes, with processes > 1 (planes.py)
 
@@ -218,12 +218,12 @@ class Control:
 
     # -- the store (see persist.py) --------------------------------------------------
 
-    async def claim_node(self, info: dict[str, Any]) -> None:
-        """Announce this node on a shared store; refuse one another live node uses.
+    async def claim_node(self, info: Callable[[], dict[str, Any]]) -> None:
+        """Join the cluster on a shared store (control/cluster.py); refuse to share it yet.
 
         Until several nodes can share one app's state (docs/cluster.md), a shared store
         serves one gateway: a second would restore the same revisions and fight over the
-        same pins.  The heartbeat renews every HEARTBEAT seconds and lapses three
+        same pins.  The heartbeat renews every HEARTBEAT seconds and lapses TTL_BEATS
         beats after this node stops (or dies)."""
         store = self.store
         me = self.config.node_name
@@ -233,27 +233,14 @@ class Control:
                              f"use by node {', '.join(others)}: one gateway per store for "
                              f"now (a cluster of nodes is docs/cluster.md's next step); give "
                              f"this node its own store, or stop the other one")
-        self._node_info = info
-        await store.heartbeat(me, info, 3 * HEARTBEAT)  # type: ignore[attr-defined]
-        self.ticker.add("node-heartbeat", HEARTBEAT, self._heartbeat)
-
-    def _heartbeat(self, now: float) -> None:
-        self.tasks.spawn(self._beat(), "node-heartbeat")
-
-    async def _beat(self) -> None:
-        try:
-            await self.store.heartbeat(self.config.node_name, self._node_info,  # type: ignore[attr-defined]
-                                       3 * HEARTBEAT)
-        except StoreError as exc:
-            log.warning("node heartbeat: %s", exc)
+        self.cluster = Cluster(store, me, info, self.tasks.spawn)  # type: ignore[arg-type]
+        await self.cluster.join()
+        self.ticker.add("cluster-heartbeat", self.cluster.heartbeat, self.cluster.tick)
 
     async def forget_node(self) -> None:
         """This node stops: others may use the store at once."""
-        if self._node_info is not None:
-            try:
-                await self.store.forget_node(self.config.node_name)  # type: ignore[attr-defined]
-            except StoreError as exc:
-                log.warning("cannot remove this node's heartbeat: %s", exc)
+        if self.cluster is not None:
+            await self.cluster.leave()
 
     async def record_event(self, kind: str, message: str, revision: str | None = None,
                            worker: str | None = None, data: dict | None = None) -> None:
