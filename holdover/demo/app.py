@@ -36,6 +36,7 @@ from aiohttp import WSMsgType, web
 
 REVISION = os.environ.get("HOLDOVER_REVISION", "dev")
 WORKER = os.environ.get("HOLDOVER_WORKER", "local")
+NODE = os.environ.get("HOLDOVER_NODE", "")  # the gateway node whose worker this is
 PID = os.getpid()
 COOKIE = "session"
 MAX_NOTES = 100
@@ -268,7 +269,7 @@ def _notes_page(release: Release, s: Session, query: str) -> str:
                   f'placeholder="search your notes"><button class="quiet">Search</button>'
                   f'</form>')
     body = f"""<div class="card who"><div>Hello <b id="user">{html.escape(s.name)}</b> ·
-served by worker <b>{html.escape(WORKER)}</b> (pid {PID}) of revision
+served by worker <b>{html.escape(WORKER)}</b> (pid {PID}{_on_node()}) of revision
 <b>{html.escape(REVISION)}</b></div>
 <form method="post" action="/logout"><button class="quiet">Log out</button></form></div>
 <div class="card live" id="live"><span class="dot"></span>connecting&hellip;</div>
@@ -377,8 +378,14 @@ async def pin_note(request: web.Request) -> web.Response:
     return _see_other()
 
 
+def _on_node() -> str:
+    """", on node web-1" in a cluster, where which node's worker answered matters."""
+    return f", on node <b>{html.escape(NODE)}</b>" if NODE else ""
+
+
 def _me(release: Release, s: Session | None) -> dict[str, Any]:
-    return {"revision": REVISION, "worker": WORKER, "pid": PID, "title": release.title,
+    return {"revision": REVISION, "worker": WORKER, "node": NODE, "pid": PID,
+            "title": release.title,
             "features": release.features, "online": len(SOCKETS),
             "user": s.name if s else None,
             "notes": [n.text for n in s.notes] if s else []}

@@ -149,7 +149,7 @@ class Supervisor:
             crash_loop_restarts=c.app_crash_loop_restarts,
             crash_loop_window=c.app_crash_loop_window,
             log_dir=c.state_dir / "logs" / revision, log_max_bytes=c.app_log_max_bytes,
-            log_backups=c.app_log_backups)
+            log_backups=c.app_log_backups, node=c.node_name)
 
     def create_revision(self, spec: WorkerSpec, size: int, created_at: float = 0.0,
                         release_dir: str | None = None) -> Revision:

@@ -155,6 +155,7 @@ class WorkerSpec:
     log_max_bytes: int
     log_backups: int
     host: str = "127.0.0.1"
+    node: str = ""  # the gateway node running it (HOLDOVER_NODE), in a cluster or not
 
 
 @dataclass(eq=False)
@@ -307,7 +308,7 @@ class Worker:
         env = dict(os.environ)
         env.update(self.spec.env)
         env.update(PORT=str(self.port), HOLDOVER_REVISION=self.spec.revision,
-                   HOLDOVER_WORKER=self.id)
+                   HOLDOVER_WORKER=self.id, HOLDOVER_NODE=self.spec.node)
         argv = build_argv(self.spec.command, self.port)
         assert self._log is not None
         self._log.write(f"--- holdover: starting {' '.join(argv)} (port {self.port})\n".encode())
