@@ -98,6 +98,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``holdover demo`` (serve), ``demo next`` (deploy the next revision), ``--tour``."""
     from .demo import launch
 
+    if args.cluster and args.action != "next":
+        if args.tour:
+            from .demo.cluster_tour import run_cluster_tour
+
+            return run_cluster_tour(DEMO_CONFIG, verbose=args.verbose)
+        from .demo.cluster import run_cluster_demo
+
+        _setup_logging(args.verbose)
+        return run_cluster_demo(DEMO_CONFIG, Path(args.dir).resolve(), args.port,
+                                args.idle_timeout, verbose=args.verbose)
     if args.tour:
         from .demo.tour import run_tour
 
@@ -494,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="session_idle_timeout of the demo (default 60s)")
     d.add_argument("--tour", action="store_true",
                    help="run a scripted deploy with simulated users and print what happens")
+    d.add_argument("--cluster", action="store_true",
+                   help="two nodes sharing a local redis-server (which must be installed) "
+                   "on 127.0.0.11 and 127.0.0.12, behind a round-robin TCP balancer")
     d.add_argument("-v", "--verbose", action="store_true")
     d.set_defaults(func=cmd_demo)
     it = sub.add_parser("init", help="write a holdover.toml for the app in this folder",
