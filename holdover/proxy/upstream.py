@@ -308,6 +308,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._upgrade = None
         client_11 = ex.http11
         if ex.method == b"HEAD" or status in (204, 304):
+            if (ex.method == b"HEAD" or status == 204) and (self._mode == BODY_CHUNKED or (
+                    self._cl is not None and self._cl.strip() != b"0")):
+                # Some apps send a body after a HEAD answer or a 204 anyway; bytes that
+                # arrive after this read would be taken for the next answer: never reuse.
+                self._close = True
             self._mode = BODY_NONE
             if self._cl is not None and status != 204:
                 head.append(b"Content-Length: " + self._cl + b"\r\n")

@@ -14,6 +14,8 @@ Run as ``python hostileworker.py {port}``.  What it does depends on the request 
 - ``/cl-te``        a response with both Content-Length and Transfer-Encoding
 - ``/bare-lf``      a response header line ended by a bare LF
 - ``/endless-head?mb=N``  a status line, then N MiB of header lines that never end
+- ``/head-body``   a head announcing 5 bytes (right for HEAD), then, in a later write,
+                    the body anyway; ``/204-body`` the same after a 204
 - ``/healthz``, anything else: ``200 ok``
 """
 
@@ -71,6 +73,12 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             elif path == b"/cl-te":
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
                              b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+            elif path in (b"/head-body", b"/204-body"):
+                status = b"200 OK" if path == b"/head-body" else b"204 No Content"
+                writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 5\r\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.1)
+                writer.write(b"hello")
             elif path == b"/bare-lf":
                 writer.write(b"HTTP/1.1 200 OK\r\nX-A: a\nX-B: b\r\nContent-Length: 2\r\n\r\nok")
             elif path == b"/endless-head":

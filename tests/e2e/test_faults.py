@@ -436,6 +436,22 @@ def test_worker_sending_two_responses_cannot_poison_the_next_client(hostile_gate
     assert second.startswith(b"HTTP/1.1 ")
 
 
+@pytest.mark.parametrize("method,path,status", [("HEAD", "/head-body", 200),
+                                                ("GET", "/204-body", 204)])
+def test_a_body_sent_where_none_belongs_never_reaches_the_next_answer(
+        hostile_gateway, method, path, status):
+    # The worker writes the body a moment after the head: a pooled connection reused
+    # at once would hand those bytes to the next request as the start of its answer.
+    c = http.client.HTTPConnection("127.0.0.1", hostile_gateway.port, timeout=10)
+    for _ in range(3):
+        c.request(method, path)
+        r = c.getresponse()
+        assert r.status == status and r.read() == b""
+        c.request("GET", "/ok")
+        r = c.getresponse()
+        assert (r.status, r.read()) == (200, b"ok")
+
+
 def test_endless_response_head_is_capped(hostile_gateway, observe):
     gw = hostile_gateway
     before = gw.rss()
