@@ -905,10 +905,16 @@ def test_close_delimited_response_to_http10_client() -> None:
 
 
 def test_head_with_content_length_completes_without_body() -> None:
-    up, conn, ex, _ = worker(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", b"HEAD")
+    _, conn, ex, _ = worker(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", b"HEAD")
     assert conn.transport.data == b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n"
+    # Complete, but not reused: an app that sends the body anyway would otherwise hand
+    # it to the next request as the start of its answer.
+    assert conn.completed == [(ex, False)]
+
+
+def test_head_with_no_body_announced_keeps_the_connection_clean_for_the_next() -> None:
+    up, conn, ex, _ = worker(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b"HEAD")
     assert conn.completed == [(ex, True)]
-    # the connection is reusable: the next response on it parses from a clean state
     ex2 = exchange(conn)
     conn.transport.chunks.clear()
     up.attach(ex2)
@@ -919,7 +925,7 @@ def test_head_with_content_length_completes_without_body() -> None:
 
 def test_head_with_chunked_completes_without_body() -> None:
     _, conn, ex, _ = worker(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"HEAD")
-    assert conn.completed == [(ex, True)]
+    assert conn.completed == [(ex, False)]
     assert conn.transport.data.endswith(b"\r\n\r\n")
     assert conn.transport.data.count(b"\r\n\r\n") == 1
 
@@ -944,7 +950,9 @@ def test_no_body_statuses(status: int) -> None:
     assert b"transfer-encoding" not in names(headers)
     if status == 204:
         assert b"content-length" not in names(headers)
-    assert conn.completed == [(ex, True)]
+    # A 204 that announces a body is not reused (its body may still come); a 304's
+    # Content-Length is the representation's and means nothing on the wire.
+    assert conn.completed == [(ex, status == 304)]
 
 
 @pytest.mark.parametrize("split", [False, True])
@@ -1095,7 +1103,8 @@ def test_any_response_segmentation_gives_same_answer(case: tuple[bytes, bool, by
     _, conn, ex, _ = worker(segments(resp, cuts), method, http11)
     assert client_view(conn.transport.data, http11, method) == \
         client_view(conn0.transport.data, http11, method)
-    assert conn.completed == [(ex, True)] and conn0.completed == [(ex0, True)]
+    reuse = method != b"HEAD"  # a HEAD answer announcing a body is never reused
+    assert conn.completed == [(ex, reuse)] and conn0.completed == [(ex0, reuse)]
     assert ex.resp_bytes == ex0.resp_bytes
 
 
