@@ -49,6 +49,28 @@ class ListenError(OSError):
     """A listener could not be bound; the message names the setting and the address."""
 
 
+
+def _addr(address: Any) -> str:
+    host, port = address[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _moved(sock: socket.socket, address: tuple[str, int] | None) -> bool:
+    """Whether the configured ``address`` is not where ``sock`` listens (port 0: any)."""
+    if address is None:
+        return True
+    host, port = sock.getsockname()[:2]
+    if address[1] != 0 and address[1] != port:
+        return True
+    if address[0] == host:
+        return False
+    try:  # a name (localhost) is where it resolves to
+        found = {a[4][0] for a in socket.getaddrinfo(address[0] or None, port,
+                                                      type=socket.SOCK_STREAM)}
+    except OSError:
+        return True
+    return host not in found
+
 class Gateway:
     """One running gateway: listeners, the control plane, the data plane, signals."""
 
@@ -321,16 +343,33 @@ class Gateway:
             self._reloading = True
             self.ctl.tasks.spawn(self.reload(), "reload")
 
-    def check_reload(self) -> None:
-        """Refuse (Refused) a reload the new program image would not survive.
+    def check_reload(self) -> config.Config:
+        """Refuse (Refused) a reload the new program image would not survive; else the
+        configuration it will run with.
 
         The configuration file is read again first: a re-executed gateway that refused
-        it would exit and take every worker and session with it."""
+        it would exit and take every worker and session with it.  So is a listener the
+        new configuration moves: the new image could not bind it."""
         try:
-            config.load(self.config.path)
+            new = config.load(self.config.path)
         except config.ConfigError as exc:
             raise Refused(f"not reloading: {exc}; still serving with the configuration "
                           f"it started with", 400) from None
+        socks = self._listen_socks
+        if socks and _moved(socks[0], new.gateway_listen):
+            raise Refused(f"not reloading: {new.where('gateway', 'listen')} moves the public "
+                          f"listener to {_addr(new.gateway_listen)}; it is handed over as it "
+                          f"is, so moving it needs a restart (still serving on "
+                          f"{_addr(socks[0].getsockname())})", 400)
+        for key, sock, address in (
+                ("admin_listen", self._admin_sock, new.gateway_admin_listen),
+                ("redirect_listen", self._redirect_sock, new.gateway_redirect_listen)):
+            if address is not None and (sock is None or _moved(sock, address)) and address[1]:
+                try:
+                    self._bind(key, address, None).close()
+                except ListenError as exc:
+                    raise Refused(f"not reloading: {exc}", 400) from None
+        return new
 
     async def reload(self) -> None:
         """Replace this gateway's program image without stopping workers or sessions."""
@@ -340,7 +379,7 @@ class Gateway:
                     self.server is None and self.planes is None):
                 return
             try:
-                self.check_reload()
+                new = self.check_reload()
             except Refused as exc:
                 log.error("%s", exc)
                 await ctl.record_event("reload-refused", str(exc))
@@ -359,9 +398,13 @@ class Gateway:
             fds: dict[str, Any] = {"listen_fd": os.dup(socks[0].fileno())}
             if len(socks) > 1:
                 fds["listen_more"] = [os.dup(s.fileno()) for s in socks[1:]]
-            if self._admin_sock is not None:
+            # A listener the new configuration moves or drops is not handed over (the
+            # new image binds the new address; check_reload made sure it can).
+            if self._admin_sock is not None and not _moved(self._admin_sock,
+                                                           new.gateway_admin_listen):
                 fds["admin_fd"] = os.dup(self._admin_sock.fileno())
-            if self._redirect_sock is not None:
+            if self._redirect_sock is not None and new.gateway_redirect_listen is not None \
+                    and not _moved(self._redirect_sock, new.gateway_redirect_listen):
                 fds["redirect_fd"] = os.dup(self._redirect_sock.fileno())
 
             async def stop_serving() -> None:

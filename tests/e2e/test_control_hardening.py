@@ -204,6 +204,60 @@ def test_redirect_listener_keeps_accepting_during_reload(tmp_path: Path) -> None
         gw.stop_and_check()
 
 
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_reload_moves_the_admin_listener_and_closes_a_dropped_redirect(tmp_path: Path
+                                                                       ) -> None:
+    ca = trustme.CA()
+    ca.issue_cert("localhost", "127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "server.pem"))
+    redirect_port, admin_port, new_admin = free_port(), free_port(), free_port()
+    gw = GatewayProcess(tmp_path, workers=1, extra_gateway=f"""
+        tls_cert = "server.pem"
+        tls_key = "server.pem"
+        redirect_listen = "127.0.0.1:{redirect_port}"
+        admin_listen = "127.0.0.1:{admin_port}"
+        """)
+    try:
+        wait_for(lambda: re.search(r"serving https://", gw.log) or gw.proc.poll() is not None,
+                 30, what="the TLS gateway")
+        assert not _refused(redirect_port) and not _refused(admin_port)
+        text = gw.config.read_text()
+        text = re.sub(r"redirect_listen = .*\n", "", text)
+        gw.config.write_text(text.replace(f"127.0.0.1:{admin_port}", f"127.0.0.1:{new_admin}"))
+        before = gw.log.count("holdover: serving")
+        r = gw.cli("reload")
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: gw.log.count("holdover: serving") > before, 30, what="re-exec")
+        assert gw.admin_url.endswith(f":{new_admin}/")
+        assert gw.admin_request("GET", "/api/status")[0] == 200
+        # Neither old listener is left behind accepting connections nobody serves.
+        assert _refused(admin_port) and _refused(redirect_port)
+    finally:
+        gw.stop_and_check()
+
+
+def test_reload_that_would_move_the_public_listener_is_refused(gateway_factory) -> None:
+    gw = gateway_factory(workers=1).wait_ready()
+    text = gw.config.read_text()
+    moved = free_port()
+    gw.config.write_text(re.sub(r'^listen = "127\.0\.0\.1:0"', f'listen = "127.0.0.1:{moved}"',
+                                text, count=1, flags=re.M))
+    r = gw.cli("reload")
+    assert r.returncode != 0
+    assert "moves the public listener" in r.stderr and "restart" in r.stderr, r.stderr
+    c = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+    c.sendall(b"GET /echo HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert c.recv(100).startswith(b"HTTP/1.1 200")
+    c.close()
+
+
 # == 14. old revisions leave status and disk ==========================================
 
 
