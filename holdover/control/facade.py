@@ -27,6 +27,7 @@ from ..supervisor.external import ExternalWorker
 from ..supervisor.supervisor import Revision, Supervisor
 from ..supervisor.worker import Worker
 from .cluster import Cluster
+from .clusterops import ClusterOps
 from .external import Discovery
 from .hooks import Hooks
 from .persist import Persistence
@@ -70,6 +71,7 @@ class Control:
         self.check_reload: Callable[[], None] = lambda: None  # Refused if it would fail
         self.closing = False
         self.cluster: Cluster | None = None  # on a shared store (control/cluster.py)
+        self.clusterops: ClusterOps | None = None  # operations the whole cluster carries out
         self.ready = False  # serving, and not shutting down (the admin side's /readyz)
         self.planes: Any = None  # the data-plane processes, with processes > 1 (planes.py)
 
@@ -155,9 +157,15 @@ class Control:
             self.revs.tick(now)
 
     def _flush(self, now: float) -> None:
-        if self.store is not None and not self.persist.flushing and (
-                self.sessions.dirty or self.sessions.removed):
-            self.tasks.spawn(self.persist.flush_pins(), "pin-flush")
+        persist = self.persist
+        if self.store is None or persist.flushing:
+            return
+        if self.cluster is not None and self.cluster.store_away_for():
+            return  # nothing to gain: kept in memory until a heartbeat gets through
+        if persist.unsaved_events or persist.revisions_unsaved:
+            self.tasks.spawn(persist.flush_events(), "event-flush")
+        elif self.sessions.dirty or self.sessions.removed:
+            self.tasks.spawn(persist.flush_pins(), "pin-flush")
 
     def _discover(self, now: float) -> None:
         if not self.closing:
@@ -182,6 +190,16 @@ class Control:
                          ) -> None:
         """A revision entered a new state: run the hook of that state (control/hooks.py)."""
         self.hooks.revision_changed(rid, before, after)
+        if self.clusterops is not None:
+            self.clusterops.view.revision_changed(rid, after)
+
+    def readiness(self) -> bool:
+        """For the balancer (/readyz): serving, not shutting down, and not cut off from
+        the shared store for longer than ``store_outage_grace``."""
+        if not self.ready:
+            return False
+        cluster = self.cluster
+        return cluster is None or cluster.store_away_for() <= self.config.gateway_store_outage_grace
 
     def routing_changed(self) -> None:
         """Rebuild what the hot path reads after a revision or worker-set change."""
@@ -225,6 +243,7 @@ class Control:
         node stops (or dies); cluster-wide operations ride the feed (clusterops.py)."""
         self.cluster = Cluster(self.store, self.config.node_name, info,  # type: ignore[arg-type]
                                self.tasks.spawn)
+        self.clusterops = ClusterOps(self, self.cluster)
         await self.cluster.join()
         self.ticker.add("cluster-heartbeat", self.cluster.heartbeat, self.cluster.tick)
 
