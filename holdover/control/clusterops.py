@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +35,7 @@ from ..state import StoreError
 from ..state.base import Change, LiveNode
 from ..supervisor.supervisor import Revision, RevisionFailed
 from .clusterview import ClusterView
-from .releases import content_hash
+from .releases import content_hash, snapshot
 
 if TYPE_CHECKING:
     from .cluster import Cluster
@@ -305,6 +307,38 @@ class ClusterOps:
         if op == "retire":
             return await rm.retire(args["revision"])
         raise Refused(f"unknown cluster operation {op!r}", 400)
+
+    async def localize(self, rev: Revision) -> None:
+        """A revision another node took the snapshot of: take this node's own, from the
+        same source, and check it holds the same files (RevisionFailed if it cannot).
+
+        A revision started from the config's folder (the first one, or a deploy without
+        ``--from``) runs from this node's own config's folder, as it did on each node."""
+        c = self.ctl.config
+        mine = c.state_dir / "releases" / rev.id
+        if rev.source is not None or (rev.release_dir and Path(rev.release_dir) == mine):
+            return
+        if rev.release_dir is None:
+            rev.spec.cwd = c.app_dir
+            return
+        source = rev.meta.get("source")
+        if source is None:
+            source = str(c.app_dir)  # no content to compare: each node's own config
+        elif not Path(source).is_dir():
+            raise RevisionFailed(rev.id, "", "", why=f"its release was snapshotted on another "
+                                 f"node from {source or 'a folder not recorded'}, which this "
+                                 f"node does not have")
+        await asyncio.to_thread(snapshot, Path(source), mine, c.state_dir)
+        digest = await asyncio.to_thread(content_hash, mine, c.state_dir)
+        want = rev.meta.get("release_hash")
+        if want and digest != want:
+            await asyncio.to_thread(shutil.rmtree, mine, True)
+            raise RevisionFailed(rev.id, "", "", why=f"{source} on this node differs from the "
+                                 f"release the cluster runs (content hash {digest[:12]} here, "
+                                 f"{want[:12]} there)")
+        log.info("revision %s: took this node's own snapshot of %s", rev.id, source)
+        rev.release_dir = str(mine)
+        rev.spec.cwd = mine
 
     def _expect(self, what: str, here: str | None, there: str) -> None:
         if here != there:

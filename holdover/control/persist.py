@@ -224,7 +224,10 @@ class Persistence:
             await self.record_event("restore", f"restarting revision {rev.id}", rev.id)
             self.tell_config_drift(rev)
             rm.restore_state(rev, RevisionState.STARTING)
+            ops = getattr(ctl, "clusterops", None)
             try:
+                if ops is not None:  # a node joining a cluster: its own snapshot first
+                    await ops.localize(rev)
                 await rm.start_workers_of(rev)
             except RevisionFailed as exc:
                 await asyncio.gather(*(w.stop() for w in rev.running()))

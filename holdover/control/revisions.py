@@ -263,8 +263,8 @@ class RevisionManager(Draining):
                                               str(release) if release else None)
         rev.source = ext
         rev.meta["config"] = app_settings(cfg)  # what a later restart compares the config to
-        if digest is not None:
-            rev.meta["release_hash"] = digest
+        if digest is not None and source != cfg.app_dir:  # --from: the same on every node
+            rev.meta.update(release_hash=digest, source=str(source))
         rolling = (cfg.app_mode == "stateless" and cfg.app_strategy == "rolling"
                    and self.active is not None and not canary and ext is None)
         await self.ctl.record_event("starting", f"revision {rid}: starting {size} worker(s)"
@@ -465,7 +465,10 @@ class RevisionManager(Draining):
         self._apply(rev, E.RESTART)
         rev.workers = [w for w in rev.workers if w.state not in (W.STOPPED, W.FAILED)]
         rev.tasks = [t for t in rev.tasks if not t.done()]
+        ops = getattr(self.ctl, "clusterops", None)
         try:
+            if ops is not None:  # snapshotted on another node: its own copy first
+                await ops.localize(rev)
             await self.start_workers_of(rev)
         except RevisionFailed as exc:
             await asyncio.gather(*(w.stop() for w in rev.running()))
