@@ -194,8 +194,13 @@ class ClusterOps:
             if rm.canary is None:
                 raise Refused("there is no canary to promote", 409)
             return {"canary": rm.canary.id}
-        rm._revision(args["revision"])
-        return {"revision": args["revision"]}
+        rid = args["revision"]
+        rm._revision(rid)
+        if op == "retire" and not self.view.draining_somewhere(rid):
+            rev = rm.revisions[rid]
+            raise Refused(f"revision {rid} is {rev.state} on every node: cannot retire (only a "
+                          f"draining revision can be retired)", 409)
+        return {"revision": rid}
 
     def ready_timeout(self, args: dict[str, Any]) -> float:
         """How long a node may take to start a revision's workers (then it failed)."""
@@ -305,6 +310,10 @@ class ClusterOps:
         if op == "drain":
             return await rm.drain(args["revision"])
         if op == "retire":
+            rev = rm.revisions.get(args["revision"])
+            if rev is None or str(rev.state) in ("retired", "failed"):  # done here already
+                return {"revision": args["revision"], "sessions_ended": 0,
+                        "here": str(rev.state) if rev else "unknown"}
             return await rm.retire(args["revision"])
         raise Refused(f"unknown cluster operation {op!r}", 400)
 

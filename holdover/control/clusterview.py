@@ -129,6 +129,14 @@ class ClusterView:
 
     # -- retirement across nodes -----------------------------------------------------
 
+    def draining_somewhere(self, rid: str) -> bool:
+        """Whether ``rid`` drains on this node or on another live node."""
+        rev = self.ctl.revs.revisions.get(rid)
+        if rev is not None and rev.state is S.DRAINING:
+            return True
+        return any(((node.info.get("summary") or {}).get("revisions") or {}).get(rid, {})
+                   .get("state") == "draining" for node in self.cluster.nodes.values())
+
     def revision_changed(self, rid: str, after: S) -> None:
         """A revision changed state here; a retirement is told to the others."""
         if after is S.RETIRED:

@@ -229,8 +229,11 @@ def test_from_dir_must_hold_the_same_release_on_every_node(cluster: Cluster) -> 
     code, out = a.api("POST", "/api/deploy", {"revision": "r2", "from": "release"})
     assert code == 422, out
     assert "differs from the deploying node's" in out["error"]["message"], out
+    assert out["error"]["nodes"]["web-2"]["state"] == "failed", out
+    # web-1 started r2 and failed it; web-2 refused it before starting anything.
+    wait_for(lambda: revs_of(a).get("r2") == "failed", 30, what="r2 failed on web-1")
+    assert "r2" not in revs_of(b) or revs_of(b)["r2"] == "failed"
     for node in (a, b):
-        wait_for(lambda node=node: revs_of(node).get("r2") == "failed", 30, what="r2 failed")
         assert node.status()["active"] == "r1"
 
 
