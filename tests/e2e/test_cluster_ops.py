@@ -183,6 +183,13 @@ def test_deploy_and_rollback_given_on_different_nodes_act_on_the_whole_cluster_u
     st = a.status()
     nodes_of = {w["node"] for r in st["revisions"] for w in r["workers"]}
     assert nodes_of == {"web-1", "web-2"}, st
+    # The admin page's snapshot shows the nodes and the whole cluster's sessions.
+    def summed() -> bool:
+        code, snap = a.api("GET", "/api/stream?once=1")
+        here = a.status()["sessions_here"] + b.status()["sessions_here"]
+        return code == 200 and snap["sessions"]["total"] == here > 0 and \
+            {n["name"] for n in snap["status"]["nodes"]} == {"web-1", "web-2"}
+    wait_for(summed, 15, what="whole-cluster figures on the admin page")
     kinds = {(e["kind"], e["data"].get("node")) for e in json.loads(
         a.gw.cli("events", "--json", "--limit", "200").stdout)["events"]}
     assert {("deploy", "web-1"), ("deploy", "web-2"), ("rollback", "web-1"),
