@@ -293,7 +293,7 @@ def _with_progress(cfg: config.Config, action: Any) -> Any:
     t0 = time.monotonic()
     before = {r["id"] for r in (_status(cfg) or {}).get("revisions", [])}
     t.start()
-    seen: dict[str, str] = {}
+    seen: dict[tuple[str, str], str] = {}  # (node, worker): worker ids repeat across nodes
     while t.is_alive():
         t.join(0.25)
         st = _status(cfg)
@@ -301,10 +301,12 @@ def _with_progress(cfg: config.Config, action: Any) -> Any:
             if rev["id"] in before and rev["state"] != "starting":
                 continue
             for w in rev["workers"]:
-                if seen.get(w["id"]) != w["state"]:
-                    seen[w["id"]] = w["state"]
+                key = (w.get("node", ""), w["id"])
+                if seen.get(key) != w["state"]:
+                    seen[key] = w["state"]
                     print(f"  {time.monotonic() - t0:5.1f}s  {rev['id']}: worker {w['id']} "
-                          f"{w['state']}" + ((f" ({w['url']})" if w.get("url") else
+                          + (f"on {w['node']} " if w.get("node") else "")
+                          + f"{w['state']}" + ((f" ({w['url']})" if w.get("url") else
                                               f" (pid {w['pid']}, port {w['port']})")
                                              if w["state"] == "ready" else ""),
                           file=sys.stderr, flush=True)

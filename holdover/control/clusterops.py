@@ -431,6 +431,8 @@ class ClusterOps:
             results.add(change.node, {k: v for k, v in change.data.items() if k != "id"})
 
     def _on_decision(self, change: Change) -> None:
+        while len(self._decisions) >= 100:  # those nobody waited for (failed before)
+            del self._decisions[next(iter(self._decisions))]
         self._decisions[change.data.get("id", "")] = change.data
         self._decided.set()
 
