@@ -357,11 +357,9 @@ class ClusterOps:
     # -- a follower ----------------------------------------------------------------------
 
     def _on_op(self, change: Change) -> None:
+        """Every node carries it out, one that joined after the origin asked too (the
+        origin does not wait for it, but it ends up where the others are)."""
         data = change.data
-        if self.me not in data.get("nodes", ()):
-            log.warning("cluster %s from node %s left out this node (it joined after)",
-                        data.get("op"), change.node)
-            return
         self.ctl.tasks.spawn(self._follow(change.node, data), f"cluster-{data.get('op')}")
 
     async def _follow(self, origin: str, data: dict[str, Any]) -> None:
