@@ -8,15 +8,18 @@ The store's faults: while Redis is away changes are refused (503) and what happe
 meanwhile is written when it returns; a Redis that comes back empty is filled again by
 the nodes.
 
-The clients of the load test stay on one node each: a session pinned on one node is
-served by another only once cross-node forwarding exists (docs/cluster.md).
+A node cut off from Redis alone serves what it holds and catches up from the feed when
+it rejoins.  The clients of the load test stay on one node each: a session pinned on one
+node is served by another only once cross-node forwarding exists (docs/cluster.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import random
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -424,3 +427,94 @@ class RedisProbe:
 
     def meta(self, key: str) -> str | None:
         return self._call("HGET", self.prefix + "meta", key)
+
+
+class Relay:
+    """A TCP relay on loopback between one node and Redis, which a test can cut and mend
+    (a network partition between that node and the store, the other nodes unaffected)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> Relay:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), 5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+
+def test_a_node_cut_off_from_redis_serves_what_it_holds_and_catches_up_when_it_rejoins(
+        gateway_factory, own_redis: RedisServer) -> None:
+    relay = Relay(own_redis.port).start()
+    try:
+        direct = own_redis.url("split")
+        cluster = Cluster(gateway_factory, direct)
+        a = cluster.start()
+        cluster.store = direct.replace(f":{own_redis.port}/", f":{relay.port}/")
+        b = cluster.start()
+        br = Browser(b.host, b.gw.port)
+        assert br.request("POST", "/login?user=split")[0] == 200
+        relay.cut()
+        wait_for(lambda: b.api("POST", "/api/deploy", {"revision": "v2"})[0] == 503, 30,
+                 what="web-2 to refuse changes")
+        wait_for(lambda: [n["name"] for n in a.status()["nodes"]] == ["web-1"], 30,
+                 what="web-1 to see web-2's heartbeat lapse")
+        code, out = a.api("POST", "/api/deploy", {"revision": "v2"})
+        assert code == 200 and set(out["nodes"]) == {"web-1"}, out
+        code, info = br.request("GET", "/")  # web-2 serves what it holds
+        assert code == 200 and (info["revision"], info["count"]) == ("v1", 1), info
+        relay.start()  # mended, on the same port
+        wait_for(lambda: b.status()["active"] == "v2", 60, what="web-2 to catch up")
+        cluster.wait_joined()
+        code, info = br.request("GET", "/")
+        assert code == 200 and (info["revision"], info["count"]) == ("v1", 2), info
+        code, info = Browser(b.host, b.gw.port).request("POST", "/login?user=new")
+        assert code == 200 and info["revision"] == "v2"
+    finally:
+        relay.cut()
