@@ -10,7 +10,7 @@ its own workers), and this node records that once for the cluster.
 It also keeps the store whole from this node's side: when the store lost its data (a
 Redis restarted without persistence) this node publishes again what it knows — its
 revisions, the active one and the activation stack, its pins — and the heartbeat
-follows by itself.
+follows by itself; when it only fell behind the feed, it follows the store instead.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import logging
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from ..core.errors import Refused
 from ..core.lifecycle import RevisionState as S
 from ..core.lifecycle import WorkerState as W
 from ..state import StoreError
@@ -184,13 +185,49 @@ class ClusterView:
     # -- the store lost its data -----------------------------------------------------
 
     async def republish(self) -> None:
-        """Write again what this node knows: the store may have come back empty."""
+        """Changes were missed: write again what this node knows, or catch up.
+
+        The store came back empty (no active revision recorded): this node's revisions,
+        the active one and the activation stack are written again (by every node that
+        noticed: the same records).  It fell behind a trimmed feed instead: the store
+        holds the cluster's truth, and this node follows its active revision.  Its own
+        pins are written again either way (the next pin flush)."""
         ctl = self.ctl
         sessions = ctl.sessions
-        sessions.dirty.update(sessions.pins)  # the next pin flush writes every pin again
-        await ctl.save_revisions()
-        log.warning("published again this node's revisions and %d session pin(s)",
-                    len(sessions.pins))
-        await ctl.record_event("resync", f"node {self.me} published again what it knows "
-                               f"(the store had lost changes): {len(ctl.revs.revisions)} "
-                               f"revision(s), {len(sessions.pins)} session(s)")
+        sessions.dirty.update(sessions.pins)
+        try:
+            active = await ctl.store.get_meta("active")
+        except StoreError as exc:
+            log.warning("cannot read the store after missed changes: %s", exc)
+            return
+        if not active:
+            await ctl.save_revisions()
+            log.warning("the store had lost its data: published again this node's revisions "
+                        "and %d session pin(s)", len(sessions.pins))
+            await ctl.record_event("resync", f"node {self.me} published again what it knows "
+                                   f"(the store had lost its data): {len(ctl.revs.revisions)} "
+                                   f"revision(s), {len(sessions.pins)} session(s)")
+            return
+        await self.catch_up(active)
+
+    async def catch_up(self, active: str) -> None:
+        """Make the cluster's active revision active here too, if this node missed it."""
+        rm = self.ctl.revs
+        here = rm.active.id if rm.active else None
+        if active == here or rm._busy is not None:
+            return
+        log.warning("this node missed changes: the cluster's active revision is %s, here %s",
+                    active, here)
+        if active not in rm.revisions:
+            await self.ctl.record_event("out-of-step", f"node {self.me} runs {here} but the "
+                                        f"cluster's active revision is {active}, which this "
+                                        f"node does not know: restart it to follow", active)
+            return
+        try:
+            await rm.rollback(active)
+        except Refused as exc:
+            await self.ctl.record_event("out-of-step", f"node {self.me} could not follow the "
+                                        f"cluster to {active}: {exc}", active)
+            return
+        await self.ctl.record_event("caught-up", f"node {self.me} missed changes and made "
+                                    f"{active} active, as the cluster has it", active)
