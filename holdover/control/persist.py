@@ -50,6 +50,7 @@ class Persistence:
         self.unsaved_events: deque[tuple[str, str, str | None, str | None, dict]] = deque(
             maxlen=MAX_QUEUED_EVENTS)
         self.revisions_unsaved = False
+        self._refusal_told = -60.0
 
     async def record_event(self, kind: str, message: str, revision: str | None = None,
                            worker: str | None = None, data: dict | None = None) -> None:
@@ -89,7 +90,10 @@ class Persistence:
             if self.revisions_unsaved:
                 await self.save_revisions()
         except StoreError as exc:
-            log.warning("the store still refuses the queued events: %s", exc)
+            if monotonic() - self._refusal_told > 30:  # not every second of an outage
+                self._refusal_told = monotonic()
+                log.warning("the store still refuses the %d queued event(s): %s",
+                            len(queue), exc)
         finally:
             self.flushing = False
 
