@@ -247,6 +247,31 @@ def test_from_dir_must_hold_the_same_release_on_every_node(cluster: Cluster) -> 
         assert node.status()["active"] == "r1"
 
 
+def test_a_canary_is_one_on_every_node_promoted_or_aborted_from_any(cluster: Cluster
+                                                                    ) -> None:
+    a, b = cluster.start(), cluster.start()
+    code, out = a.api("POST", "/api/deploy", {"revision": "c1", "canary": 50})
+    assert code == 200 and out["canary_percent"] == 50, out
+    for node in (a, b):
+        st = node.status()
+        assert (st["active"], st["canary"]) == ("v1", "c1"), (node.name, st)
+    code, out = b.api("POST", "/api/promote", {})
+    assert code == 200 and out["revision"] == "c1" and set(out["nodes"]) == {"web-1", "web-2"}
+    for node in (a, b):
+        st = node.status()
+        assert (st["active"], st["canary"]) == ("c1", None), (node.name, st)
+    code, out = b.api("POST", "/api/deploy", {"revision": "c2", "canary": 10})
+    assert code == 200, out
+    code, out = a.api("POST", "/api/drain", {"revision": "c2"})  # aborts the canary
+    assert code == 200, out
+    for node in (a, b):
+        st = node.status()
+        assert (st["active"], st["canary"]) == ("c1", None), (node.name, st)
+        assert revs_of(node)["c2"] in ("draining", "retired")
+    code, out = b.api("POST", "/api/promote", {})
+    assert code == 409 and "no canary" in out["error"]["message"], out
+
+
 def test_two_commands_at_once_one_wins_the_other_is_refused(cluster: Cluster) -> None:
     a, b = cluster.start(), cluster.start(extra_app='env = { START_DELAY = "2" }\n')
     results: dict[str, tuple[int, dict]] = {}
