@@ -267,10 +267,13 @@ class Gateway:
             raise ListenError(str(exc)) from None
 
     def node_info(self) -> dict[str, object]:
-        """What this node's heartbeat tells others: where it is, since when."""
+        """What this node's heartbeat tells others: where it is, since when, and a summary
+        of its revisions, workers and sessions (the cluster's status, control/clusterview.py)."""
         c = self.config
+        ops = self.ctl.clusterops
         return {"advertise": c.gateway_advertise or c.gateway_listen[0], "pid": os.getpid(),
-                "listen": f"{c.gateway_listen[0]}:{c.gateway_listen[1]}"}
+                "listen": f"{c.gateway_listen[0]}:{c.gateway_listen[1]}",
+                "summary": ops.view.summary() if ops is not None else {}}
 
     # -- stop -----------------------------------------------------------------------
 

@@ -157,8 +157,12 @@ def _print_status(st: dict[str, Any]) -> None:
         print(f"processes {len(up)} of {len(procs)} serving (pids "
               f"{', '.join(str(p['pid']) for p in up) or '-'}), "
               f"{st.get('connections', 0)} client connection(s)")
+    nodes = st.get("nodes")
+    if nodes:  # a cluster: every node, and each worker's
+        print("nodes " + ", ".join(f"{n['name']}{' (this one)' if n['this'] else ''}"
+                                   f"{'' if n['ready'] else ' (not ready)'}" for n in nodes))
     rows = [("REVISION", "STATE", "SESSIONS", "WORKER", "PID", "PORT", "WORKER STATE",
-             "IN FLIGHT")]
+             "IN FLIGHT", *(("NODE",) if nodes else ()))]
     for rev in st["revisions"]:
         state = rev["state"] + (f" ({rev['canary_percent']:g}% canary)"
                                 if rev.get("canary_percent") else "")
@@ -168,8 +172,16 @@ def _print_status(st: dict[str, Any]) -> None:
             rows.append((rev["id"] if first else "", state if first else "",
                          str(rev["sessions"]) if first else "",
                          *((w["id"], cliformat.pid_of(w), cliformat.port_of(w), w["state"],
-                            str(w["inflight"])) if w else ("-", "", "", "", ""))))
+                            str(w["inflight"])) if w else ("-", "", "", "", "")),
+                         *((w.get("node", "") if w else "",) if nodes else ())))
     print(cliformat.table(rows))
+
+
+def _print_nodes(result: dict[str, Any]) -> None:
+    """A cluster-wide command: what each node did."""
+    for node, said in sorted((result.get("nodes") or {}).items()):
+        print(f"  node {node}: {said.get('state')}" + (f" ({said['error']})" if said.get(
+            "error") else ""))
 
 
 def _print_result(name: str, result: Any) -> None:
@@ -186,6 +198,7 @@ def _print_result(name: str, result: Any) -> None:
               + (f"; {result['previous']} is draining with "
                  f"{result.get('previous_sessions', 0)} session(s)" if result.get("previous")
                  and not result.get("canary_percent") else ""))
+        _print_nodes(result)
     elif name in ("rollback", "promote"):
         if result.get("aborted_canary"):
             print(f"canary {result['aborted_canary']} aborted; {result['revision']} stays "
@@ -193,6 +206,7 @@ def _print_result(name: str, result: Any) -> None:
         else:
             print(f"revision {result['revision']} is active"
                   + (f"; {result['previous']} is draining" if result.get("previous") else ""))
+        _print_nodes(result)
     else:
         text = cliformat.render(name, result)
         print(text if text is not None else json.dumps(result, indent=2))
@@ -289,7 +303,7 @@ def _with_progress(cfg: config.Config, action: Any) -> Any:
     t0 = time.monotonic()
     before = {r["id"] for r in (_status(cfg) or {}).get("revisions", [])}
     t.start()
-    seen: dict[str, str] = {}
+    seen: dict[tuple[str, str], str] = {}  # (node, worker): worker ids repeat across nodes
     while t.is_alive():
         t.join(0.25)
         st = _status(cfg)
@@ -297,10 +311,12 @@ def _with_progress(cfg: config.Config, action: Any) -> Any:
             if rev["id"] in before and rev["state"] != "starting":
                 continue
             for w in rev["workers"]:
-                if seen.get(w["id"]) != w["state"]:
-                    seen[w["id"]] = w["state"]
+                key = (w.get("node", ""), w["id"])
+                if seen.get(key) != w["state"]:
+                    seen[key] = w["state"]
                     print(f"  {time.monotonic() - t0:5.1f}s  {rev['id']}: worker {w['id']} "
-                          f"{w['state']}" + ((f" ({w['url']})" if w.get("url") else
+                          + (f"on {w['node']} " if w.get("node") else "")
+                          + f"{w['state']}" + ((f" ({w['url']})" if w.get("url") else
                                               f" (pid {w['pid']}, port {w['port']})")
                                              if w["state"] == "ready" else ""),
                           file=sys.stderr, flush=True)

@@ -267,6 +267,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("gateway", "advertise", _advertise, "",
             "The address other nodes of a cluster use to reach this node (IP or host name, "
             "optionally :port); \"\" = the host of listen."),
+    Setting("gateway", "store_outage_grace", parse_duration, "30s",
+            "With a shared store: how long the node stays ready (GET /readyz) while the store "
+            "does not answer; it serves what it knows meanwhile and refuses deploys."),
     Setting("gateway", "access_log", _access_log, "access.log",
             "Access log: a file (relative to state_dir), \"-\" for standard output, "
             "or \"off\"."),

@@ -224,7 +224,7 @@ class GatewayProcess:
 
     def wait_ready(self, timeout: float = 30.0) -> GatewayProcess:
         def serving() -> int:
-            m = re.search(r"serving http://127\.0\.0\.1:(\d+)/", self.log)
+            m = re.search(r"serving http://127\.[0-9.]+:(\d+)/", self.log)
             if m is None and self.proc.poll() is not None:
                 raise AssertionError(f"gateway exited {self.proc.returncode}:\n{self.log}")
             return int(m.group(1)) if m else 0

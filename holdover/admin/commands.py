@@ -95,7 +95,19 @@ async def _status(gw: Gateway, args: dict[str, Any]) -> Any:
     if gw.planes is not None:  # processes > 1: each data-plane process, and the sum
         st["processes"] = gw.planes.status()
         st["connections"] = len(gw.connections)
+    if gw.clusterops is not None:  # every node's workers, sessions summed (clusterview.py)
+        st = gw.clusterops.view.status(st)
     return st
+
+
+def _cluster_wide(op: str, local: Handler) -> Handler:
+    """In a cluster the command goes to every live node (control/clusterops.py)."""
+    async def run(gw: Gateway, args: dict[str, Any]) -> Any:
+        if gw.clusterops is not None:
+            return await gw.clusterops.run(op, args)
+        return await local(gw, args)
+
+    return run
 
 
 async def _deploy(gw: Gateway, args: dict[str, Any]) -> Any:
@@ -114,7 +126,7 @@ async def _promote(gw: Gateway, args: dict[str, Any]) -> Any:
 
 
 async def _workers(gw: Gateway, args: dict[str, Any]) -> Any:
-    return {"workers": [{"revision": r["id"], **w} for r in gw.revs.status()["revisions"]
+    return {"workers": [{"revision": r["id"], **w} for r in (await _status(gw, {}))["revisions"]
                         for w in r["workers"]]}
 
 
@@ -214,7 +226,7 @@ async def _events(gw: Gateway, args: dict[str, Any]) -> Any:
 COMMANDS: tuple[Command, ...] = (
     Command("status", "GET", "revisions, workers and live sessions per revision", _status),
     Command("deploy", "POST", "start a new revision, make it active once healthy, drain "
-            "the old one", _deploy, (
+            "the old one", _cluster_wide("deploy", _deploy), (
                 Param("revision", str, "id of the new revision (default: git short sha of "
                       "--from, else v<N>)", cli="--revision"),
                 Param("from", str, "directory to snapshot as the revision's files",
@@ -231,11 +243,12 @@ COMMANDS: tuple[Command, ...] = (
                       cli="--upstream"),
             ), long_running=True),
     Command("rollback", "POST", "make the previous revision (the one active before this "
-            "one), or REV, active again; or abort a canary", _rollback,
+            "one), or REV, active again; or abort a canary", _cluster_wide("rollback", _rollback),
             (Param("revision", str, "the revision to go back to (default: the previous one; "
                    "a retired revision is started again)", cli="revision"),),
             long_running=True),
-    Command("promote", "POST", "make the canary the active revision", _promote),
+    Command("promote", "POST", "make the canary the active revision",
+            _cluster_wide("promote", _promote)),
     Command("workers", "GET", "every worker with its state, load and sessions", _workers),
     Command("sessions", "GET", "live sessions per revision, and their history; or which "
             "revision and worker hold one user's session", _sessions, (
@@ -245,9 +258,11 @@ COMMANDS: tuple[Command, ...] = (
                       cli="--pin"))),
     Command("drain", "POST", "abort a canary: it gets no new sessions and drains (the "
             "active revision is not drained: deploy another or roll back)",
-            _drain, (Param("revision", str, "revision id", required=True, cli="revision"),)),
+            _cluster_wide("drain", _drain),
+            (Param("revision", str, "revision id", required=True, cli="revision"),)),
     Command("retire", "POST", "retire a draining revision now (its sessions are lost)",
-            _retire, (Param("revision", str, "revision id", required=True, cli="revision"),)),
+            _cluster_wide("retire", _retire),
+            (Param("revision", str, "revision id", required=True, cli="revision"),)),
     *(Command(f"worker-{action}", "POST", help_, _worker_command(action),
               (Param("worker", str, "worker id, e.g. v2-1", required=True, cli="worker"),))
       for action, help_ in (

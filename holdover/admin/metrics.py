@@ -409,7 +409,8 @@ class ProcessStats:
 
 def overview(gw: Gateway, procs: ProcessStats | None = None) -> dict[str, Any]:
     """What the admin page shows, in one JSON-able snapshot: ``status()`` with each
-    worker's standby/disabled flags and its memory and CPU, plus gateway totals."""
+    worker's standby/disabled flags and its memory and CPU, plus gateway totals (in a
+    cluster: every node's workers and the whole cluster's sessions)."""
     rm = gw.revs
     st = rm.status()
     revs = list(rm.revisions.values())
@@ -423,7 +424,13 @@ def overview(gw: Gateway, procs: ProcessStats | None = None) -> dict[str, Any]:
             stats = gw.stats(w)
             wd.update(standby=w.standby, disabled=w.disabled, requests=stats.requests,
                       errors=stats.errors, rss=rss, cpu=cpu)
-    return {"ts": time.time(), "status": st,
-            "sessions": {"total": len(gw.sessions), "lost": gw.sessions_lost,
-                         "by_revision": dict(gw.sessions.per_revision)},
+    sessions = {"total": len(gw.sessions), "lost": gw.sessions_lost,
+                "by_revision": dict(gw.sessions.per_revision)}
+    ops = getattr(gw, "clusterops", None)
+    if ops is not None:  # a cluster: every node's workers, figures for the whole cluster
+        st = ops.view.status(st)
+        sessions = {"total": st["sessions"], "lost": st["sessions_lost"],
+                    "by_revision": {r["id"]: r["sessions"] for r in st["revisions"]
+                                    if r["sessions"]}}
+    return {"ts": time.time(), "status": st, "sessions": sessions,
             "deploys": rm.deploys, "queue": len(gw.queue), "connections": len(gw.connections)}

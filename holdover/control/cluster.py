@@ -46,6 +46,7 @@ class Cluster:
         self._spawn = spawn
         self.heartbeat = heartbeat
         self.nodes: dict[str, LiveNode] = {}  # the other live nodes, as of the last beat
+        self.nodes_at = monotonic()  # when ``nodes`` was read
         self.position = 0  # the last feed position handled
         self.store_down_since: float | None = None  # monotonic; None while it answers
         self.store_error = ""
@@ -82,6 +83,7 @@ class Cluster:
         Raises StoreError when the store cannot be reached (a node does not start blind)."""
         await self.store.heartbeat(self.me, self._info(), self.ttl)
         self.nodes = {n.name: n for n in await self.store.live_nodes() if n.name != self.me}
+        self.nodes_at = monotonic()
         self.position = await self.store.feed_position()
         self._feed_task = self._spawn(self._follow(), "cluster-feed")
 
@@ -112,7 +114,7 @@ class Cluster:
             self._beating = False
         self._store_answered()
         gone = [n for name, n in self.nodes.items() if name not in live]
-        self.nodes = live
+        self.nodes, self.nodes_at = live, monotonic()
         for node in gone:
             log.warning("node %s is gone: its heartbeat lapsed", node.name)
             for handler in self._gone:

@@ -77,8 +77,9 @@ class Draining:
         if self.canary is not rev:  # promoted or aborted meanwhile: nothing to undo
             log.warning("canary %s was no longer the canary; not rolling back", rev.id)
             return
+        ops = getattr(self.ctl, "clusterops", None)  # in a cluster: on every node
         try:
-            await self.rollback()
+            await (ops.run("rollback", {}) if ops is not None else self.rollback())
         except Refused as exc:
             log.error("could not abort the canary: %s", exc)
 

@@ -22,11 +22,12 @@ from ..core.affinity import Keys
 from ..core.lifecycle import RevisionState
 from ..proxy.endpoint import Stats
 from ..proxy.server import ClientConnection
-from ..state import StateStore, StoreError
+from ..state import StateStore
 from ..supervisor.external import ExternalWorker
 from ..supervisor.supervisor import Revision, Supervisor
 from ..supervisor.worker import Worker
 from .cluster import Cluster
+from .clusterops import ClusterOps
 from .external import Discovery
 from .hooks import Hooks
 from .persist import Persistence
@@ -70,6 +71,7 @@ class Control:
         self.check_reload: Callable[[], None] = lambda: None  # Refused if it would fail
         self.closing = False
         self.cluster: Cluster | None = None  # on a shared store (control/cluster.py)
+        self.clusterops: ClusterOps | None = None  # operations the whole cluster carries out
         self.ready = False  # serving, and not shutting down (the admin side's /readyz)
         self.planes: Any = None  # the data-plane processes, with processes > 1 (planes.py)
 
@@ -155,9 +157,15 @@ class Control:
             self.revs.tick(now)
 
     def _flush(self, now: float) -> None:
-        if self.store is not None and not self.persist.flushing and (
-                self.sessions.dirty or self.sessions.removed):
-            self.tasks.spawn(self.persist.flush_pins(), "pin-flush")
+        persist = self.persist
+        if self.store is None or persist.flushing:
+            return
+        if self.cluster is not None and self.cluster.store_away_for():
+            return  # nothing to gain: kept in memory until a heartbeat gets through
+        if persist.unsaved_events or persist.revisions_unsaved:
+            self.tasks.spawn(persist.flush_events(), "event-flush")
+        elif self.sessions.dirty or self.sessions.removed:
+            self.tasks.spawn(persist.flush_pins(), "pin-flush")
 
     def _discover(self, now: float) -> None:
         if not self.closing:
@@ -182,6 +190,16 @@ class Control:
                          ) -> None:
         """A revision entered a new state: run the hook of that state (control/hooks.py)."""
         self.hooks.revision_changed(rid, before, after)
+        if self.clusterops is not None:
+            self.clusterops.view.revision_changed(rid, after)
+
+    def readiness(self) -> bool:
+        """For the balancer (/readyz): serving, not shutting down, and not cut off from
+        the shared store for longer than ``store_outage_grace``."""
+        if not self.ready:
+            return False
+        cluster = self.cluster
+        return cluster is None or cluster.store_away_for() <= self.config.gateway_store_outage_grace
 
     def routing_changed(self) -> None:
         """Rebuild what the hot path reads after a revision or worker-set change."""
@@ -219,21 +237,13 @@ class Control:
     # -- the store (see persist.py) --------------------------------------------------
 
     async def claim_node(self, info: Callable[[], dict[str, Any]]) -> None:
-        """Join the cluster on a shared store (control/cluster.py); refuse to share it yet.
+        """Join the cluster on a shared store (control/cluster.py), beside any live node.
 
-        Until several nodes can share one app's state (docs/cluster.md), a shared store
-        serves one gateway: a second would restore the same revisions and fight over the
-        same pins.  The heartbeat renews every HEARTBEAT seconds and lapses TTL_BEATS
-        beats after this node stops (or dies)."""
-        store = self.store
-        me = self.config.node_name
-        others = [n.name for n in await store.live_nodes() if n.name != me]  # type: ignore[attr-defined]
-        if others:
-            raise StoreError(f"the store {self.config.gateway_store.split('@')[-1]} is in "
-                             f"use by node {', '.join(others)}: one gateway per store for "
-                             f"now (a cluster of nodes is docs/cluster.md's next step); give "
-                             f"this node its own store, or stop the other one")
-        self.cluster = Cluster(store, me, info, self.tasks.spawn)  # type: ignore[arg-type]
+        The heartbeat renews every HEARTBEAT seconds and lapses TTL_BEATS beats after this
+        node stops (or dies); cluster-wide operations ride the feed (clusterops.py)."""
+        self.cluster = Cluster(self.store, self.config.node_name, info,  # type: ignore[arg-type]
+                               self.tasks.spawn)
+        self.clusterops = ClusterOps(self, self.cluster)
         await self.cluster.join()
         self.ticker.add("cluster-heartbeat", self.cluster.heartbeat, self.cluster.tick)
 

@@ -3,7 +3,9 @@
 Objects become store records here and records become objects again: revisions (with
 which one is active or the canary), pins (the table keeps monotonic times, the store
 wall-clock ones), and events for operators.  Serving never waits on the store: a
-failed write is logged and retried at the next flush, from memory.
+failed write is logged and retried at the next flush, from memory — pins and revisions
+as they are then, events queued in order (with the time they happened) up to
+``MAX_QUEUED_EVENTS``, so that a store that was away for a while loses nothing.
 
 ``restore`` is the start of a gateway over an existing state_dir: after a re-exec the
 workers still run and are adopted with their sessions; after a real restart the active
@@ -18,6 +20,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from pathlib import Path
 from time import monotonic
 from typing import TYPE_CHECKING, Any
@@ -35,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("holdover.control")
 
+MAX_QUEUED_EVENTS = 10_000  # events kept while the store does not answer (oldest dropped)
+
 
 class Persistence:
     """The store side of a running control plane."""
@@ -42,23 +47,61 @@ class Persistence:
     def __init__(self, ctl: Control) -> None:
         self.ctl = ctl
         self.flushing = False
+        self.unsaved_events: deque[tuple[str, str, str | None, str | None, dict]] = deque(
+            maxlen=MAX_QUEUED_EVENTS)
+        self.revisions_unsaved = False
+        self._refusal_told = -60.0
 
     async def record_event(self, kind: str, message: str, revision: str | None = None,
                            worker: str | None = None, data: dict | None = None) -> None:
-        """An event for operators: logged, and kept in the state store."""
+        """An event for operators: logged, and kept in the state store (queued while the
+        store does not answer; in a cluster it names the node it happened on)."""
         log.info("%s: %s", kind, message)
         store = self.ctl.store
         if store is None:
             return
+        cluster = getattr(self.ctl, "cluster", None)
+        if cluster is not None:
+            data = {**(data or {}), "node": cluster.me}
+        if self.unsaved_events:  # after those that wait, in order
+            self._queue(kind, message, revision, worker, data)
+            return
         try:
             await store.add_event(kind, message, revision=revision, worker=worker, data=data)
         except StoreError as exc:
-            log.error("cannot record event: %s", exc)
+            log.error("cannot record event (kept until the store answers): %s", exc)
+            self._queue(kind, message, revision, worker, data)
+
+    def _queue(self, kind: str, message: str, revision: str | None, worker: str | None,
+               data: dict | None) -> None:
+        self.unsaved_events.append((kind, message, revision, worker,
+                                    {**(data or {}), "happened_at": round(time.time(), 3)}))
+
+    async def flush_events(self) -> None:
+        """Write the events queued while the store did not answer, oldest first."""
+        queue = self.unsaved_events
+        self.flushing = True
+        try:
+            while queue:
+                kind, message, revision, worker, data = queue[0]
+                await self.ctl.store.add_event(kind, message, revision=revision,
+                                               worker=worker, data=data)
+                queue.popleft()
+            if self.revisions_unsaved:
+                await self.save_revisions()
+        except StoreError as exc:
+            if monotonic() - self._refusal_told > 30:  # not every second of an outage
+                self._refusal_told = monotonic()
+                log.warning("the store still refuses the %d queued event(s): %s",
+                            len(queue), exc)
+        finally:
+            self.flushing = False
 
     async def save_revisions(self) -> None:
         """Write every revision's record and which one is active to the store."""
         rm = self.ctl.revs
         store = self.ctl.store
+        self.revisions_unsaved = False
         try:
             for rev in list(rm.revisions.values()):  # it may change while we await
                 await store.put_revision(RevisionRecord(
@@ -72,6 +115,7 @@ class Persistence:
             await store.set_meta("activations", json.dumps(rm.activations))
         except StoreError as exc:
             log.error("cannot save revisions (serving goes on from memory): %s", exc)
+            self.revisions_unsaved = True  # written again when the store answers
 
     async def flush_pins(self) -> None:
         """Write the pin table's changes since the last flush (kept on failure)."""
@@ -184,7 +228,10 @@ class Persistence:
             await self.record_event("restore", f"restarting revision {rev.id}", rev.id)
             self.tell_config_drift(rev)
             rm.restore_state(rev, RevisionState.STARTING)
+            ops = getattr(ctl, "clusterops", None)
             try:
+                if ops is not None:  # a node joining a cluster: its own snapshot first
+                    await ops.localize(rev)
                 await rm.start_workers_of(rev)
             except RevisionFailed as exc:
                 await asyncio.gather(*(w.stop() for w in rev.running()))

@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,11 +33,12 @@ from ..supervisor.supervisor import Revision, RevisionFailed
 from .draining import Draining
 from .external import choose_source, first_source
 from .persist import app_settings
-from .releases import REVISION_ID, git_short_sha, snapshot
+from .releases import REVISION_ID, content_hash, git_short_sha, snapshot
 
 MAX_ACTIVATIONS = 50  # how far back the activation stack (rollback targets) remembers
 
 DeployError = Refused  # a deploy-side request refused: the one "refused" error
+Hold = Callable[[Revision], Awaitable[None]]  # a deploy waits on it before activating
 
 if TYPE_CHECKING:
     from .context import Context as Control
@@ -167,14 +170,9 @@ class RevisionManager(Draining):
         self._activate(rev)
         await self.ctl.record_event("deploy", f"revision {rev.id} is active", rev.id)
 
-    async def deploy(self, revision: str | None = None, from_dir: str | None = None,
-                     command: str | None = None, workers: int | None = None,
-                     env: dict[str, str] | None = None, canary: float | None = None,
-                     upstreams: list[str] | None = None) -> dict[str, Any]:
-        """Start a revision, make it active (or canary) once every worker is ready.
-
-        ``upstreams`` names workers another engine runs; without it and without a
-        command or folder, the ``discover`` template finds them (control/external.py)."""
+    def check_deploy(self, revision: str | None, from_dir: str | None,
+                     workers: int | None, canary: float | None) -> Path | None:
+        """Refuse (DeployError) a deploy that cannot start; the folder it names, if any."""
         if canary is not None and not 0 < canary < 100:
             raise DeployError("canary must be a percentage between 0 and 100 (exclusive)", 400)
         if workers is not None and workers < 1:
@@ -189,6 +187,23 @@ class RevisionManager(Draining):
         if self.canary is not None:
             raise DeployError(f"canary {self.canary.id} is running: promote or roll it back "
                               f"first", 409)
+        if revision is not None:
+            self._new_id(revision, source)
+        return source
+
+    async def deploy(self, revision: str | None = None, from_dir: str | None = None,
+                     command: str | None = None, workers: int | None = None,
+                     env: dict[str, str] | None = None, canary: float | None = None,
+                     upstreams: list[str] | None = None, expect_hash: str | None = None,
+                     hold: Hold | None = None) -> dict[str, Any]:
+        """Start a revision, make it active (or canary) once every worker is ready.
+
+        ``upstreams`` names workers another engine runs; without it and without a
+        command or folder, the ``discover`` template finds them (control/external.py).
+        In a cluster (control/clusterops.py) ``expect_hash`` is the release's content hash
+        on the node that deploys it, and ``hold(rev)`` runs once this node's workers are
+        ready: it returns when every node is, or raises RevisionFailed."""
+        source = self.check_deploy(revision, from_dir, workers, canary)
         self._claim("a deploy")
         try:
             rid = self._new_id(revision, source)
@@ -196,7 +211,7 @@ class RevisionManager(Draining):
                                 command is not None, workers is not None or bool(env))
             old = self.active
             rev = await self._start(rid, source, command, workers, env, canary is not None,
-                                    ext)
+                                    ext, expect_hash, hold)
             if canary is not None:
                 rev.canary_percent = float(canary)
                 self.canary = rev
@@ -223,13 +238,22 @@ class RevisionManager(Draining):
 
     async def _start(self, rid: str, source: Path | None, command: str | None,
                      workers: int | None, env: dict[str, str] | None,
-                     canary: bool = False, ext: Source | None = None) -> Revision:
+                     canary: bool = False, ext: Source | None = None,
+                     expect_hash: str | None = None, hold: Hold | None = None) -> Revision:
         cfg = self.config
         release = None
         cwd = None
+        digest = None
         if source is not None:
             release = cfg.state_dir / "releases" / rid
             await asyncio.to_thread(snapshot, source, release, cfg.state_dir)
+            digest = await asyncio.to_thread(content_hash, release, cfg.state_dir)
+            if expect_hash is not None and digest != expect_hash:
+                await asyncio.to_thread(shutil.rmtree, release, True)
+                raise DeployError(f"--from {source}: the release on this node differs from "
+                                  f"the deploying node's (content hash {digest[:12]} here, "
+                                  f"{expect_hash[:12]} there): every node must have the same "
+                                  f"files (shared storage, or copied by CI)", 409)
             cwd = release
         spec = self.supervisor.spec(rid, command=command, cwd=cwd, env=env)
         size = workers or cfg.app_workers
@@ -239,6 +263,8 @@ class RevisionManager(Draining):
                                               str(release) if release else None)
         rev.source = ext
         rev.meta["config"] = app_settings(cfg)  # what a later restart compares the config to
+        if digest is not None and source != cfg.app_dir:  # --from: the same on every node
+            rev.meta.update(release_hash=digest, source=str(source))
         rolling = (cfg.app_mode == "stateless" and cfg.app_strategy == "rolling"
                    and self.active is not None and not canary and ext is None)
         await self.ctl.record_event("starting", f"revision {rid}: starting {size} worker(s)"
@@ -246,9 +272,11 @@ class RevisionManager(Draining):
                                     f"workers at {ext}", rid)
         try:
             if rolling:
-                await self._roll(rev, size)
+                await self._roll(rev, size, hold)
             else:
                 await self.start_workers_of(rev)
+                if hold is not None:
+                    await hold(rev)
         except RevisionFailed as exc:
             # Its workers that did start (a hot standby failed after them) go too.
             await asyncio.gather(*(w.stop() for w in rev.running()))
@@ -273,7 +301,7 @@ class RevisionManager(Draining):
         if self.config.app_standby:
             await self.supervisor.start_workers(rev, self.config.app_standby, standby=True)
 
-    async def _roll(self, rev: Revision, size: int) -> None:
+    async def _roll(self, rev: Revision, size: int, hold: Hold | None = None) -> None:
         """Stateless rolling deploy: one new worker in, one old worker out, repeated.
 
         An old worker leaves rotation at once and drains in the background (its requests
@@ -290,6 +318,8 @@ class RevisionManager(Draining):
                 if victims:
                     self._drain_in_background(victims[0])
             await self._start_standby(rev)
+            if hold is not None:
+                await hold(rev)
         except RevisionFailed:
             # Undo: the new revision's workers go, the old ones come back into rotation
             # (their drains called off) and the old revision is brought back to size.
@@ -435,7 +465,10 @@ class RevisionManager(Draining):
         self._apply(rev, E.RESTART)
         rev.workers = [w for w in rev.workers if w.state not in (W.STOPPED, W.FAILED)]
         rev.tasks = [t for t in rev.tasks if not t.done()]
+        ops = getattr(self.ctl, "clusterops", None)
         try:
+            if ops is not None:  # snapshotted on another node: its own copy first
+                await ops.localize(rev)
             await self.start_workers_of(rev)
         except RevisionFailed as exc:
             await asyncio.gather(*(w.stop() for w in rev.running()))

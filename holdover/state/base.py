@@ -315,6 +315,20 @@ class SharedStore(StateStore):
         end a newer session.
         """
 
+    # -- locks -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def acquire(self, name: str, owner: str, ttl: float) -> str:
+        """Hold lock ``name`` for ``ttl`` seconds unless another owner holds it.
+
+        Returns the holder after the call: ``owner`` when it got (or already held, and
+        so renewed) the lock, else the other owner.  The lock lapses by the store's own
+        clock, so a node that died holding it frees it within ``ttl``."""
+
+    @abc.abstractmethod
+    async def release(self, name: str, owner: str) -> bool:
+        """Let go of lock ``name`` if ``owner`` holds it; True if it did."""
+
 
 def dump_json(value: Any, where: str, what: str) -> str:
     """``value`` as JSON text, or StoreError naming the store and the field."""

@@ -57,6 +57,7 @@ class MemoryStore(SharedStore):
         self._last_event_id = 0
         self._meta: dict[str, str] = {}
         self._nodes: dict[str, tuple[float, str]] = {}  # name -> (monotonic expiry, info JSON)
+        self._locks: dict[str, tuple[str, float]] = {}  # name -> (owner, monotonic expiry)
         self._feed: collections.deque[tuple[Change, str]] = collections.deque(
             maxlen=feed_maxlen)  # (change with empty data, data JSON)
         self._feed_seq = 0
@@ -267,3 +268,23 @@ class MemoryStore(SharedStore):
                 del self._pins[key]
                 ended.append(key)
         return ended
+
+    # -- locks -------------------------------------------------------------------------
+
+    async def acquire(self, name: str, owner: str, ttl: float) -> str:
+        self._check_open()
+        check_ttl(ttl)
+        held = self._locks.get(name)
+        now = time.monotonic()
+        if held is None or held[1] <= now or held[0] == owner:
+            self._locks[name] = (owner, now + ttl)
+            return owner
+        return held[0]
+
+    async def release(self, name: str, owner: str) -> bool:
+        self._check_open()
+        held = self._locks.get(name)
+        if held is not None and held[0] == owner and held[1] > time.monotonic():
+            del self._locks[name]
+            return True
+        return False

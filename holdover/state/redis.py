@@ -71,8 +71,8 @@ class RedisStore(SharedStore):
 
     Every key is ``prefix`` (``holdover:{CLUSTER}:``) + a name: ``layout``, ``rev``,
     ``rev:order``, ``rev:seq``, ``pins``, ``ev``, ``ev:ids``, ``ev:k:KIND``, ``ev:seq``,
-    ``meta``, ``nodes``, ``nodes:info``, ``feed``, ``feed:seq``, ``feed:start`` (what each
-    holds: docs/cluster.md, "Keys").
+    ``meta``, ``nodes``, ``nodes:info``, ``feed``, ``feed:seq``, ``feed:start``,
+    ``lock:NAME`` (what each holds: docs/cluster.md, "Keys").
     """
 
     def __init__(self, url: str | RedisURL, *, base_dir: str | os.PathLike[str] | None = None,
@@ -190,7 +190,7 @@ class RedisStore(SharedStore):
         self._scripts = {name: client.register_script(getattr(lua, name)) for name in (
             "LAYOUT", "PUT_REVISION", "DELETE_REVISION", "LIST_REVISIONS", "ADD_EVENT",
             "READ_EVENTS", "PRUNE_EVENTS", "HEARTBEAT", "LIVE_NODES", "FORGET_NODE", "PUBLISH",
-            "READ_CHANGES", "CLAIM_PIN", "TOUCH_PINS", "END_PINS")}
+            "READ_CHANGES", "CLAIM_PIN", "TOUCH_PINS", "END_PINS", "ACQUIRE", "RELEASE")}
         try:
             found = await self._script("LAYOUT", "open", [self._key("layout")],
                                        [str(LAYOUT_VERSION)])
@@ -457,6 +457,18 @@ class RedisStore(SharedStore):
                                lambda c: c.get(self._key("feed:seq")))
         return int(seq or 0)
 
+
+    # -- locks -------------------------------------------------------------------------
+
+    async def acquire(self, name: str, owner: str, ttl: float) -> str:
+        check_ttl(ttl)
+        return await self._script("ACQUIRE", f"take the lock {name!r}",
+                                  [self._key(f"lock:{name}")],
+                                  [owner, str(max(1, int(ttl * 1000)))])
+
+    async def release(self, name: str, owner: str) -> bool:
+        return bool(await self._script("RELEASE", f"release the lock {name!r}",
+                                       [self._key(f"lock:{name}")], [owner]))
 
 def _fields(flat: Any) -> dict[str, str]:
     """A stream entry's fields: Lua hands them over as a flat list, redis-py as a dict."""

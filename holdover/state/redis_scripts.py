@@ -202,3 +202,19 @@ for i = 1, #ARGV, 2 do
 end
 return ended
 """
+
+# KEYS: lock; ARGV: owner, ttl in milliseconds.  Returns the holder.
+ACQUIRE = """
+local cur = redis.call('GET', KEYS[1])
+if not cur or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
+return cur
+"""
+
+# KEYS: lock; ARGV: owner.  Returns 1 when released.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""

@@ -289,3 +289,38 @@ def test_touches_never_go_back_nor_revive_and_ends_are_conditional(shared: Share
             await a.put_pins([dataclasses.replace(second, worker="w3", incarnation="w3-inc")])
             assert (await b.claim_pin(second)).incarnation == "w3-inc"
     run(main())
+
+
+# -- locks -----------------------------------------------------------------------------
+
+
+def test_a_lock_has_one_holder_until_it_is_released_or_lapses(shared: Shared) -> None:
+    async def main() -> None:
+        nodes = [shared.make() for _ in range(4)]
+        for node in nodes:
+            await node.open()
+        try:
+            got = await asyncio.gather(*(n.acquire("ops", f"node-{i}", 30.0)
+                                         for i, n in enumerate(nodes)))
+            (holder,) = set(got)  # every caller is told the same one holder
+            assert holder in {f"node-{i}" for i in range(4)}
+            other = next(f"node-{i}" for i in range(4) if f"node-{i}" != holder)
+            # the holder renews; another owner can neither take nor release it
+            assert await nodes[0].acquire("ops", holder, 30.0) == holder
+            assert await nodes[1].release("ops", other) is False
+            assert await nodes[2].acquire("ops", other, 30.0) == holder
+            assert await nodes[3].acquire("other-lock", other, 30.0) == other
+            assert await nodes[0].release("ops", holder) is True
+            assert await nodes[0].release("ops", holder) is False
+            assert await nodes[1].acquire("ops", other, 0.3) == other
+            # a holder that never releases (a node that died) lets go by expiry
+            assert await nodes[2].acquire("ops", "node-late", 30.0) == other
+            await eventually(lambda: _is(nodes[2], "node-late"), 5, "the lock to lapse")
+        finally:
+            for node in nodes:
+                await node.close()
+    run(main())
+
+
+async def _is(node: SharedStore, owner: str) -> bool:
+    return await node.acquire("ops", owner, 30.0) == owner

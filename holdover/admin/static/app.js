@@ -222,8 +222,9 @@ function revClass(rev, st) {
   return rev.id === st.canary ? "canary" : rev.state;
 }
 
-function workerButtons(w) {
+function workerButtons(w, st) {
   if (["stopped", "failed", "stopping"].includes(w.state)) return [];
+  if (w.node && w.node !== st.node) return [];  // another node's: act on it there
   const b = (label, command, cls) => h(`button.small${cls ? "." + cls : ""}`,
     {type: "button", dataset: {command, worker: w.id}, title: `${command} ${w.id}`}, label);
   return [
@@ -250,7 +251,21 @@ function revButtons(rev, st) {
 
 function structureKey(st) {
   return JSON.stringify([st.active, st.canary, st.revisions.map((r) => [r.id, r.state,
-    r.canary_percent, r.workers.map((w) => [w.id, w.state, w.pid, w.port, w.standby, w.disabled])])]);
+    r.canary_percent, r.workers.map((w) => [w.id, w.node, w.state, w.pid, w.port, w.standby,
+      w.disabled])])]);
+}
+
+// -- rendering: the nodes of a cluster ---------------------------------------------------
+function renderNodes(snap) {
+  const nodes = snap.status.nodes;
+  $("nodes-card").hidden = !nodes;
+  if (!nodes) return;
+  $("nodes").replaceChildren(...nodes.map((n) => h(`tr.${n.ready ? "w-ready" : "w-starting"}`, {},
+    h("td", {}, h("b", {}, n.name), n.this ? h("span.flag", {}, "this node") : null),
+    h("td", {}, n.advertise || "–"),
+    h("td.num", {}, n.this ? "–" : `${n.age}s ago`),
+    h("td", {}, h(`span.wstate.${n.ready ? "ready" : "starting"}`, {}, n.ready ? "ready" : "not ready")),
+    h("td.num", {}, n.sessions))));
 }
 
 function visibleRevisions(st) {
@@ -308,6 +323,7 @@ function buildRevision(rev, st) {
                    w.crash_loop ? h("span.flag.bad", {}, "crash loop") : null];
     return h(`tr.w-${w.state}`, {dataset: {index: String(i), worker: w.id}},
       h("td", {}, h("b", {}, w.id), ...flags),
+      ...(st.nodes ? [h("td", {}, w.node || "")] : []),
       h("td.num", {}, w.pid || "–"),
       h("td.num", {}, w.port || "–"),
       h("td", {}, h(`span.wstate.${w.state}`, {}, w.state)),
@@ -318,12 +334,13 @@ function buildRevision(rev, st) {
       h("td.num.w-requests", {}, w.requests === undefined ? "–" : w.requests),
       h("td.num.w-mem", {}, fmtBytes(w.rss)),
       h("td.num.w-cpu", {}, w.cpu === null || w.cpu === undefined ? "–" : `${w.cpu}%`),
-      h("td.acts", {}, ...workerButtons(w)));
+      h("td.acts", {}, ...workerButtons(w, st)));
   });
+  const heads = ["worker", ...(st.nodes ? ["node"] : []), "pid", "port", "state", "uptime",
+    "restarts", "in flight", "sessions", "requests", "memory", "CPU", ""];
+  const plain = new Set(["worker", "node", "state", ""]);
   const table = h("table.workers", {},
-    h("thead", {}, h("tr", {}, ...["worker", "pid", "port", "state", "uptime", "restarts",
-      "in flight", "sessions", "requests", "memory", "CPU", ""].map((t, i) =>
-      h(i && i !== 3 && i !== 11 ? "th.num" : "th", {}, t)))),
+    h("thead", {}, h("tr", {}, ...heads.map((t) => h(plain.has(t) ? "th" : "th.num", {}, t)))),
     h("tbody", {}, ...rows));
   return h(`div.rev.${revClass(rev, st)}`, {dataset: {rev: rev.id}}, head, table);
 }
@@ -452,6 +469,7 @@ function apply(snap) {
   addSample(snap.ts, snap.sessions.by_revision);
   if (snap.events) addEvents(snap.events);
   renderSummary(snap);
+  renderNodes(snap);
   renderRevisions(snap);
   renderChart();
   renderEvents();
