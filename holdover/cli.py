@@ -99,15 +99,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import launch
 
     if args.cluster and args.action != "next":
-        if args.tour:
-            from .demo.cluster_tour import run_cluster_tour
+        from .demo.cluster_tour import cluster_demo
 
-            return run_cluster_tour(DEMO_CONFIG, verbose=args.verbose)
-        from .demo.cluster import run_cluster_demo
-
-        _setup_logging(args.verbose)
-        return run_cluster_demo(DEMO_CONFIG, Path(args.dir).resolve(), args.port,
-                                args.idle_timeout, verbose=args.verbose)
+        return cluster_demo(args, DEMO_CONFIG)
     if args.tour:
         from .demo.tour import run_tour
 

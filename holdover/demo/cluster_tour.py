@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 
 from . import RELEASES
-from .cluster import DemoFailed, Node, Nodes
+from .cluster import DemoFailed, Node, Nodes, run_cluster_demo
 
 LIMIT = 90.0  # seconds, start to summary
 IDLE = "30s"
@@ -227,3 +227,11 @@ def run_cluster_tour(template: str, verbose: bool = False) -> int:
     import uvloop
 
     return uvloop.run(_main(template, verbose))
+
+
+def cluster_demo(args: Any, template: str) -> int:
+    """``holdover demo --cluster`` and ``--tour --cluster``, from the CLI's arguments."""
+    if args.tour:
+        return run_cluster_tour(template, verbose=args.verbose)
+    return run_cluster_demo(template, Path(args.dir).resolve(), args.port, args.idle_timeout,
+                            verbose=args.verbose)
