@@ -219,21 +219,12 @@ class Control:
     # -- the store (see persist.py) --------------------------------------------------
 
     async def claim_node(self, info: Callable[[], dict[str, Any]]) -> None:
-        """Join the cluster on a shared store (control/cluster.py); refuse to share it yet.
+        """Join the cluster on a shared store (control/cluster.py).
 
-        Until several nodes can share one app's state (docs/cluster.md), a shared store
-        serves one gateway: a second would restore the same revisions and fight over the
-        same pins.  The heartbeat renews every HEARTBEAT seconds and lapses TTL_BEATS
-        beats after this node stops (or dies)."""
-        store = self.store
-        me = self.config.node_name
-        others = [n.name for n in await store.live_nodes() if n.name != me]  # type: ignore[attr-defined]
-        if others:
-            raise StoreError(f"the store {self.config.gateway_store.split('@')[-1]} is in "
-                             f"use by node {', '.join(others)}: one gateway per store for "
-                             f"now (a cluster of nodes is docs/cluster.md's next step); give "
-                             f"this node its own store, or stop the other one")
-        self.cluster = Cluster(store, me, info, self.tasks.spawn)  # type: ignore[arg-type]
+        The heartbeat renews every HEARTBEAT seconds and lapses TTL_BEATS beats after
+        this node stops (or dies)."""
+        self.cluster = Cluster(self.store, self.config.node_name, info,  # type: ignore[arg-type]
+                               self.tasks.spawn)
         await self.cluster.join()
         self.ticker.add("cluster-heartbeat", self.cluster.heartbeat, self.cluster.tick)
 
