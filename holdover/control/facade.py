@@ -22,13 +22,14 @@ from ..core.affinity import Keys
 from ..core.lifecycle import RevisionState
 from ..proxy.endpoint import Stats
 from ..proxy.server import ClientConnection
-from ..state import StateStore, StoreError
+from ..state import StateStore
 from ..supervisor.external import ExternalWorker
 from ..supervisor.supervisor import Revision, Supervisor
 from ..supervisor.worker import Worker
 from .cluster import Cluster
 from .external import Discovery
 from .hooks import Hooks
+from .peers import Peers
 from .persist import Persistence
 from .pins import PinDirectory, local_directory
 from .revisions import RevisionManager
@@ -70,6 +71,7 @@ class Control:
         self.check_reload: Callable[[], None] = lambda: None  # Refused if it would fail
         self.closing = False
         self.cluster: Cluster | None = None  # on a shared store (control/cluster.py)
+        self.peers: Peers | None = None  # the other nodes as routes (control/peers.py)
         self.ready = False  # serving, and not shutting down (the admin side's /readyz)
         self.planes: Any = None  # the data-plane processes, with processes > 1 (planes.py)
 
@@ -221,15 +223,24 @@ class Control:
     async def claim_node(self, info: Callable[[], dict[str, Any]]) -> None:
         """Join the cluster on a shared store (control/cluster.py).
 
-        The heartbeat renews every HEARTBEAT seconds and lapses TTL_BEATS beats after
-        this node stops (or dies)."""
-        self.cluster = Cluster(self.store, self.config.node_name, info,  # type: ignore[arg-type]
+        Refused (StoreError), before any worker runs, beside a live node whose cluster
+        secret is another one.  The heartbeat renews every HEARTBEAT seconds and lapses
+        TTL_BEATS beats after this node stops (or dies)."""
+        store = self.store
+        if self.peers is not None:
+            self.peers.check(await store.live_nodes())  # type: ignore[attr-defined]
+        self.cluster = Cluster(store, self.config.node_name, info,  # type: ignore[arg-type]
                                self.tasks.spawn)
         await self.cluster.join()
         self.ticker.add("cluster-heartbeat", self.cluster.heartbeat, self.cluster.tick)
+        if self.peers is not None:
+            self.peers.attach(self.cluster)
+            self.ticker.add("peers", 1.0, self.peers.sync)
 
     async def forget_node(self) -> None:
         """This node stops: others may use the store at once."""
+        if self.peers is not None:
+            await self.peers.leaving()
         if self.cluster is not None:
             await self.cluster.leave()
 
