@@ -1,0 +1,148 @@
+"""Any node routes any session: two and three nodes, clients hitting random nodes.
+
+Each node runs the stateful test app (tests/apps/stateful.py: sessions in process memory)
+on its own loopback address against one real redis-server (tests/cluster.py).  A session
+begins on whichever node the balancer in front picked; every later request of it goes
+to a random node and must reach the very worker that holds the session (same pid, the
+session's count going up by one each time), whichever node it entered.  The peer
+listener serves only requests with a valid token, never routes a request to a worker
+its session is not pinned to, and a route cookie that is forged or belongs to another
+session is ignored.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from cluster import Cluster, Session
+
+from holdover.core.peers import PeerAuth
+
+SESSIONS = 200
+REQUESTS = 4  # per session, after its login
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_every_request_of_a_session_reaches_its_own_worker_through_any_node(
+        gateway_factory, tmp_path, redis_url, n) -> None:
+    cl = Cluster(gateway_factory, tmp_path, redis_url, n).wait_ready()
+    client = cl.client()
+    addresses = cl.addresses()
+    entered: dict[str, int] = {}  # how often a request entered a node not holding it
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def one_session(i: int) -> None:
+        s, first = client.login(f"u{i}")
+        holder = s.holder
+        # The node the client's login reached holds the session (it names itself).
+        assert cl.names[addresses.index(first.address)] == holder, (holder, first.address)
+        pid = first.body["pid"]
+        for count in range(1, REQUESTS + 1):
+            r = client.request(s, "GET", "/")
+            entry = cl.names[addresses.index(r.address)]
+            where = "holder" if entry == holder else "other"
+            with lock:
+                entered[where] = entered.get(where, 0) + 1
+            if (r.status, r.body.get("user"), r.body.get("pid"), r.body.get("count")) != \
+                    (200, f"u{i}", pid, count):
+                errors.append(f"session u{i} (on {holder}, pid {pid}) via {entry}: "
+                              f"{r.status} {r.body}")
+    with ThreadPoolExecutor(12) as pool:
+        list(pool.map(one_session, range(SESSIONS)))
+    assert not errors, errors[:5]
+    total = SESSIONS * REQUESTS
+    assert entered["holder"] + entered["other"] == total
+    # Random entry: most requests of a session on n nodes enter another node than its own.
+    assert entered["other"] > total * (n - 1) / n * 0.8, entered
+    # The sessions are where they began; nothing was lost on the way.
+    statuses = [cl.status(i) for i in range(n)]
+    assert sum(st["sessions"] for st in statuses) == SESSIONS, [st["sessions"]
+                                                                 for st in statuses]
+    assert all(st["sessions_lost"] == 0 for st in statuses)
+
+
+def _peer_request(address: tuple[str, int], cookies: str, token: bytes | None,
+                  extra: dict[str, str] | None = None) -> tuple[int, dict]:
+    host, port = address
+    conn = http.client.HTTPConnection(host, port, timeout=15)
+    try:
+        headers = {"Host": "shop.example", "Cookie": cookies, **(extra or {})}
+        if token is not None:
+            headers["X-Holdover-Peer"] = token.decode()
+        conn.request("GET", "/", headers=headers)
+        r = conn.getresponse()
+        data = r.read()
+        try:
+            return r.status, json.loads(data)
+        except ValueError:
+            return r.status, {}
+    finally:
+        conn.close()
+
+
+def test_the_peer_listener_serves_only_nodes_and_only_by_the_pin(
+        gateway_factory, tmp_path, redis_url) -> None:
+    cl = Cluster(gateway_factory, tmp_path, redis_url, 3).wait_ready()
+    a, c = cl.addresses(["web-1"])[0], cl.addresses(["web-3"])[0]
+    client = cl.client()
+    on_a, first = client.login("alice", a)
+    on_c, _ = client.login("carol", c)
+    assert (on_a.holder, on_c.holder) == ("web-1", "web-3")
+    pid = first.body["pid"]
+    peer_a = cl.status(1)["peers"]["web-1"]["address"]  # as web-2 reaches web-1
+    host, _, port = peer_a.rpartition(":")
+    peer = (host, int(port))
+    assert host == "127.0.0.11", peer_a
+    auth = cl.secret.auth("web-2")
+    now = time.time()
+    forged = PeerAuth("web-2", b"\x00" * 32).token(now)  # the right shape, another key
+    for token in (None, b"", forged, auth.token(now - 120), b"web-2:%d:" % now,
+                  b"garbage"):
+        code, body = _peer_request(peer, on_a.header(), token)
+        assert code == 403, (token, code, body)
+    # None of those reached a worker: the session's count is where it was.
+    r = client.request(on_a, "GET", "/", a)
+    assert (r.body["user"], r.body["pid"], r.body["count"]) == ("alice", pid, 1), r.body
+    # With a valid token: always the session's own worker, whatever else the request says.
+    for i in range(2, 8):
+        code, body = _peer_request(peer, on_a.header(), cl.secret.auth("web-3").token(),
+                                   {"X-Holdover-Worker": "v1-2", "X-Forwarded-For": "10.9.9.9"})
+        assert (code, body.get("user"), body.get("pid"), body.get("count")) == \
+            (200, "alice", pid, i), body
+    # A session web-1 does not hold is never passed on (no second hop) nor given to the
+    # worker holding it elsewhere: web-1 serves it as a new visitor on its own workers.
+    code, body = _peer_request(peer, on_c.header(), auth.token())
+    assert code == 200 and body["user"] is None, body
+    assert body["pid"] in cl.worker_pids(0)
+
+
+def test_a_forged_or_borrowed_route_cookie_is_ignored(gateway_factory, tmp_path,
+                                                      redis_url) -> None:
+    cl = Cluster(gateway_factory, tmp_path, redis_url, 3).wait_ready()
+    a, b, c = cl.addresses()
+    client = cl.client()
+    alice, first = client.login("alice", a)
+    carol, _ = client.login("carol", c)
+    pid = first.body["pid"]
+    b_pids = cl.worker_pids(1)
+    sid = f"sid={alice.cookies['sid']}"
+    route = alice.cookies["holdover_node"]
+    cookies = [f"holdover_node=web-1.{'A' * 16}", "holdover_node=web-1",
+               f"holdover_node={route}x", f"holdover_node=web-3{route[5:]}",
+               # carol's is genuine, and names web-3; but it is carol's session's
+               f"holdover_node={carol.cookies['holdover_node']}"]
+    for cookie in cookies:
+        r = client.request(Session(), "GET", "/", b, cookies=f"{sid}; {cookie}")
+        assert r.status == 200 and r.body["user"] is None, (cookie, r.body)
+        assert r.body["pid"] in b_pids, ("served by web-2 itself, passed nowhere", cookie)
+    # alice's real cookies still reach her session, through any node.
+    for i, addr in enumerate((b, c, a, b), start=1):
+        r = client.request(alice, "GET", "/", addr)
+        assert (r.body["user"], r.body["pid"], r.body["count"]) == ("alice", pid, i), r.body
+    assert cl.status(1)["sessions"] == 0, "web-2 pinned nothing for the forged requests"
