@@ -65,6 +65,11 @@ class Cluster:
                  what="every node to see the others")
         return self
 
+    def check_logs(self) -> None:
+        """No node logged an unexpected exception."""
+        for name, node in zip(self.names, self.nodes, strict=True):
+            assert "Traceback" not in node.log, f"{name}:\n{node.log[-4000:]}"
+
     def node(self, name: str) -> GatewayProcess:
         return self.nodes[self.names.index(name)]
 

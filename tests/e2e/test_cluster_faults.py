@@ -113,6 +113,7 @@ def test_a_killed_node_costs_its_own_sessions_once_and_no_request_of_the_others(
     for s, pid in fresh:
         reply = live.request(s, "GET", "/")
         assert (reply.body["user"], reply.body["pid"]) == (s.user, pid), reply
+    cl.check_logs()
 
 
 def test_sessions_are_routed_through_every_node_while_redis_is_away(
@@ -164,5 +165,6 @@ def test_sessions_are_routed_through_every_node_while_redis_is_away(
         assert [st["sessions_lost"] for st in statuses] == [0, 0]
         assert [st["lost_nodes"] for st in statuses] == [{}, {}]
         assert sum(st["sessions"] for st in statuses) == len(before) + len(during)
+        cl.check_logs()
     finally:
         server.stop()

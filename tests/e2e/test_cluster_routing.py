@@ -65,6 +65,7 @@ def test_every_request_of_a_session_reaches_its_own_worker_through_any_node(
     assert sum(st["sessions"] for st in statuses) == SESSIONS, [st["sessions"]
                                                                  for st in statuses]
     assert all(st["sessions_lost"] == 0 for st in statuses)
+    cl.check_logs()
 
 
 def _peer_request(address: tuple[str, int], cookies: str, token: bytes | None,
