@@ -33,7 +33,7 @@ from .admin.server import AdminServer, load_or_create_token
 from .config import Config
 from .control import handover
 from .control.facade import Control
-from .control.peers import LocalRoutes, Peers
+from .control.peers import Peers
 from .control.planes import PlaneFailed, PlaneSet, bind_group
 from .control.revisions import DeployError
 from .control.shared import PlanesRouter, SharedTable
@@ -187,7 +187,8 @@ class Gateway:
                 peer_plane = self.peer_plane = Plane(
                     dataclasses.replace(self._limits(), tls=False, trusted=(),
                                         append_forwarded=False),
-                    LocalRoutes(router), router, router, router)
+                    router, router, router, router)
+                peer_plane.from_peers = True
                 peer_plane.connections = plane.connections  # swept and drained as one
                 auth = ctl.peers.auth
                 self._more_servers.append(await self.loop.create_server(

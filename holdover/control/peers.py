@@ -221,19 +221,3 @@ class Peers:
                           for name, ep in sorted(self.endpoints.items())},
                 "lost_nodes": dict(sorted(self.lost_nodes.items()))}
 
-
-class LocalRoutes:
-    """The router of the peer listener: what another node sent is routed here only.
-
-    The node that holds a session is the authority for it, so a forwarded request is
-    routed by this node's own pin table (a session it no longer holds starts anew here,
-    as if the client had come here), and never passed on again."""
-
-    def __init__(self, router: Any) -> None:
-        self._router = router
-
-    def route(self, ex: Any) -> None:
-        self._router.route(ex, False)
-
-    def retry(self, ex: Any) -> bool:
-        return bool(self._router.retry(ex))

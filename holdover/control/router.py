@@ -84,11 +84,11 @@ class Router:
 
     # -- routing (the Router port) ---------------------------------------------------
 
-    def route(self, ex: Exchange, forward: bool = True) -> None:
+    def route(self, ex: Exchange) -> None:
         """Send ``ex`` to a worker now, or park it until one is ready (then 503).
 
         In a cluster, a session this node does not hold whose route cookie names another
-        live node goes to that node (``forward=False``: never, for what a node sent)."""
+        live node goes to that node (never what another node sent: no second hop)."""
         if self.sessions_mode and ex.cookie is not None:
             key = self._session_key(ex)
             if key is not None:
@@ -106,7 +106,7 @@ class Router:
                         self.dispatch(ex, ep)
                         return
                     self._lose(pin, "its worker is gone")
-                elif forward and self.peers:
+                elif self.peers and not ex.conn.plane.from_peers:
                     ep = self._holder(ex.cookie, key)
                     if ep is not None:
                         self.dispatch(ex, ep)  # a pass-through: no session hooks here
@@ -207,7 +207,7 @@ class Router:
         ep.routable = False
         ep.down_until = monotonic() + PEER_DOWN_FOR
         self._undispatch(ex)
-        self.route(ex, False)
+        self.route(ex)  # here: the node is out of routing now
 
     def suspect(self, ep: Endpoint) -> None:
         """A connection was refused: out of rotation until its worker's next health check."""
@@ -243,8 +243,10 @@ class Router:
                 ex.worker = ep
                 ep.inflight += 1
                 self.spawn(self._connect(ex, ep), "connect")
-            else:
-                self.route(ex, False)
+            else:  # it broke twice: out of routing for a while, the session starts here
+                ep.routable = False
+                ep.down_until = monotonic() + PEER_DOWN_FOR
+                self.route(ex)
             return True
         if pin is not None:
             if ep is None or not ep.ready or len(tried) > 1 or \

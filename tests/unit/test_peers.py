@@ -123,11 +123,12 @@ def send(h: Harness, cookie: bytes | None, set_cookie: bytes | None = None,
          forward: bool = True) -> tuple[Any, Any, bytes]:
     """Route one request and answer it: (exchange, the endpoint it went to, extra headers)."""
     conn = SimpleNamespace(cookie_cache=None, client_ip=b"127.0.0.1", current=None,
-                           fail=lambda *a, **kw: None)
+                           fail=lambda *a, **kw: None,
+                           plane=SimpleNamespace(from_peers=not forward))
     ex = Exchange(conn, time.monotonic())  # type: ignore[arg-type]
     ex.method, ex.url, ex.cookie = b"GET", b"/", cookie
     router = h.gw.router
-    router.route(ex, forward)
+    router.route(ex)
     ep = ex.worker
     assert ep is not None, "not routed"
     ex.status = 200
