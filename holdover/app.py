@@ -321,6 +321,8 @@ class Gateway:
         """Stop accepting, let work finish up to shutdown_timeout, then stop workers."""
         self._set_closing()
         ctl = self.ctl
+        if ctl.peers is not None:  # first: no other node may count this one as dead
+            await ctl.peers.leaving()
         timeout = self.config.gateway_shutdown_timeout
         if self.server is not None or self.planes is not None:
             log.info("shutting down: waiting up to %.0fs for %d connection(s)", timeout,

@@ -239,8 +239,6 @@ class Control:
 
     async def forget_node(self) -> None:
         """This node stops: others may use the store at once."""
-        if self.peers is not None:
-            await self.peers.leaving()
         if self.cluster is not None:
             await self.cluster.leave()
 
