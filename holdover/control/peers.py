@@ -66,6 +66,7 @@ class Peers:
         self.cluster: Cluster | None = None
         self.cut_off: dict[str, LiveNode] = {}  # lapsed heartbeat, peer listener answers
         self.lost_nodes: dict[str, dict[str, Any]] = {}  # dead node -> what was counted
+        self.uncounted: dict[str, LiveNode] = {}  # dead, but the store could not say who counts
         self._probing: set[str] = set()
         router = ctl.router
         router.node = me
@@ -134,7 +135,7 @@ class Peers:
         for ep in self.endpoints.values():
             if ep.pool is not None:
                 ep.pool.expire(cutoff)
-        for name, node in list(self.cut_off.items()):
+        for name, node in [*self.cut_off.items(), *self.uncounted.items()]:
             if name not in self._probing:
                 self._probing.add(name)
                 self.ctl.tasks.spawn(self._recheck(node), "peer-probe")
@@ -168,8 +169,11 @@ class Peers:
     async def _recheck(self, node: LiveNode) -> None:
         try:
             if self.cluster is not None and node.name in self.cluster.nodes:
+                self.uncounted.pop(node.name, None)
                 return
-            if not await self._answers(node):
+            if node.name in self.uncounted:
+                await self._dead(node)
+            elif not await self._answers(node):
                 self.cut_off.pop(node.name, None)
                 await self._dead(node)
         finally:
@@ -184,9 +188,12 @@ class Peers:
             mine = await store.claim_once(  # type: ignore[attr-defined]
                 death_key(node.name, node.info.get("started")), DEATH_CLAIM_TTL)
         except StoreError as exc:
-            log.warning("node %s does not answer, and the store cannot say who counts its "
-                        "sessions: %s", node.name, exc)
+            if node.name not in self.uncounted:
+                log.warning("node %s does not answer, and the store cannot say who counts "
+                            "its sessions (asked again every second): %s", node.name, exc)
+            self.uncounted[node.name] = node
             return
+        self.uncounted.pop(node.name, None)
         if not mine:
             return  # another node counts it (or it stopped cleanly)
         count = int(node.info.get("sessions", 0) or 0)

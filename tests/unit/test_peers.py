@@ -7,20 +7,24 @@ here each rule is checked on its own, so that a change that breaks one fails by 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from test_sessions_unit import Harness
 
+from holdover.control.peers import Peers
 from holdover.core.affinity import NODE_COOKIE, PIN_COOKIE, Keys, cookie_value
 from holdover.core.peers import TOKEN_WINDOW, ClusterSecret, PeerAuth
 from holdover.proxy.peer import PeerEndpoint
 from holdover.proxy.server import Exchange
+from holdover.state import Change, LiveNode, MemoryStore, StoreError
 
 # -- the cluster secret ------------------------------------------------------------------
 
@@ -196,3 +200,97 @@ def test_holdovers_own_pin_cookie_carries_a_route_cookie_too() -> None:
         assert key is not None and h.gw.keys.verify_route(route, key) == "web-1"
     finally:
         h.close()
+
+
+# -- a dead node, counted once -----------------------------------------------------------
+
+
+class _Store(MemoryStore):
+    """A memory store that can be made to fail, as a Redis that went away."""
+
+    away = False
+
+    async def claim_once(self, key: str, ttl: float) -> bool:
+        if self.away:
+            raise StoreError("the store is away")
+        return await super().claim_once(key, ttl)
+
+
+def _peers(store: MemoryStore, me: str, answers: bool) -> tuple[Peers, list[dict]]:
+    events: list[dict] = []
+
+    async def record_event(kind: str, message: str, revision: object = None,
+                           worker: object = None, data: dict | None = None) -> None:
+        events.append({"kind": kind, **(data or {})})
+    ctl = SimpleNamespace(
+        router=SimpleNamespace(node=None, peers={}, sessions_lost=0),
+        sessions=SimpleNamespace(pins={}), store=store, record_event=record_event,
+        config=SimpleNamespace(gateway_upstream_keepalive=4, gateway_upstream_idle_timeout=4.0),
+        tasks=SimpleNamespace(spawn=lambda coro, name: asyncio.ensure_future(coro)))
+    secret = ClusterSecret(Keys(b"h" * 32, [b"s" * 32]), b"p" * 32, Path("cluster.secret"))
+    peers = Peers(ctl, secret, me)  # type: ignore[arg-type]
+
+    async def probe(node: LiveNode) -> bool:
+        return answers
+    peers._answers = probe  # type: ignore[method-assign]
+    return peers, events
+
+
+DEAD = LiveNode("web-3", {"peer": "127.0.0.13:1", "started": 5.0, "sessions": 7}, 0.0)
+
+
+def test_a_dead_node_is_counted_once_whichever_nodes_notice_it() -> None:
+    async def main() -> None:
+        store = MemoryStore()
+        await store.open()
+        (a, ev_a), (b, ev_b) = _peers(store, "web-1", False), _peers(store, "web-2", False)
+        await asyncio.gather(a.node_gone(DEAD), b.node_gone(DEAD), a.node_gone(DEAD))
+        lost = [p.ctl.router.sessions_lost for p in (a, b)]
+        assert sorted(lost) == [0, 7], lost
+        assert len(ev_a + ev_b) == 1 and (ev_a + ev_b)[0]["kind"] == "node-lost"
+        counter = a if lost[0] else b
+        assert counter.lost_nodes["web-3"]["sessions"] == 7
+        other = b if counter is a else a
+        other._told_lost(Change(1, 0.0, counter.me, "node-lost",
+                                counter.lost_nodes["web-3"]))
+        assert other.lost_nodes["web-3"]["counted_by"] == counter.me
+        assert other.ctl.router.sessions_lost == 0, "told, not counted again"
+    asyncio.run(main())
+
+
+def test_a_node_that_answers_or_stopped_cleanly_costs_nothing() -> None:
+    async def main() -> None:
+        store = MemoryStore()
+        await store.open()
+        cut, _ = _peers(store, "web-1", True)  # lapsed, but its peer listener answers
+        await cut.node_gone(DEAD)
+        assert cut.ctl.router.sessions_lost == 0 and "web-3" in cut.cut_off
+        leaving, _ = _peers(store, "web-3", False)
+        leaving.started = 9.0
+        await leaving.leaving()  # it stops cleanly: it takes the claim itself
+        b, events = _peers(store, "web-2", False)
+        await b.node_gone(LiveNode("web-3", {**DEAD.info, "started": 9.0}, 0.0))
+        assert b.ctl.router.sessions_lost == 0 and events == []
+    asyncio.run(main())
+
+
+def test_a_death_the_store_cannot_settle_is_settled_when_it_answers() -> None:
+    async def main() -> None:
+        store = _Store()
+        await store.open()
+        store.away = True
+        a, events = _peers(store, "web-1", False)
+        await a.node_gone(DEAD)
+        assert a.ctl.router.sessions_lost == 0 and "web-3" in a.uncounted
+        store.away = False
+        a.cluster = SimpleNamespace(nodes={}, publish=_publish)  # type: ignore[assignment]
+        a.sync(time.monotonic())  # the ticker's job asks again
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert a.ctl.router.sessions_lost == 7 and not a.uncounted
+        assert [e["kind"] for e in events] == ["node-lost"]
+    asyncio.run(main())
+
+
+async def _publish(kind: str, data: dict) -> None:
+    return None
