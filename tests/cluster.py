@@ -39,7 +39,7 @@ class Cluster:
 
     def __init__(self, factory: Callable[..., GatewayProcess], tmp: Path, store: str, n: int,
                  workers: int = 2, app: str = "", extra_gateway: str = "",
-                 extra_app: str = "") -> None:
+                 extra_app: str = "", session_cookie: str = "sid") -> None:
         self.store = store
         self.secret_path = tmp / "cluster.secret"
         self.secret = ClusterSecret.load_or_create(self.secret_path)
@@ -54,7 +54,7 @@ class Cluster:
                 extra_gateway=f'listen = "{host}:0"\nadmin_listen = "{host}:0"\n'
                               f'store = "{store}"\nnode = "web-{k}"\n'
                               f'cluster_secret = "{self.secret_path}"\n' + extra_gateway,
-                extra_app='session_cookie = "sid"\n' + extra_app))
+                extra_app=f'session_cookie = "{session_cookie}"\n' + extra_app))
 
     def wait_ready(self, timeout: float = 60.0) -> Cluster:
         for node in self.nodes:
@@ -147,7 +147,7 @@ class ClusterClient:
 
     def request(self, session: Session, method: str, path: str,
                 address: tuple[str, int] | None = None, cookies: str | None = None,
-                timeout: float = 30.0) -> Reply:
+                timeout: float = 30.0, body: bytes | None = None) -> Reply:
         """One request (to a random node unless ``address``); its Set-Cookies are kept."""
         if address is None:
             with self._lock:
@@ -158,7 +158,7 @@ class ClusterClient:
             jar = session.header() if cookies is None else cookies
             if jar:
                 headers["Cookie"] = jar
-            conn.request(method, path, headers=headers)
+            conn.request(method, path, body=body, headers=headers)
             r = conn.getresponse()
             data = r.read()
             session.take(r.headers.get_all("Set-Cookie") or [])

@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from cluster import Cluster, Session
+from conftest import APPS, PY, wait_for
+from websockets.sync.client import connect as ws_connect
 
 from holdover.core.peers import PeerAuth
 
@@ -147,3 +149,56 @@ def test_a_forged_or_borrowed_route_cookie_is_ignored(gateway_factory, tmp_path,
         r = client.request(alice, "GET", "/", addr)
         assert (r.body["user"], r.body["pid"], r.body["count"]) == ("alice", pid, i), r.body
     assert cl.status(1)["sessions"] == 0, "web-2 pinned nothing for the forged requests"
+
+
+def test_streams_and_session_ends_pass_through_another_node(gateway_factory, tmp_path,
+                                                            redis_url) -> None:
+    cl = Cluster(gateway_factory, tmp_path, redis_url, 2).wait_ready()
+    a, b = cl.addresses()
+    client = cl.client()
+    alice, first = client.login("alice", a)
+    pid = first.body["pid"]
+    # A WebSocket opened through web-2 reaches alice's worker on web-1, and holds it:
+    # web-1 counts the stream as in flight on that worker while it is open.
+    with ws_connect(f"ws://{b[0]}:{b[1]}/ws", proxy=None, open_timeout=15,
+                    additional_headers={"Cookie": alice.header()}) as ws:
+        for i in range(3):
+            ws.send(f"m{i}")
+            got = json.loads(ws.recv(timeout=15))
+            assert (got["user"], got["pid"], got["echo"]) == ("alice", pid, f"m{i}"), got
+        st = cl.status(0)
+        busy = [w for rev in st["revisions"] for w in rev["workers"] if w["pid"] == pid]
+        assert busy and busy[0]["inflight"] == 1, busy
+        assert cl.status(1)["peers"]["web-1"]["inflight"] == 1
+    # Logging out through web-2 ends the session where it lives.
+    r = client.request(alice, "POST", "/logout", b)
+    assert r.status == 200 and r.body["logged_out"] is True, r.body
+    assert "sid" not in alice.cookies
+    wait_for(lambda: cl.status(0)["sessions"] == 0, 10, what="web-1 to end the session")
+    assert cl.status(0)["sessions_lost"] == 0
+
+
+def test_holdovers_own_pin_cookie_bodies_and_the_clients_address_cross_nodes(
+        gateway_factory, tmp_path, redis_url) -> None:
+    cl = Cluster(gateway_factory, tmp_path, redis_url, 2, session_cookie="",
+                 app=f"{PY} {APPS / 'backend.py'} {{port}}").wait_ready()
+    a, b = cl.addresses()
+    client = cl.client()
+    s = Session()
+    first = client.request(s, "GET", "/echo", a)  # holdover offers its own pin cookie
+    assert "holdover_pin" in s.cookies and s.holder == "web-1", s.cookies
+    pid = first.body["pid"]
+    direct_xff = dict(first.body["headers"])["X-Forwarded-For"]
+    for i, addr in enumerate((b, b, a, b)):
+        data = b"x" * (70_000 + i)
+        r = client.request(s, "POST", "/echo", addr, body=data)
+        assert (r.status, r.body["pid"], r.body["length"]) == (200, pid, len(data)), r.body
+        seen = dict(r.body["headers"])
+        assert "X-Holdover-Peer" not in seen, "the token never reaches the app"
+        # The app sees the client's address as the node it entered saw it, no node's.
+        assert seen["X-Forwarded-For"] == direct_xff and "," not in seen["X-Forwarded-For"]
+        assert seen["X-Forwarded-Proto"] == "http"
+        got = dict(r.headers)
+        assert got.get("X-Holdover-Revision") == "v1", got  # web-1's header, passed on
+    assert cl.status(0)["sessions"] == 1 and cl.status(1)["sessions"] == 0
+    cl.check_logs()
