@@ -101,6 +101,8 @@ class Peers:
 
     async def leaving(self) -> None:
         """This node stops cleanly: no other node may count its sessions as lost."""
+        if self.cluster is None:
+            return  # it never joined (refused, or the store could not be opened)
         with contextlib.suppress(StoreError):
             await self.ctl.store.claim_once(  # type: ignore[attr-defined]
                 death_key(self.me, self.started), DEATH_CLAIM_TTL)

@@ -267,9 +267,13 @@ def test_a_node_that_answers_or_stopped_cleanly_costs_nothing() -> None:
         assert cut.ctl.router.sessions_lost == 0 and "web-3" in cut.cut_off
         leaving, _ = _peers(store, "web-3", False)
         leaving.started = 9.0
+        await leaving.leaving()  # never joined: nothing to claim (and no store call)
+        assert await store.claim_once("node-dead:web-3:9.0", 1)
+        leaving.started = 10.0
+        leaving.cluster = SimpleNamespace(nodes={})  # type: ignore[assignment]
         await leaving.leaving()  # it stops cleanly: it takes the claim itself
         b, events = _peers(store, "web-2", False)
-        await b.node_gone(LiveNode("web-3", {**DEAD.info, "started": 9.0}, 0.0))
+        await b.node_gone(LiveNode("web-3", {**DEAD.info, "started": 10.0}, 0.0))
         assert b.ctl.router.sessions_lost == 0 and events == []
     asyncio.run(main())
 
