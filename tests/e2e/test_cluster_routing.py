@@ -202,3 +202,24 @@ def test_holdovers_own_pin_cookie_bodies_and_the_clients_address_cross_nodes(
         assert got.get("X-Holdover-Revision") == "v1", got  # web-1's header, passed on
     assert cl.status(0)["sessions"] == 1 and cl.status(1)["sessions"] == 0
     cl.check_logs()
+
+
+def test_a_reloaded_node_keeps_its_peer_listener_and_its_sessions(gateway_factory, tmp_path,
+                                                                 redis_url) -> None:
+    cl = Cluster(gateway_factory, tmp_path, redis_url, 2).wait_ready()
+    a, b = cl.addresses()
+    client = cl.client()
+    alice, first = client.login("alice", a)
+    pid = first.body["pid"]
+    address = cl.status(1)["peers"]["web-1"]["address"]
+    assert cl.nodes[0].cli("reload").returncode == 0
+    wait_for(lambda: cl.nodes[0].log.count("holdover: serving") >= 2, 30, what="re-exec")
+    for i, addr in enumerate((b, a, b, b), start=1):
+        r = client.request(alice, "GET", "/", addr)
+        assert (r.status, r.body["user"], r.body["pid"], r.body["count"]) == \
+            (200, "alice", pid, i), r.body
+    assert cl.status(1)["peers"]["web-1"]["address"] == address, "the same peer port"
+    statuses = [cl.status(i) for i in (0, 1)]
+    assert [st["sessions_lost"] for st in statuses] == [0, 0]
+    assert [st["lost_nodes"] for st in statuses] == [{}, {}]
+    cl.check_logs()
