@@ -160,12 +160,18 @@ class Peers:
         """A node's heartbeat lapsed: cut off from the store, or dead."""
         if node.name == self.me:
             return
-        if await self._answers(node):
+        self.cut_off[node.name] = node  # still routed to while it is asked
+        self._probing.add(node.name)
+        try:
+            answers = await self._answers(node)
+        finally:
+            self._probing.discard(node.name)
+        if answers:
             log.warning("node %s lapsed from the store but its peer listener answers: it "
                         "is cut off from the store, and its sessions are still served "
                         "through it", node.name)
-            self.cut_off[node.name] = node
             return
+        self.cut_off.pop(node.name, None)
         await self._dead(node)
 
     async def _recheck(self, node: LiveNode) -> None:
