@@ -78,6 +78,12 @@ class Cluster:
         assert code == 200, body
         return json.loads(body)
 
+    def held(self, i: int) -> int:
+        """The sessions node ``i`` holds itself.  (Where status reports the whole
+        cluster's ``sessions``, the node's own are ``sessions_here``.)"""
+        st = self.status(i)
+        return int(st.get("sessions_here", st["sessions"]))
+
     def worker_pids(self, i: int) -> set[int]:
         return {w["pid"] for rev in self.status(i)["revisions"] for w in rev["workers"]
                 if w["pid"]}
