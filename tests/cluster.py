@@ -85,8 +85,10 @@ class Cluster:
         return int(st.get("sessions_here", st["sessions"]))
 
     def worker_pids(self, i: int) -> set[int]:
+        """The pids of node ``i``'s own workers (status may list other nodes' too)."""
+        me = self.names[i]
         return {w["pid"] for rev in self.status(i)["revisions"] for w in rev["workers"]
-                if w["pid"]}
+                if w["pid"] and w.get("node", me) == me}
 
     def addresses(self, names: list[str] | None = None) -> list[tuple[str, int]]:
         return [(n.host, n.port) for name, n in zip(self.names, self.nodes, strict=True)
