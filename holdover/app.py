@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import ipaddress
 import logging
@@ -32,15 +33,19 @@ from .admin.server import AdminServer, load_or_create_token
 from .config import Config
 from .control import handover
 from .control.facade import Control
+from .control.peers import Peers
 from .control.planes import PlaneFailed, PlaneSet, bind_group
 from .control.revisions import DeployError
 from .control.shared import PlanesRouter, SharedTable
 from .core.affinity import Keys
 from .core.errors import Refused
+from .core.peers import ClusterSecret
+from .proxy.peer import PeerConnection
 from .proxy.ports import Limits, Plane
 from .proxy.redirect import RedirectToHttps
 from .proxy.server import ClientConnection
 from .state import SharedStore, StoreError, open_store
+from .state.url import is_redis_url
 
 log = logging.getLogger("holdover.gateway")
 
@@ -99,6 +104,8 @@ class Gateway:
         self._lock_fd = -1
         self._admin_sock: socket.socket | None = None
         self._redirect_sock: socket.socket | None = None
+        self._peer_sock: socket.socket | None = None  # a cluster node's peer listener
+        self.peer_plane: Plane | None = None
         self._reloading = False
 
     # -- start ----------------------------------------------------------------------
@@ -161,9 +168,13 @@ class Gateway:
         if c.gateway_access_log != "off" and self.planes is None:
             ctl.router.access_log = AccessLog(c.gateway_access_log,
                                               c.gateway_access_log_format, c.state_dir)
-        ctl.use_keys(Keys.load_or_create(c.state_dir / "secret.json"))
+        shared = is_redis_url(c.gateway_store)
+        if shared:
+            self._join_keys(inherit)
+        else:
+            ctl.use_keys(Keys.load_or_create(c.state_dir / "secret.json"))
         ctl.store = open_store(c.gateway_store or c.state_dir / "state.db",
-                               base_dir=c.base_dir)
+                               base_dir=c.base_dir, node=c.node_name if shared else "")
         await ctl.store.open()
         if c.gateway_store and isinstance(ctl.store, SharedStore):
             await ctl.claim_node(self.node_info)
@@ -194,6 +205,17 @@ class Gateway:
             for more in socks[1:]:  # handed over by a gateway that ran several processes
                 self._more_servers.append(await self.loop.create_server(
                     lambda: ClientConnection(plane), sock=more, backlog=4096, ssl=ssl_ctx))
+            if self._peer_sock is not None and ctl.peers is not None:
+                peer_plane = self.peer_plane = Plane(
+                    dataclasses.replace(self._limits(), tls=False, trusted=(),
+                                        append_forwarded=False),
+                    router, router, router, router)
+                peer_plane.from_peers = True
+                peer_plane.connections = plane.connections  # swept and drained as one
+                auth = ctl.peers.auth
+                self._more_servers.append(await self.loop.create_server(
+                    lambda: PeerConnection(peer_plane, auth), sock=self._peer_sock,
+                    backlog=4096))
         if self._redirect_sock is not None:
             self.redirect_server = await self.loop.create_server(
                 lambda: RedirectToHttps(self.bound[1]), sock=self._redirect_sock)
@@ -266,14 +288,50 @@ class Gateway:
         except PlaneFailed as exc:
             raise ListenError(str(exc)) from None
 
+    def _join_keys(self, inherit: dict) -> None:
+        """A cluster node: the shared secret's keys, and the peer listener bound.
+
+        The secret file is created (0600) on the first node; the others need a copy."""
+        c = self.config
+        path = (c.base_dir / c.gateway_cluster_secret if c.gateway_cluster_secret
+                else c.state_dir / "cluster.secret")
+        secret = ClusterSecret.load_or_create(path)
+        if secret.created:
+            log.warning("created the cluster secret %s: copy it (mode 0600) to every other "
+                        "node of this cluster before starting them ([gateway] "
+                        "cluster_secret names where each node reads it)", path)
+        self.ctl.use_keys(secret.keys)
+        peers = self.ctl.peers = Peers(self.ctl, secret, c.node_name)
+        advertised = c.gateway_advertise or c.gateway_listen[0]
+        if advertised.startswith("["):
+            host = advertised[1:].partition("]")[0]
+        else:
+            host = advertised.rpartition(":")[0] if advertised.count(":") == 1 else advertised
+        address = c.gateway_peer_listen
+        if address is None:
+            try:
+                ipaddress.ip_address(host)
+                address = (host, 0)
+            except ValueError:  # a host name is announced; bind where the proxy listens
+                address = (c.gateway_listen[0], 0)
+        sock = self._peer_sock = self._bind("peer_listen", address, inherit.get("peer_fd"))
+        bound_host, port = sock.getsockname()[:2]
+        if c.gateway_peer_listen is not None and bound_host not in ("0.0.0.0", "::"):
+            host = bound_host
+        peers.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
     def node_info(self) -> dict[str, object]:
         """What this node's heartbeat tells others: where it is, since when, and a summary
         of its revisions, workers and sessions (the cluster's status, control/clusterview.py)."""
         c = self.config
         ops = self.ctl.clusterops
-        return {"advertise": c.gateway_advertise or c.gateway_listen[0], "pid": os.getpid(),
-                "listen": f"{c.gateway_listen[0]}:{c.gateway_listen[1]}",
-                "summary": ops.view.summary() if ops is not None else {}}
+        info: dict[str, object] = {
+            "advertise": c.gateway_advertise or c.gateway_listen[0], "pid": os.getpid(),
+            "listen": f"{c.gateway_listen[0]}:{c.gateway_listen[1]}",
+            "summary": ops.view.summary() if ops is not None else {}}
+        if self.ctl.peers is not None:
+            info.update(self.ctl.peers.info())
+        return info
 
     # -- stop -----------------------------------------------------------------------
 
@@ -281,11 +339,15 @@ class Gateway:
         self.ctl.start_closing()
         if self.plane is not None:
             self.plane.closing = True
+        if self.peer_plane is not None:
+            self.peer_plane.closing = True
 
     async def shutdown(self) -> None:
         """Stop accepting, let work finish up to shutdown_timeout, then stop workers."""
         self._set_closing()
         ctl = self.ctl
+        if ctl.peers is not None:  # first: no other node may count this one as dead
+            await ctl.peers.leaving()
         timeout = self.config.gateway_shutdown_timeout
         if self.server is not None or self.planes is not None:
             log.info("shutting down: waiting up to %.0fs for %d connection(s)", timeout,
@@ -409,6 +471,8 @@ class Gateway:
             if self._redirect_sock is not None and new.gateway_redirect_listen is not None \
                     and not _moved(self._redirect_sock, new.gateway_redirect_listen):
                 fds["redirect_fd"] = os.dup(self._redirect_sock.fileno())
+            if self._peer_sock is not None:
+                fds["peer_fd"] = os.dup(self._peer_sock.fileno())
 
             async def stop_serving() -> None:
                 await self.drain_connections(self.config.gateway_shutdown_timeout,

@@ -23,6 +23,7 @@ from typing import Any
 from .core.discovery import discover_setting, dns_servers_setting, hook_setting, upstreams_setting
 from .core.units import parse_duration, parse_size
 from .state import StoreError, check_store
+from .state.names import advertise_address, node_name
 from .state.url import check_files, is_redis_url, parse_redis_url
 
 DEFAULT_CONFIG = "holdover.toml"
@@ -151,43 +152,6 @@ def _store(value: Any) -> str:
     return value
 
 
-_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,62}$")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
-                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*\.?$")
-
-
-def _node(value: Any) -> str:
-    if not isinstance(value, str) or (value and not _NODE.match(value)):
-        raise ValueError(f"expected a node name (1-63 letters, digits, '.', '_', '-', "
-                         f"starting with a letter or digit), got {value!r}")
-    return value
-
-
-def _advertise(value: Any) -> str:
-    """A host (IP address or DNS name), optionally with ``:port``; not a wildcard."""
-    if not isinstance(value, str):
-        raise ValueError(f"expected an address like \"10.0.0.1\", got {value!r}")
-    if not value:
-        return value
-    host, port = value, None
-    m = re.match(r"^\[([^\]]+)\](?::(\d+))?$", value) or re.match(r"^([^:]+):(\d+)$", value)
-    if m:
-        host, port = m.group(1), m.group(2)
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        ip = None
-        if not _HOSTNAME.match(host):
-            raise ValueError(f"expected an IP address or host name, optionally with :port "
-                             f"(e.g. \"10.0.0.1\" or \"[fd00::1]:8080\"), got {value!r}") from None
-    if ip is not None and ip.is_unspecified:
-        raise ValueError(f"{value!r} is a wildcard address that other nodes cannot reach; "
-                         "give this node's own address")
-    if port is not None and not 0 < int(port) <= 65535:
-        raise ValueError(f"port {port} is out of range 1-65535")
-    return value
-
-
 def _processes(value: Any) -> int:
     if value == "auto":  # one per usable core, counted when the file is read
         return len(os.sched_getaffinity(0))
@@ -262,14 +226,21 @@ SETTINGS: tuple[Setting, ...] = (
             "shares: redis://[:password@]host[:port]/db, rediss:// (TLS) or "
             "unix:///path/redis.sock, with ?password_file=, cluster=, timeout= "
             "(docs/cluster.md)."),
-    Setting("gateway", "node", _node, "",
+    Setting("gateway", "node", node_name, "",
             "This node's name in a cluster; \"\" = the host name."),
-    Setting("gateway", "advertise", _advertise, "",
+    Setting("gateway", "advertise", advertise_address, "",
             "The address other nodes of a cluster use to reach this node (IP or host name, "
             "optionally :port); \"\" = the host of listen."),
     Setting("gateway", "store_outage_grace", parse_duration, "30s",
             "With a shared store: how long the node stays ready (GET /readyz) while the store "
             "does not answer; it serves what it knows meanwhile and refuses deploys."),
+    Setting("gateway", "cluster_secret", _string, "",
+            "With a shared store: the file of keys every node of the cluster must share "
+            "(sessions, cookies, node-to-node tokens), relative to the config file; \"\" = "
+            "state_dir/cluster.secret, created 0600 if missing (copy it to every node)."),
+    Setting("gateway", "peer_listen", _optional_address, "",
+            "With a shared store: where other nodes pass requests for this node's sessions "
+            "(authenticated, not encrypted); \"\" = the advertise address, any free port."),
     Setting("gateway", "access_log", _access_log, "access.log",
             "Access log: a file (relative to state_dir), \"-\" for standard output, "
             "or \"off\"."),
@@ -573,6 +544,9 @@ def from_dict(data: dict[str, Any], path: Path, text: str = "",
             raise ConfigError(f"{where('gateway', 'advertise')}: with a shared store, other "
                               f"nodes must reach this one, and listen is on every address "
                               f"({listen_host!r}): set advertise to this node's own address")
+        if values["gateway_processes"] > 1:
+            raise ConfigError(f"{where('gateway', 'processes')}: a node of a cluster (a "
+                              f"shared store) runs one process for now: set processes = 1")
     if not (values["app_command"] or values["app_upstreams"] or values["app_discover"]):
         raise ConfigError(f"{where('app', 'command' if 'command' in data.get('app', {}) else None)}"
                           f": missing required key 'command': the command that starts one "

@@ -165,6 +165,7 @@ class GatewayProcess:
         """``holdover run -c self.config`` in ``self.dir``, its stderr collected."""
         self.lines: list[str] = []
         self.port = 0
+        self.host = "127.0.0.1"
         self.proc = subprocess.Popen(
             [PY, "-m", "holdover", "run", "-c", str(self.config)], cwd=self.dir,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -223,11 +224,14 @@ class GatewayProcess:
         return "".join(self.lines)
 
     def wait_ready(self, timeout: float = 30.0) -> GatewayProcess:
+        """Wait until it serves; ``port`` (and ``host``, a loopback address) say where."""
         def serving() -> int:
-            m = re.search(r"serving http://127\.[0-9.]+:(\d+)/", self.log)
+            m = re.search(r"serving http://(127(?:\.\d+){3}):(\d+)/", self.log)
             if m is None and self.proc.poll() is not None:
                 raise AssertionError(f"gateway exited {self.proc.returncode}:\n{self.log}")
-            return int(m.group(1)) if m else 0
+            if m:
+                self.host = m.group(1)
+            return int(m.group(2)) if m else 0
         self.port = int(wait_for(serving, timeout, what="gateway to serve"))  # type: ignore[arg-type]
         return self
 

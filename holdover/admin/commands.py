@@ -95,6 +95,8 @@ async def _status(gw: Gateway, args: dict[str, Any]) -> Any:
     if gw.planes is not None:  # processes > 1: each data-plane process, and the sum
         st["processes"] = gw.planes.status()
         st["connections"] = len(gw.connections)
+    if gw.peers is not None:  # a cluster node: the other nodes it routes to, the dead ones
+        st.update(gw.peers.status())
     if gw.clusterops is not None:  # every node's workers, sessions summed (clusterview.py)
         st = gw.clusterops.view.status(st)
     return st

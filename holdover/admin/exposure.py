@@ -16,7 +16,7 @@ from pathlib import Path
 from ..config import Config
 from ..core.private_files import loose_mode
 
-PRIVATE_FILES = ("admin.token", "secret.json")
+PRIVATE_FILES = ("admin.token", "secret.json", "cluster.secret")  # cluster: its default place
 
 
 def is_loopback(host: str) -> bool:

@@ -30,6 +30,7 @@ from .cluster import Cluster
 from .clusterops import ClusterOps
 from .external import Discovery
 from .hooks import Hooks
+from .peers import Peers
 from .persist import Persistence
 from .pins import PinDirectory, local_directory
 from .revisions import RevisionManager
@@ -72,6 +73,7 @@ class Control:
         self.closing = False
         self.cluster: Cluster | None = None  # on a shared store (control/cluster.py)
         self.clusterops: ClusterOps | None = None  # operations the whole cluster carries out
+        self.peers: Peers | None = None  # the other nodes as routes (control/peers.py)
         self.ready = False  # serving, and not shutting down (the admin side's /readyz)
         self.planes: Any = None  # the data-plane processes, with processes > 1 (planes.py)
 
@@ -239,13 +241,21 @@ class Control:
     async def claim_node(self, info: Callable[[], dict[str, Any]]) -> None:
         """Join the cluster on a shared store (control/cluster.py), beside any live node.
 
-        The heartbeat renews every HEARTBEAT seconds and lapses TTL_BEATS beats after this
-        node stops (or dies); cluster-wide operations ride the feed (clusterops.py)."""
-        self.cluster = Cluster(self.store, self.config.node_name, info,  # type: ignore[arg-type]
+        Refused (StoreError), before any worker runs, beside a live node whose cluster
+        secret is another one.  The heartbeat renews every HEARTBEAT seconds and lapses
+        TTL_BEATS beats after this node stops (or dies); cluster-wide operations ride the
+        feed (clusterops.py)."""
+        store = self.store
+        if self.peers is not None:
+            self.peers.check(await store.live_nodes())  # type: ignore[attr-defined]
+        self.cluster = Cluster(store, self.config.node_name, info,  # type: ignore[arg-type]
                                self.tasks.spawn)
         self.clusterops = ClusterOps(self, self.cluster)
         await self.cluster.join()
         self.ticker.add("cluster-heartbeat", self.cluster.heartbeat, self.cluster.tick)
+        if self.peers is not None:
+            self.peers.attach(self.cluster)
+            self.ticker.add("peers", 1.0, self.peers.sync)
 
     async def forget_node(self) -> None:
         """This node stops: others may use the store at once."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..accesslog import AccessLog
 from ..config import Config
 from ..core import policy
-from ..core.affinity import PIN_COOKIE, Keys
+from ..core.affinity import NODE_COOKIE, PIN_COOKIE, Keys, iter_cookie_values
 from ..core.balancer import Balancer, WaitQueue
 from ..core.lifecycle import PROCESS_GONE, WorkerState, takes_new_sessions
 from ..core.sessions import Pin, SessionTable
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from ..supervisor.worker import Worker
 
 log = logging.getLogger("holdover.router")
+
+PEER_DOWN_FOR = 2.0  # seconds a node that refused a connection gets no requests
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], Any]
 RecordEvent = Callable[..., Coroutine[Any, Any, None]]
@@ -75,11 +77,18 @@ class Router:
         self.access_log: AccessLog | None = None
         self.closing = False
         self._workers: dict[str, Worker] = {}  # every worker of every revision, by id
+        # In a cluster: this node's name (its route cookie) and the other nodes, by name,
+        # as endpoints of their peer listeners (control/peers.py keeps them current).
+        self.node: str | None = None
+        self.peers: dict[str, Any] = {}
 
     # -- routing (the Router port) ---------------------------------------------------
 
     def route(self, ex: Exchange) -> None:
-        """Send ``ex`` to a worker now, or park it until one is ready (then 503)."""
+        """Send ``ex`` to a worker now, or park it until one is ready (then 503).
+
+        In a cluster, a session this node does not hold whose route cookie names another
+        live node goes to that node (never what another node sent: no second hop)."""
         if self.sessions_mode and ex.cookie is not None:
             key = self._session_key(ex)
             if key is not None:
@@ -97,6 +106,11 @@ class Router:
                         self.dispatch(ex, ep)
                         return
                     self._lose(pin, "its worker is gone")
+                elif self.peers and not ex.conn.plane.from_peers:
+                    ep = self._holder(ex.cookie, key)
+                    if ep is not None:
+                        self.dispatch(ex, ep)  # a pass-through: no session hooks here
+                        return
         ep = None
         if self.canary_percent and random.random() * 100 < self.canary_percent:
             ep = self.canary_balancer.pick()
@@ -112,6 +126,15 @@ class Router:
             ex.conn.fail(ex, 503, retry_after=5)
         else:
             ex.waiter = waiter
+
+    def _holder(self, cookie: bytes, key: str) -> Any:
+        """The live node whose route cookie for session ``key`` the request carries."""
+        for value in iter_cookie_values(cookie, NODE_COOKIE):
+            node = self.keys.verify_route(value, key)
+            if node is not None:
+                ep = self.peers.get(node)
+                return ep if ep is not None and ep.routable else None
+        return None
 
     def _returned(self, key: str) -> Pin | None:
         """A client came back with holdover's offered pin: now it is a session."""
@@ -163,12 +186,28 @@ class Router:
         except (OSError, TimeoutError) as exc:
             if ex.conn.current is not ex or ex.worker is not ep:
                 return
+            if ep.peer:
+                self._peer_unreachable(ex, ep, exc)
+                return
             log.warning("cannot connect to worker %s: %s", ep.id, exc or type(exc).__name__)
             self.suspect(ep)
             if not self.retry(ex):
                 ex.conn.fail(ex, 502 if not isinstance(exc, TimeoutError) else 504)
             return
         ex.conn.attach(ex, up)
+
+    def _peer_unreachable(self, ex: Exchange, ep: Any, exc: BaseException) -> None:
+        """The node holding this session does not answer: the session starts again here.
+
+        Nothing of the request was sent, so it is routed as a new session on this node
+        (the old one is lost with its node, and counted once when the node is found
+        dead: control/peers.py)."""
+        log.warning("cannot reach node %s: %s; its sessions start again here for %.0fs",
+                    ep.node, exc or type(exc).__name__, PEER_DOWN_FOR)
+        ep.routable = False
+        ep.down_until = monotonic() + PEER_DOWN_FOR
+        self._undispatch(ex)
+        self.route(ex)  # here: the node is out of routing now
 
     def suspect(self, ep: Endpoint) -> None:
         """A connection was refused: out of rotation until its worker's next health check."""
@@ -197,6 +236,18 @@ class Router:
         tried = ex.tried if ex.tried is not None else []
         ex.tried = tried
         tried.append(ep)
+        if ep is not None and ep.peer:
+            # A stale pooled connection to another node: once more on a fresh one.
+            ex.body_buf = []
+            if len(tried) == 1 and ep.routable:
+                ex.worker = ep
+                ep.inflight += 1
+                self.spawn(self._connect(ex, ep), "connect")
+            else:  # it broke twice: out of routing for a while, the session starts here
+                ep.routable = False
+                ep.down_until = monotonic() + PEER_DOWN_FOR
+                self.route(ex)
+            return True
         if pin is not None:
             if ep is None or not ep.ready or len(tried) > 1 or \
                     self.sessions.pins.get(pin.key) is not pin:
@@ -280,7 +331,7 @@ class Router:
             self.sessions.end(old)  # the app rotated its session id (e.g. at login)
         if key != old or self.sessions.get(key) is None:
             self._pin_here(ex, key)
-            ex.session_event = b"new"
+            ex.session_event = b"new:" + key.encode()
 
     def on_session_header(self, ex: Exchange, value: bytes) -> None:
         """The explicit session protocol: ``X-Holdover-Session: <id>; max-age=N | end``."""
@@ -317,10 +368,15 @@ class Router:
             if event.startswith(b"pin:"):
                 out = (b"Set-Cookie: " + PIN_COOKIE + b"=" + self.keys.sign(event[4:].decode())
                        + attrs + b"\r\n")
+                if self.node is not None:
+                    out += self._route_cookie(event[4:].decode(), attrs)
             elif event == b"end-pin":
                 out = b"Set-Cookie: " + PIN_COOKIE + b"=; Max-Age=0" + attrs + b"\r\n"
+            elif self.node is not None and event.startswith(b"new:"):
+                out = self._route_cookie(event[4:].decode(), attrs)
         elif self.pin_clients and not self.protocol_seen and ex.pin is None \
-                and ex.worker is not None and ex.status < 500 and not self._is_health(ex.url):
+                and ex.worker is not None and not ex.worker.peer and ex.status < 500 \
+                and not self._is_health(ex.url):
             # No app cookie configured: holdover offers each client its own pin cookie;
             # it becomes a session when the client comes back with it.
             key = self.keys.new_key()
@@ -328,12 +384,19 @@ class Router:
             self.sessions.offer(key, ep.id, ep.incarnation, ep.revision, monotonic())
             out = (b"Set-Cookie: " + PIN_COOKIE + b"=" + self.keys.sign(key)
                    + attrs + b"\r\n")
+            if self.node is not None:
+                out += self._route_cookie(key, attrs)
         if ex.pin is not None or out:
             ep = ex.worker
             if ep is not None:
                 out += b"X-Holdover-Revision: " + ep.revision.encode() + b"\r\n"
             out += self.latest_header
         return out or None
+
+    def _route_cookie(self, key: str, attrs: bytes) -> bytes:
+        """In a cluster: the signed cookie that names this node as session ``key``'s."""
+        return (b"Set-Cookie: " + NODE_COOKIE + b"=" + self.keys.sign_route(self.node, key)
+                + attrs + b"\r\n")
 
     def _is_health(self, url: bytes) -> bool:
         hp = self.health_path

@@ -29,6 +29,7 @@ from .private_files import tighten, write_private
 log = logging.getLogger("holdover.affinity")
 
 PIN_COOKIE = b"holdover_pin"
+NODE_COOKIE = b"holdover_node"  # in a cluster: which node holds the session (signed)
 
 
 def _b64(data: bytes) -> bytes:
@@ -100,6 +101,28 @@ class Keys:
         for key in self._signing:
             if hmac.compare_digest(sig, self._sig(key, k)):
                 return k.decode("ascii", "replace")
+        return None
+
+    def _route_sig(self, key: bytes, node: bytes, pin_key: str) -> bytes:
+        return _b64(hashlib.blake2b(node + b":" + pin_key.encode(), key=key, digest_size=12,
+                                    person=b"holdover-node").digest())
+
+    def sign_route(self, node: str, pin_key: str) -> bytes:
+        """The ``holdover_node`` cookie value saying that ``node`` holds session ``pin_key``.
+
+        The signature covers the session's key, so the cookie of one session is worth
+        nothing beside another session's cookie."""
+        n = node.encode()
+        return n + b"." + self._route_sig(self._signing[0], n, pin_key)
+
+    def verify_route(self, value: bytes, pin_key: str) -> str | None:
+        """The node a ``holdover_node`` cookie names for ``pin_key``, or None if forged."""
+        n, dot, sig = value.rpartition(b".")
+        if not dot or not n or len(n) > 63 or not sig:
+            return None
+        for key in self._signing:
+            if hmac.compare_digest(sig, self._route_sig(key, n, pin_key)):
+                return n.decode("ascii", "replace")
         return None
 
 

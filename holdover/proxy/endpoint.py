@@ -48,6 +48,7 @@ class Endpoint:
 
     __slots__ = ("host", "id", "incarnation", "inflight", "pool", "port", "ready", "revision",
                  "routable", "standby", "stats")
+    peer = False  # another cluster node's peer listener (proxy/peer.py), not a worker
 
     def __init__(self, wid: str, revision: str, host: str) -> None:
         self.id = wid

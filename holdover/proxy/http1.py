@@ -25,9 +25,10 @@ FORWARDING = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-
 
 # The gateway's own header names (docs/session-protocol.md): a client's are dropped before
 # the worker, an app's before the client, so that each side can trust that one of these
-# came from holdover.  (X-Holdover-Session from the app is read, then dropped.)
+# came from holdover.  (X-Holdover-Session from the app is read, then dropped; only the
+# peer listener of a cluster node reads X-Holdover-Peer.)
 HOLDOVER_HEADERS = frozenset({b"x-holdover-session", b"x-holdover-revision",
-                              b"x-holdover-latest"})
+                              b"x-holdover-latest", b"x-holdover-peer"})
 
 SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 NO_BODY_STATUSES = frozenset({204, 304})

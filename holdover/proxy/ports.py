@@ -108,7 +108,8 @@ class Plane:
     ``Connection: close`` and idle connections go.
     """
 
-    __slots__ = ("closing", "connections", "hooks", "limits", "releaser", "reporter", "router")
+    __slots__ = ("closing", "connections", "from_peers", "hooks", "limits", "releaser",
+                 "reporter", "router")
 
     def __init__(self, limits: Limits, router: Router, releaser: Releaser, reporter: Reporter,
                  hooks: SessionHooks) -> None:
@@ -119,3 +120,5 @@ class Plane:
         self.hooks = hooks
         self.connections: set[Any] = set()  # the listener's ClientConnections
         self.closing = False
+        # A cluster node's peer listener: what other nodes send is routed here only.
+        self.from_peers = False

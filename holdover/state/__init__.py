@@ -70,7 +70,7 @@ def __getattr__(name: str) -> Any:
 
 
 def open_store(url_or_path: str | os.PathLike[str], *,
-               base_dir: str | os.PathLike[str] | None = None) -> StateStore:
+               base_dir: str | os.PathLike[str] | None = None, node: str = "") -> StateStore:
     """The store named by the ``store`` setting (not yet opened).
 
     A file path or ``sqlite:///PATH`` is an SQLite file; ``memory:`` keeps state in this
@@ -78,16 +78,17 @@ def open_store(url_or_path: str | os.PathLike[str], *,
     cluster.  Relative paths (the file, and files the URL names) are relative to
     ``base_dir`` (the config file's folder), or the working directory without one.  As
     in SQLAlchemy, ``sqlite:///state.db`` is relative and ``sqlite:////var/x.db``
-    absolute.  Anything else is refused with a StoreError naming it.
+    absolute.  Anything else is refused with a StoreError naming it.  ``node`` names
+    the cluster node whose pins a shared store saves and loads.
     """
     if not isinstance(url_or_path, str):
         return SQLiteStore(_under(url_or_path, base_dir))
     value = url_or_path
     if value == "memory:":
-        return MemoryStore()
+        return MemoryStore(node=node)
     if is_redis_url(value):
         from .redis import RedisStore
-        return RedisStore(value, base_dir=base_dir)
+        return RedisStore(value, base_dir=base_dir, node=node)
     if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
         return SQLiteStore(_under(value[len("sqlite:///"):], base_dir))
     if not value.strip() or _SCHEME.match(value):

@@ -243,6 +243,9 @@ class SharedStore(StateStore):
       one worker (``claim_pin``); touches and ends are conditional, so a late or repeated
       one cannot resurrect an ended session or end a newer one.
 
+    Pins are per node: a store opened for a node (``node=``) saves, loads and claims
+    that node's pins only, so that one node's restart never loads another's.
+
     Consistency (docs/cluster.md): a pin's first claim and a session's end are strong (one
     atomic step in the store); last-seen times converge (a touch never moves them back).
     """
@@ -260,6 +263,17 @@ class SharedStore(StateStore):
     @abc.abstractmethod
     async def forget_node(self, node: str) -> None:
         """Drop ``node``'s heartbeat at once (it shut down cleanly)."""
+
+    @abc.abstractmethod
+    async def claim_once(self, key: str, ttl: float) -> bool:
+        """True for exactly one caller of ``key`` (over every node) for ``ttl`` seconds.
+
+        For a step that one node must take for the whole cluster (count a dead node's
+        sessions once)."""
+
+    @abc.abstractmethod
+    async def forget_pins_of(self, node: str) -> None:
+        """Drop every pin ``node`` saved (it died: its sessions are gone with it)."""
 
     # -- change feed -------------------------------------------------------------------
 

@@ -44,14 +44,18 @@ _WHERE = "memory state store"
 class MemoryStore(SharedStore):
     """Dicts and a list; every method completes without awaiting anything.
 
-    ``feed_maxlen`` bounds the change feed as the Redis store's does (oldest dropped).
+    ``feed_maxlen`` bounds the change feed as the Redis store's does (oldest dropped);
+    ``node`` names the node whose pins it keeps.
     """
 
-    def __init__(self, *, feed_maxlen: int = 10_000) -> None:
+    def __init__(self, *, feed_maxlen: int = 10_000, node: str = "") -> None:
         self._open = False
         # id -> (record with empty env/meta, env JSON, meta JSON); dict order = insertion
         self._revisions: dict[str, tuple[RevisionRecord, str, str]] = {}
-        self._pins: dict[str, PinRecord] = {}  # PinRecord is frozen and holds no containers
+        # node -> key -> pin ("" without a node); PinRecord is frozen, holds no containers
+        self._pin_tables: dict[str, dict[str, PinRecord]] = {}
+        self.node = node  # whose pins this store saves and loads
+        self._once: dict[str, float] = {}  # claim_once key -> monotonic expiry
         self._events: list[tuple[Event, str]] = []  # (event with empty data, data JSON)
         self._event_ids: list[int] = []  # parallel to _events, for bisect
         self._last_event_id = 0
@@ -62,6 +66,10 @@ class MemoryStore(SharedStore):
             maxlen=feed_maxlen)  # (change with empty data, data JSON)
         self._feed_seq = 0
         self._feed_waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def _pins(self) -> dict[str, PinRecord]:
+        return self._pin_tables.setdefault(self.node, {})
 
     def _check_open(self) -> None:
         if not self._open:
@@ -189,6 +197,19 @@ class MemoryStore(SharedStore):
     async def forget_node(self, node: str) -> None:
         self._check_open()
         self._nodes.pop(node, None)
+
+    async def claim_once(self, key: str, ttl: float) -> bool:
+        self._check_open()
+        check_ttl(ttl)
+        now = time.monotonic()
+        if self._once.get(key, 0.0) > now:
+            return False
+        self._once[key] = now + ttl
+        return True
+
+    async def forget_pins_of(self, node: str) -> None:
+        self._check_open()
+        self._pin_tables.pop(node, None)
 
     # -- change feed -------------------------------------------------------------------
 

@@ -72,15 +72,19 @@ class RedisStore(SharedStore):
     Every key is ``prefix`` (``holdover:{CLUSTER}:``) + a name: ``layout``, ``rev``,
     ``rev:order``, ``rev:seq``, ``pins``, ``ev``, ``ev:ids``, ``ev:k:KIND``, ``ev:seq``,
     ``meta``, ``nodes``, ``nodes:info``, ``feed``, ``feed:seq``, ``feed:start``,
-    ``lock:NAME`` (what each holds: docs/cluster.md, "Keys").
+    ``lock:NAME``, ``once:KEY`` (what each holds: docs/cluster.md, "Keys").  Opened for a
+    ``node``, its pins are ``pins:NODE`` (the ``pins`` of a single gateway from before is
+    renamed to it).
     """
 
     def __init__(self, url: str | RedisURL, *, base_dir: str | os.PathLike[str] | None = None,
-                 feed_maxlen: int = 10_000) -> None:
+                 feed_maxlen: int = 10_000, node: str = "") -> None:
         self.url = url if isinstance(url, RedisURL) else parse_redis_url(url)
         self.base_dir = base_dir
         self.feed_maxlen = feed_maxlen
         self.prefix = self.url.prefix
+        self.node = node
+        self._pins_key = self._key(f"pins:{node}" if node else "pins")
         self._where = f"state store {self.url.display}"
         self._password: str | None = None
         self._client: aioredis.Redis | None = None
@@ -203,6 +207,9 @@ class RedisStore(SharedStore):
                         "use another cluster name" if newer else
                         f"key {self._key('layout')} holds {found!r}, not a holdover layout "
                         "version: choose another cluster name"))
+            if self.node:  # the pins of the one gateway that used this store before
+                await self._call("move the pins to this node's key", lambda c: _move_pins(
+                    c, self._key("pins"), self._pins_key))
         except BaseException:
             await self.close()
             raise
@@ -292,12 +299,12 @@ class RedisStore(SharedStore):
         mapping = {p.key: self._pin_value(p) for p in recs}
         if mapping:
             await self._call(f"save {len(mapping)} pins",
-                             lambda c: c.hset(self._key("pins"), mapping=mapping))
+                             lambda c: c.hset(self._pins_key, mapping=mapping))
 
     async def delete_pins(self, keys: Sequence[str]) -> None:
         if keys:
             await self._call(f"delete {len(keys)} pins",
-                             lambda c: c.hdel(self._key("pins"), *keys))
+                             lambda c: c.hdel(self._pins_key, *keys))
 
     async def load_pins(self) -> list[PinRecord]:
         """Every pin, read in steps (HSCAN) so that a large table never stalls Redis."""
@@ -305,18 +312,18 @@ class RedisStore(SharedStore):
         cursor = 0
         while True:
             cursor, page = await self._call("read pins", lambda c, at=cursor: c.hscan(
-                self._key("pins"), at, count=_SCAN_COUNT))
+                self._pins_key, at, count=_SCAN_COUNT))
             found.update(page)
             if cursor == 0:
                 break
         return [self._pin("read pins", k, found[k]) for k in sorted(found)]
 
     async def get_pin(self, key: str) -> PinRecord | None:
-        value = await self._call("read a pin", lambda c: c.hget(self._key("pins"), key))
+        value = await self._call("read a pin", lambda c: c.hget(self._pins_key, key))
         return None if value is None else self._pin("read a pin", key, value)
 
     async def claim_pin(self, rec: PinRecord) -> PinRecord:
-        held = await self._script("CLAIM_PIN", "claim a pin", [self._key("pins")],
+        held = await self._script("CLAIM_PIN", "claim a pin", [self._pins_key],
                                   [rec.key, self._pin_value(rec)])
         return rec if held is None else self._pin("claim a pin", rec.key, held)
 
@@ -327,13 +334,13 @@ class RedisStore(SharedStore):
         if not args:
             return []
         return await self._script("TOUCH_PINS", f"touch {len(touches)} pins",
-                                  [self._key("pins")], args)
+                                  [self._pins_key], args)
 
     async def end_pins(self, ends: Sequence[PinEnd]) -> list[str]:
         args = [part for end in ends for part in end]
         if not args:
             return []
-        return await self._script("END_PINS", f"end {len(ends)} pins", [self._key("pins")],
+        return await self._script("END_PINS", f"end {len(ends)} pins", [self._pins_key],
                                   args)
 
     # -- events ------------------------------------------------------------------------
@@ -409,6 +416,16 @@ class RedisStore(SharedStore):
         await self._script("FORGET_NODE", f"forget node {node!r}",
                            [self._key("nodes"), self._key("nodes:info")], [node])
 
+    async def claim_once(self, key: str, ttl: float) -> bool:
+        check_ttl(ttl)
+        ms = max(1, int(ttl * 1000))
+        return bool(await self._call(f"claim {key!r}", lambda c: c.set(
+            self._key(f"once:{key}"), self.node or "-", nx=True, px=ms)))
+
+    async def forget_pins_of(self, node: str) -> None:
+        await self._call(f"forget the pins of node {node!r}",
+                         lambda c: c.delete(self._key(f"pins:{node}")))
+
     # -- change feed (a Redis stream; docs/cluster.md says why not pub/sub) -------------
 
     def _feed_keys(self) -> list[str]:
@@ -469,6 +486,12 @@ class RedisStore(SharedStore):
     async def release(self, name: str, owner: str) -> bool:
         return bool(await self._script("RELEASE", f"release the lock {name!r}",
                                        [self._key(f"lock:{name}")], [owner]))
+
+
+async def _move_pins(client: aioredis.Redis, old: str, new: str) -> None:
+    if await client.exists(old) and not await client.exists(new):
+        await client.renamenx(old, new)
+
 
 def _fields(flat: Any) -> dict[str, str]:
     """A stream entry's fields: Lua hands them over as a flat list, redis-py as a dict."""

@@ -1,14 +1,15 @@
 """A gateway on the Redis store (``[gateway] store = "redis://..."``), end to end.
 
 Its revisions, pins and events live in a real redis-server: a restart finds them there.
-A second node on the same store joins the first: both are listed by either.
+Several nodes that share the cluster secret join one store; a node with another secret
+is refused at start, before any worker runs, with a sentence that says what to copy.
 """
 
 from __future__ import annotations
 
 import json
-import time
 
+from cluster import Cluster
 from conftest import GatewayProcess, wait_for
 
 
@@ -28,24 +29,27 @@ def test_a_gateway_keeps_its_state_in_redis_across_a_restart(gateway_factory, re
     assert "deploy" in kinds and "restore" in kinds
 
 
-def test_a_second_node_on_the_same_store_joins_the_first(gateway_factory, redis_url) -> None:
-    first = gateway_factory(workers=1, extra_gateway=f'store = "{redis_url}"\n'
-                            'node = "web-1"\n').wait_ready()
-    second: GatewayProcess = gateway_factory(
-        workers=1, extra_gateway=f'store = "{redis_url}"\nnode = "web-2"\n').wait_ready()
-    assert "in use by node" not in second.log
-
-    def nodes(gw: GatewayProcess) -> set[str]:
-        r = gw.cli("status", "--json")
-        return {n["name"] for n in json.loads(r.stdout).get("nodes", [])} \
-            if r.returncode == 0 else set()
-    for gw in (first, second):
-        wait_for(lambda gw=gw: nodes(gw) == {"web-1", "web-2"}, 30, what="both nodes listed")
-    # The joining node runs the cluster's active revision.
-    st = json.loads(second.cli("status", "--json").stdout)
-    assert st["active"] == "v1", st
-    # The first one stops: its heartbeat goes at once.
-    assert first.stop() == 0
-    t0 = time.monotonic()
-    wait_for(lambda: nodes(second) == {"web-2"}, 30, what="web-1 gone from the list")
-    assert time.monotonic() - t0 < 10
+def test_nodes_sharing_the_cluster_secret_join_and_another_secret_is_refused(
+        gateway_factory, tmp_path, redis_url) -> None:
+    cl = Cluster(gateway_factory, tmp_path, redis_url, 2).wait_ready()
+    peers = [cl.status(i)["peers"] for i in range(2)]
+    assert list(peers[0]) == ["web-2"] and list(peers[1]) == ["web-1"], peers
+    assert peers[0]["web-2"]["address"].startswith("127.0.0.12:")
+    # A third node with a secret of its own (its state_dir's) is refused before any of
+    # its workers runs, with a message naming a node and the file to copy.
+    third: GatewayProcess = gateway_factory(
+        workers=1, extra_gateway=f'listen = "127.0.0.13:0"\nadmin_listen = "127.0.0.13:0"\n'
+                                 f'store = "{redis_url}"\nnode = "web-3"\n')
+    assert third.proc.wait(30) == 1
+    third._reader.join(5)
+    assert "uses another cluster secret" in third.log and "node web-1" in third.log, third.log
+    assert "cluster.secret" in third.log and "copy it" in third.log, third.log
+    assert "worker v1-1 started" not in third.log
+    assert "created the cluster secret" in third.log  # and it said where it made its own
+    # Given the cluster's file, it joins.
+    third.config.write_text(third.config.read_text().replace(
+        'node = "web-3"', f'node = "web-3"\ncluster_secret = "{cl.secret_path}"'))
+    third._start()
+    third.wait_ready()
+    wait_for(lambda: set(cl.status(0)["peers"]) == {"web-2", "web-3"}, 20,
+             what="web-1 to route to web-3")

@@ -324,3 +324,52 @@ def test_a_lock_has_one_holder_until_it_is_released_or_lapses(shared: Shared) ->
 
 async def _is(node: SharedStore, owner: str) -> bool:
     return await node.acquire("ops", owner, 30.0) == owner
+
+
+# -- steps one node takes for the cluster, and pins per node ------------------------------
+
+
+def test_claim_once_has_one_winner_among_nodes_until_its_ttl(shared: Shared) -> None:
+    async def main() -> None:
+        nodes = [shared.make() for _ in range(4)]
+        for node in nodes:
+            await node.open()
+        try:
+            results = await asyncio.gather(*(nodes[i % 4].claim_once("node-dead:web-3:1", 0.6)
+                                             for i in range(20)))
+            assert results.count(True) == 1, results
+            assert not await nodes[2].claim_once("node-dead:web-3:1", 0.6)
+            assert await nodes[1].claim_once("node-dead:web-3:2", 60), "another key: its own"
+            await eventually(lambda: nodes[3].claim_once("node-dead:web-3:1", 60), 5,
+                             "the claim to lapse after its ttl")
+            with pytest.raises(ValueError):
+                await nodes[0].claim_once("k", 0)
+        finally:
+            for node in nodes:
+                await node.close()
+    run(main())
+
+
+def test_each_node_saves_and_loads_only_its_own_pins(redis_url: str) -> None:
+    async def main() -> None:
+        legacy = RedisStore(redis_url)  # a single gateway of before: pins under "pins"
+        a, b = RedisStore(redis_url, node="web-1"), RedisStore(redis_url, node="web-2")
+        await legacy.open()
+        await legacy.put_pins([pin("old", "w0")])
+        await legacy.close()
+        await a.open()  # the first node to open takes the single gateway's pins
+        await b.open()
+        try:
+            assert [p.key for p in await a.load_pins()] == ["old"]
+            await a.put_pins([pin("s1", "w1"), pin("s2", "w1")])
+            await b.put_pins([pin("s3", "w2")])
+            assert [p.key for p in await a.load_pins()] == ["old", "s1", "s2"]
+            assert [p.key for p in await b.load_pins()] == ["s3"]
+            assert await b.get_pin("s1") is None
+            await b.forget_pins_of("web-1")  # web-1 died: a survivor forgets its pins
+            assert await a.load_pins() == []
+            assert [p.key for p in await b.load_pins()] == ["s3"]
+        finally:
+            await a.close()
+            await b.close()
+    run(main())

@@ -146,3 +146,15 @@ def test_admin_csp_allows_nothing_inline() -> None:
     assert not re.search(r"\sstyle=|\son[a-z]+=", page), "an inline style or handler"
     assert not re.search(r"""style\s*:\s*[`'"]|setAttribute\(\s*["']style""", script), \
         "app.js sets a style attribute (refused by the CSP); use element.style"
+
+
+def test_a_loose_cluster_secret_is_reported_like_the_other_secrets(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    state.mkdir()
+    secret = state / "cluster.secret"
+    secret.write_text("{}")
+    secret.chmod(0o600)
+    assert file_warnings(state) == []
+    secret.chmod(0o640)
+    (warning,) = file_warnings(state)
+    assert "cluster.secret is readable by other users (mode 0640)" in warning

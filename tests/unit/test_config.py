@@ -317,6 +317,22 @@ def test_cluster_settings(tmp_path: Path) -> None:
             == store
 
 
+def test_a_cluster_node_names_its_secret_and_peer_listener_and_runs_one_process(
+        tmp_path: Path) -> None:
+    cfg = load(write(tmp_path, MINIMAL))
+    assert (cfg.gateway_cluster_secret, cfg.gateway_peer_listen) == ("", None)
+    node = MINIMAL + '[gateway]\nstore = "redis://10.0.0.9/0"\nnode = "web-1"\n'
+    cfg = load(write(tmp_path, node + 'cluster_secret = "keys/cluster.secret"\n'
+                                      'peer_listen = "10.0.0.1:7070"\n'))
+    assert (cfg.gateway_cluster_secret, cfg.gateway_peer_listen) == (
+        "keys/cluster.secret", ("10.0.0.1", 7070))
+    with pytest.raises(ConfigError, match=r"\[gateway\] peer_listen \(line 6\)"):
+        load(write(tmp_path, node + 'peer_listen = "10.0.0.1"\n'))
+    with pytest.raises(ConfigError, match=r"\[gateway\] processes \(line 6\).*processes = 1"):
+        load(write(tmp_path, node + "processes = 2\n"))
+    assert load(write(tmp_path, MINIMAL + "[gateway]\nprocesses = 2\n")).gateway_processes == 2
+
+
 def test_store_files_are_checked_relative_to_the_config_file(tmp_path: Path) -> None:
     text = MINIMAL + '[gateway]\n# shared\nstore = "redis://h/0?password_file=redis.pass"\n'
     p = write(tmp_path, text)
