@@ -29,6 +29,8 @@ import pytest
 from conftest import APPS, PY, GatewayProcess, wait_for
 from redisserver import RedisServer
 
+from holdover.core.peers import ClusterSecret
+
 STATEFUL = f"{PY} {APPS / 'stateful.py'} {{port}}"
 
 
@@ -54,8 +56,10 @@ class Node:
 class Cluster:
     """Start nodes against one Redis; every process is stopped by the fixture."""
 
-    def __init__(self, factory: Callable[..., GatewayProcess], store: str) -> None:
+    def __init__(self, factory: Callable[..., GatewayProcess], store: str, tmp: Path) -> None:
         self.factory, self.store = factory, store
+        self.secret = tmp / "cluster.secret"  # the keys every node shares, made once
+        ClusterSecret.load_or_create(self.secret)
         self.nodes: list[Node] = []
 
     def start(self, extra_app: str = "", app: str = STATEFUL, index: int | None = None,
@@ -65,6 +69,7 @@ class Cluster:
         gw = self.factory(app=app, mode="sessions", workers=kw.pop("workers", 1),
                           extra_gateway=f'listen = "{host}:0"\nadmin_listen = "{host}:0"\n'
                           f'store = "{self.store}"\nnode = "{name}"\n'
+                          f'cluster_secret = "{self.secret}"\n'
                           + kw.pop("extra_gateway", ""),
                           extra_app='session_cookie = "sid"\nstop_grace = "3s"\n' + extra_app,
                           **kw)
@@ -86,8 +91,8 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(gateway_factory, redis_url) -> Cluster:
-    return Cluster(gateway_factory, redis_url)
+def cluster(gateway_factory, redis_url, tmp_path) -> Cluster:
+    return Cluster(gateway_factory, redis_url, tmp_path)
 
 
 @pytest.fixture
@@ -342,7 +347,7 @@ def test_while_redis_is_away_changes_are_refused_and_what_happened_is_written_af
     redis = RedisServer(tmp_path / "redis", args=("--appendonly", "yes",
                                                   "--appendfsync", "always")).start()
     try:
-        cluster = Cluster(gateway_factory, redis.url("outage"))
+        cluster = Cluster(gateway_factory, redis.url("outage"), tmp_path)
         a = cluster.start(extra_gateway='store_outage_grace = "6s"\n')
         b = cluster.start()
         redis.stop()
@@ -400,8 +405,8 @@ def test_while_redis_is_away_changes_are_refused_and_what_happened_is_written_af
 
 
 def test_a_redis_that_comes_back_empty_is_filled_again_by_the_nodes(
-        gateway_factory, own_redis: RedisServer) -> None:
-    cluster = Cluster(gateway_factory, own_redis.url("empty"))
+        gateway_factory, own_redis: RedisServer, tmp_path: Path) -> None:
+    cluster = Cluster(gateway_factory, own_redis.url("empty"), tmp_path)
     a, b = cluster.start(), cluster.start()
     code, out = a.api("POST", "/api/deploy", {"revision": "v2"})
     assert code == 200, out
@@ -515,11 +520,11 @@ class Relay:
 
 
 def test_a_node_cut_off_from_redis_serves_what_it_holds_and_catches_up_when_it_rejoins(
-        gateway_factory, own_redis: RedisServer) -> None:
+        gateway_factory, own_redis: RedisServer, tmp_path: Path) -> None:
     relay = Relay(own_redis.port).start()
     try:
         direct = own_redis.url("split")
-        cluster = Cluster(gateway_factory, direct)
+        cluster = Cluster(gateway_factory, direct, tmp_path)
         a = cluster.start()
         cluster.store = direct.replace(f":{own_redis.port}/", f":{relay.port}/")
         b = cluster.start()
