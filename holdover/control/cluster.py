@@ -28,6 +28,7 @@ log = logging.getLogger("holdover.cluster")
 HEARTBEAT = 2.0  # seconds between heartbeats; a node is gone after TTL_BEATS missed ones
 TTL_BEATS = 3
 FEED_WAIT = 5.0  # longest one blocking read of the feed
+JOINED = "node-joined"  # the change a node publishes when it joins, with its heartbeat info
 
 Handler = Callable[[Change], Awaitable[None] | None]
 GoneHandler = Callable[[LiveNode], Awaitable[None] | None]
@@ -86,6 +87,12 @@ class Cluster:
         self.nodes_at = monotonic()
         self.position = await self.store.feed_position()
         self._feed_task = self._spawn(self._follow(), "cluster-feed")
+        # The others learn of this node now, not at their next heartbeat: until they do,
+        # they could not route the sessions it begins.
+        try:
+            await self.publish(JOINED, self._info())
+        except StoreError as exc:
+            log.warning("cannot tell the other nodes that this one joined: %s", exc)
 
     async def leave(self) -> None:
         """This node stops: the others see it gone at once, not a ttl later."""
@@ -166,6 +173,8 @@ class Cluster:
                 self.position = change.seq
                 if change.node == self.me:
                     continue
+                if change.kind == JOINED:
+                    self.nodes[change.node] = LiveNode(change.node, change.data, self.ttl)
                 for handler in self._handlers.get(change.kind, ()):
                     try:
                         await _call(handler, change)

@@ -29,6 +29,7 @@ from ..core.peers import ClusterSecret
 from ..proxy.peer import PeerEndpoint
 from ..state import StoreError
 from ..state.base import Change, LiveNode
+from .cluster import JOINED
 
 if TYPE_CHECKING:
     from .cluster import Cluster
@@ -97,6 +98,7 @@ class Peers:
         self.cluster = cluster
         cluster.on_gone(self.node_gone)
         cluster.on("node-lost", self._told_lost)
+        cluster.on(JOINED, lambda change: self.sync(monotonic()))  # route to it at once
         self.sync(monotonic())
 
     async def leaving(self) -> None:

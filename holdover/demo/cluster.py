@@ -222,7 +222,27 @@ class Nodes:
         # One after the other: the first creates the cluster secret the second reads.
         for node in self.nodes:
             await self.start_node(node)
+        await self.wait_joined()
         await self.start_balancer()
+
+    async def wait_joined(self, timeout: float = 20.0) -> None:
+        """Until every node lists every node (so each routes the others' sessions)."""
+        import aiohttp
+
+        names = {n.name for n in self.nodes}
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            for node in self.nodes:
+                while True:
+                    async with http.get(f"{node.admin_url}/api/status", headers={
+                            "Authorization": f"Bearer {node.token}"}) as resp:
+                        seen = {n["name"] for n in (await resp.json()).get("nodes", [])}
+                    if seen == names:
+                        break
+                    if time.monotonic() > deadline:
+                        raise DemoFailed(f"node {node.name} sees {sorted(seen)}, not "
+                                         f"{sorted(names)}")
+                    await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
         if self.balancer is not None:

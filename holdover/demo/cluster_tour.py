@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -160,6 +161,14 @@ class ClusterTour:
         if carol.me["revision"] != "v2":
             self.problems.append(f"a new visitor got {carol.me['revision']}, not v2")
 
+        # They go on for a few heartbeats: what a node last said of itself is what the
+        # others count when it dies (docs/cluster.md, "A node that dies").
+        self.say("alice, bob and carol keep browsing for a few seconds ...")
+        for _ in range(6):
+            for v, node in ((alice, web2), (bob, web1), (carol, web2)):
+                await v.whoami(node)
+            await asyncio.sleep(0.5)
+
         print(f"\n4. node {web1.name} dies (SIGKILL: the gateway and its workers)", flush=True)
         self.nodes.kill_node(web1)
         assert web1.proc is not None
@@ -209,6 +218,7 @@ async def _main(template: str, verbose: bool) -> int:
     finally:
         with contextlib.suppress(Exception):
             await tour.close()
+        shutil.rmtree(tour.home, ignore_errors=True)
     failed = tour.failed  # after the kill, nothing is sent to the dead node
     print("\nsummary")
     print(f"  a session across nodes        {result['moved']} of 6 requests on its worker")
@@ -220,6 +230,7 @@ async def _main(template: str, verbose: bool) -> int:
     problems = tour.problems + failed
     for p in problems:
         print(f"  problem: {p}")
+    print("PASS" if not problems else "FAIL")
     return 0 if not problems else 1
 
 

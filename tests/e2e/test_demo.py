@@ -281,3 +281,85 @@ def test_tour_reports_no_failed_request_and_no_lost_session(tmp_path):
 
     leftovers = [p for p in psutil.process_iter() if ours(p)]
     assert not leftovers, leftovers
+
+
+def test_cluster_tour_moves_a_session_between_nodes_deploys_on_both_and_survives_a_kill(
+        tmp_path):
+    out = subprocess.run([*HOLDOVER, "demo", "--tour", "--cluster"], capture_output=True,
+                         text=True, timeout=150, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout
+    assert re.search(r"^\s+a session across nodes\s+6 of 6 requests on its worker$", text,
+                     re.M), text
+    assert re.search(r"^\s+sessions kept through deploy\s+2 of 2$", text, re.M), text
+    assert re.search(r"^\s+new visitor after the deploy\s+revision v2$", text, re.M), text
+    assert re.search(r"^\s+node killed: other sessions\s+kept$", text, re.M), text
+    # alice's and carol's sessions lived on the node that was killed: two, counted once.
+    assert re.search(r"^\s+lost sessions counted\s+2$", text, re.M), text
+    assert re.search(r"^\s+failed requests\s+0$", text, re.M), text
+    assert "PASS" in text
+    assert not list(tmp_path.glob("holdover-cluster-tour-*")), "the tour left its folder"
+
+    def ours(p: psutil.Process) -> bool:
+        try:
+            return str(tmp_path) in " ".join(p.cmdline()) or p.cwd().startswith(str(tmp_path))
+        except (psutil.Error, OSError):
+            return False
+
+    assert not [p for p in psutil.process_iter() if ours(p)]
+
+
+
+def test_cluster_demo_serves_one_site_through_the_balancer_and_stops_cleanly(demo):
+    d = demo("--cluster")
+
+    def banner() -> str | None:
+        if d.proc.poll() is not None:
+            raise AssertionError(f"demo exited {d.proc.returncode}:\n{d.text}{''.join(d.err)}")
+        return d.text if "Ctrl-C stops it all" in d.text else None
+    text = wait_for(banner, 60, what="the cluster demo's banner")
+    d.kids = psutil.Process(d.proc.pid).children(recursive=True)
+    site = re.search(r"^\s+(http://127\.0\.0\.1:\d+)/\s*$", text, re.M).group(1)
+    nodes = dict(re.findall(r"(web-[12]): (http://127\.0\.0\.1[12]:\d+)/", text))
+    assert set(nodes) == {"web-1", "web-2"}, text
+    # Through the balancer, each request on a new connection: they alternate between the
+    # nodes, and every page comes from the worker the login reached.
+    cookies: dict[str, str] = {}
+
+    def call(method: str, path: str, data: bytes | None = None) -> dict:
+        req = urllib.request.Request(site + path, data=data, method=method, headers={
+            "Accept": "application/json",
+            "Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())})
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                             _NoRedirect())
+        with contextlib.closing(opener.open(req, timeout=15)) as resp:
+            for line in resp.headers.get_all("Set-Cookie") or []:
+                name, _, value = line.split(";")[0].partition("=")
+                cookies[name.strip()] = value
+            body = resp.read()
+        return json.loads(body) if path == "/api/me" else {}
+
+    call("POST", "/login", urllib.parse.urlencode({"name": "ann"}).encode())
+    first = call("GET", "/api/me")
+    assert first["user"] == "ann" and first["node"] in nodes, first
+    answers = [call("GET", "/api/me") for _ in range(6)]
+    assert {(a["pid"], a["user"]) for a in answers} == {(first["pid"], "ann")}, answers
+    assert d.stop() == 0  # Ctrl-C: nodes, workers and redis-server all stopped
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # the login answers 303: keep its cookie
+        return None
+
+    def http_error_303(self, req, fp, code, msg, headers):
+        return fp
+
+
+def test_cluster_demo_without_redis_says_how_to_install_it(tmp_path):
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    out = subprocess.run([PY, "-m", "holdover", "demo", "--cluster", "--dir",
+                          str(tmp_path / "demo")], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PATH": str(bare)})
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "needs redis-server" in out.stderr and "apt-get install redis-server" in out.stderr
