@@ -81,7 +81,8 @@ BROWSER_HEADERS = (
     "X-Request-Id: 6f1c2d3e-4b5a-6978-8a9b-0c1d2e3f4a5b",
 )
 HEADERS: dict[str, tuple[str, ...]] = {"small-h13": BROWSER_HEADERS}
-PROXIES = ("direct", "nginx", "haproxy", "holdover")
+PROXIES = ("direct", "nginx", "haproxy", "holdover", "holdover-redis")
+DEFAULT_PROXIES = PROXIES[:4]  # holdover-redis on request: --proxies ...,holdover-redis
 READY_DEADLINE_S = 30.0
 
 WRK_LUA = r"""
@@ -757,6 +758,81 @@ def make_www(workdir: Path) -> None:
         directory.chmod(0o755)
 
 
+def start_redis(sup: Supervisor, workdir: Path, cpus: str | None) -> int:
+    """A redis-server for the holdover-redis target (no persistence, like the tests')."""
+    binary = which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (Debian: apt-get install redis-server)")
+    port = free_port()
+    folder = workdir / "redis"
+    folder.mkdir(exist_ok=True)
+    managed = sup.start("redis", [binary, "--bind", "127.0.0.1", "--port", str(port),
+                                  "--save", "", "--appendonly", "no", "--dir", str(folder)],
+                        workdir / "logs" / "redis.log", workdir, cpus)
+    deadline = time.monotonic() + 30
+    while True:  # redis speaks RESP, not HTTP: PING until it answers
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return port
+        except OSError:
+            pass
+        if managed.popen.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"redis-server did not start (log: {workdir}/logs/redis.log)")
+        time.sleep(0.05)
+
+
+def start_holdover(
+    sup: Supervisor,
+    workdir: Path,
+    name: str,
+    layout: dict[str, str | None],
+    holdover_cmd: str | None,
+    meta_proxies: dict[str, dict[str, Any]],
+) -> Target | None:
+    """holdover on the embedded store (``holdover``) or on a Redis (``holdover-redis``)."""
+    cmd, how = holdover_command(holdover_cmd)
+    if cmd is None:
+        log(f"skipping {name}: {how}")
+        meta_proxies[name] = {"status": "skipped", "reason": how}
+        return None
+    port, admin_port = free_port(), free_port()
+    conf = workdir / "conf" / f"{name}.toml"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    text = holdover_toml(port, admin_port, workdir)
+    if name == "holdover-redis":
+        try:  # wrk's and the backend's core: the proxy's stays the proxy's alone
+            redis_port = start_redis(sup, workdir, layout["backend"])
+        except RuntimeError as exc:
+            log(f"skipping {name}: {exc}")
+            meta_proxies[name] = {"status": "skipped", "reason": str(exc)}
+            return None
+        text = text.replace("[gateway]\n", "[gateway]\n"
+                            f'store = "redis://127.0.0.1:{redis_port}/0?cluster=bench"\n'
+                            'node = "bench"\n', 1).replace(
+            "holdover-state-", "holdover-redis-state-")
+    conf.write_text(text)
+    managed = sup.start(name, [*cmd, "run", "-c", str(conf)], workdir / "logs" / f"{name}.log",
+                        workdir, layout["proxy"])
+    try:
+        wait_ready(port, managed)
+    except RuntimeError as exc:
+        log(f"{name} did not start: {exc}")
+        meta_proxies[name] = {"status": "failed", "reason": str(exc)[:2000]}
+        sup.stop(managed)
+        return None
+    sup.remember_tree(managed)
+    _, backend_procs = split_tree(managed.popen.pid)
+    if not backend_procs:
+        log(f"warning: no backend process found in {name}'s tree")
+    if layout["backend"] is not None:  # workers inherited the proxy core
+        set_affinity(backend_procs, [int(c) for c in layout["backend"].split(",")])
+        log(f"{name}'s backend pids {[p.pid for p in backend_procs]} moved to CPU "
+            f"{layout['backend']}")
+    return Target(name, port, managed, None, holdover_version())
+
+
 def start_targets(
     sup: Supervisor,
     workdir: Path,
@@ -821,42 +897,11 @@ def start_targets(
         )
         wait_ready(port, managed)
         targets.append(Target("haproxy", port, managed, backend_pid, tool_version([hap, "-v"])))
-    if "holdover" in wanted:
-        cmd, how = holdover_command(holdover_cmd)
-        if cmd is None:
-            log(f"skipping holdover: {how}")
-            meta_proxies["holdover"] = {"status": "skipped", "reason": how}
-        else:
-            port, admin_port = free_port(), free_port()
-            conf = workdir / "conf" / "holdover.toml"
-            conf.parent.mkdir(parents=True, exist_ok=True)
-            conf.write_text(holdover_toml(port, admin_port, workdir))
-            managed = sup.start(
-                "holdover",
-                [*cmd, "run", "-c", str(conf)],
-                logs / "holdover.log",
-                workdir,
-                layout["proxy"],
-            )
-            try:
-                wait_ready(port, managed)
-            except RuntimeError as exc:
-                log(f"holdover did not start: {exc}")
-                meta_proxies["holdover"] = {"status": "failed", "reason": str(exc)[:2000]}
-                sup.stop(managed)
-            else:
-                sup.remember_tree(managed)
-                _, backend_procs = split_tree(managed.popen.pid)
-                if not backend_procs:
-                    log("warning: no backend process found in holdover's tree")
-                if layout["backend"] is not None:  # workers inherited the proxy core
-                    set_affinity(backend_procs, [int(c) for c in layout["backend"].split(",")])
-                    log(
-                        f"holdover's backend pids {[p.pid for p in backend_procs]} "
-                        f"moved to CPU {layout['backend']}"
-                    )
-                version = holdover_version()
-                targets.append(Target("holdover", port, managed, None, version))
+    for name in ("holdover", "holdover-redis"):
+        if name in wanted:
+            target = start_holdover(sup, workdir, name, layout, holdover_cmd, meta_proxies)
+            if target is not None:
+                targets.append(target)
     for target in targets:
         problems = check_bodies(target)
         status = "ok" if not problems else "bad-bodies"
@@ -903,7 +948,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--connections", type=int, default=50, help="wrk -c (default 50)")
     ap.add_argument("--warmup", type=int, default=1, help="warm-up seconds per target")
     ap.add_argument(
-        "--proxies", default=",".join(PROXIES), help=f"comma list from {','.join(PROXIES)}"
+        "--proxies", default=",".join(DEFAULT_PROXIES),
+        help=f"comma list from {','.join(PROXIES)} (holdover-redis: holdover with store = "
+        f"a local redis-server, to compare with holdover on its embedded store)"
     )
     ap.add_argument("--sizes", default=",".join(SIZES), help=f"comma list from {','.join(SIZES)}")
     ap.add_argument(
