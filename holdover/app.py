@@ -124,6 +124,16 @@ class Gateway:
             trusted=tuple(ipaddress.ip_network(n, strict=False)
                           for n in c.gateway_trusted_proxies))
 
+    def _peer_limits(self) -> Limits:
+        """The public limits, for what another node passes on: the same request may
+        arrive with the sending node's four forwarding lines (their size not counted,
+        proxy/peer.py; they may repeat the Host twice) and a Host it added to an HTTP/1.0
+        request."""
+        lim = self._limits()
+        return dataclasses.replace(
+            lim, tls=False, trusted=(), append_forwarded=False, max_headers=lim.max_headers + 5,
+            max_head_bytes=3 * lim.max_header_size + lim.max_request_line + 4096)
+
     def _bind(self, key: str, address: tuple[str, int], inherited: int | None
               ) -> socket.socket:
         """The listening socket for ``[gateway] key``: inherited across a reload, or bound.
@@ -206,10 +216,8 @@ class Gateway:
                 self._more_servers.append(await self.loop.create_server(
                     lambda: ClientConnection(plane), sock=more, backlog=4096, ssl=ssl_ctx))
             if self._peer_sock is not None and ctl.peers is not None:
-                peer_plane = self.peer_plane = Plane(
-                    dataclasses.replace(self._limits(), tls=False, trusted=(),
-                                        append_forwarded=False),
-                    router, router, router, router)
+                peer_plane = self.peer_plane = Plane(self._peer_limits(), router, router,
+                                                     router, router)
                 peer_plane.from_peers = True
                 peer_plane.connections = plane.connections  # swept and drained as one
                 auth = ctl.peers.auth

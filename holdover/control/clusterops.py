@@ -151,6 +151,43 @@ class ClusterOps:
             except StoreError as exc:  # it lapses by itself within LOCK_TTL
                 log.warning("cannot release the operations lock: %s", exc)
 
+    async def settle(self) -> None:
+        """A node that joins waits for an operation already under way to end.
+
+        Its first position on the feed was just read: an operation published after it
+        is carried out here, but one published before (still holding the lock) would be
+        missed, and restoring the cluster before that one ends would keep this node on
+        the revision it replaces.  So this waits (bounded) until the holder it found
+        lets the lock go, then the restore reads what that operation left."""
+        owner = f"{self.me} join {uuid.uuid4().hex[:16]}"
+        store = self.ctl.store
+        deadline = monotonic() + self.ready_timeout({}) + LOCK_TTL
+        first = None
+        beat = monotonic()
+        while True:
+            if monotonic() - beat >= self.cluster.heartbeat:
+                beat = monotonic()
+                self.cluster.tick(beat)  # the ticker runs only once this node serves
+            try:
+                holder = await store.acquire(LOCK, owner, 1.0)  # type: ignore[attr-defined]
+                if holder == owner:  # no operation: let it go at once
+                    await store.release(LOCK, owner)  # type: ignore[attr-defined]
+                    return
+            except StoreError as exc:
+                log.warning("cannot see whether a cluster operation is under way: %s", exc)
+                return
+            if first is None:
+                first = holder
+                log.info("a cluster operation is under way (%s): this node starts when it "
+                         "has ended", holder)
+            elif holder != first:
+                return  # a later one: published after this node's position, followed
+            if monotonic() > deadline:
+                log.warning("the cluster operation %s did not end in time: starting anyway",
+                            holder)
+                return
+            await asyncio.sleep(0.5)
+
     async def _store(self, what: str, call: Any) -> Any:
         try:
             return await call

@@ -256,6 +256,7 @@ class Control:
         if self.peers is not None:
             self.peers.attach(self.cluster)
             self.ticker.add("peers", 1.0, self.peers.sync)
+        await self.clusterops.settle()  # before the restore: not amid a deploy
 
     async def forget_node(self) -> None:
         """This node stops: others may use the store at once."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Coroutine
+from itertools import islice
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
@@ -128,8 +129,11 @@ class Router:
             ex.waiter = waiter
 
     def _holder(self, cookie: bytes, key: str) -> Any:
-        """The live node whose route cookie for session ``key`` the request carries."""
-        for value in iter_cookie_values(cookie, NODE_COOKIE):
+        """The live node whose route cookie for session ``key`` the request carries.
+
+        As for pin cookies, at most ``MAX_PIN_COOKIES`` are checked: each check costs a
+        MAC per signing key, and a head full of forged ones must not cost more than that."""
+        for value in islice(iter_cookie_values(cookie, NODE_COOKIE), policy.MAX_PIN_COOKIES):
             node = self.keys.verify_route(value, key)
             if node is not None:
                 ep = self.peers.get(node)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.peers import PEER_HEADER, PeerAuth
 from .endpoint import Endpoint
-from .http1 import HOLDOVER_HEADERS, RequestRejected
+from .http1 import FORWARDING, HOLDOVER_HEADERS, RequestRejected
 from .server import ClientConnection
 from .upstream import (
     _R_CONNECTION,
@@ -135,9 +135,18 @@ class PeerConnection(ClientConnection):
         self._trusted = True  # forwarding headers are collected; believed only with a token
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._lines is not None and name.lower() == _PEER_NAME:
-            self._peer_token = value
-            return
+        if self._lines is not None:
+            lname = name.lower()
+            if lname == _PEER_NAME:
+                self._peer_token = value
+                return
+            if lname in FORWARDING:
+                # The sending node's own lines, whose size the client's head did not
+                # count where it entered (they may repeat its Host twice): a head the
+                # client could send to this node directly is not refused (431) for
+                # having come through another node.  They still count as lines, and the
+                # raw head stays bounded by the peer listener's max_head_bytes.
+                self._head_bytes -= len(name) + len(value) + 4
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:

@@ -339,6 +339,34 @@ def test_a_joining_node_starts_the_active_revision_and_retirement_spans_nodes(
                  what=f"v2 retired as {node.name} sees it")
 
 
+def test_a_node_joining_while_a_deploy_runs_ends_up_on_the_deployed_revision(
+        cluster: Cluster) -> None:
+    """A node whose first look at the feed comes after a deploy was published, and which
+    would otherwise restore the cluster before that deploy is decided, must not stay on
+    the revision it replaced: it starts once the operation under way has ended."""
+    a = cluster.start()
+    b = cluster.start()
+    slow = f"sh -c 'sleep 6; exec {STATEFUL}'"  # v2 takes a while to start, on each node
+    answer: dict[str, Any] = {}
+    deploy = threading.Thread(target=lambda: answer.update(
+        zip(("code", "out"), a.api("POST", "/api/deploy", {"revision": "v2",
+                                                           "command": slow}), strict=True)))
+    deploy.start()
+    try:
+        wait_for(lambda: (a.revision("v2") or {}).get("state") == "starting", 30,
+                 what="v2 starting on web-1")
+        c = cluster.start(wait=False)  # joins while the deploy waits for its workers
+        c.gw.wait_ready(120)
+    finally:
+        deploy.join(180)
+    assert answer.get("code") == 200, answer
+    wait_for(lambda: c.status()["active"] == "v2", 60, what="web-3 on v2")
+    mine = [w for w in c.revision("v2")["workers"] if w["node"] == "web-3"]
+    assert [w["state"] for w in mine] == ["ready"], mine
+    assert all(n.status()["active"] == "v2" for n in (a, b))
+    assert "Traceback" not in c.gw.log, c.gw.log[-3000:]
+
+
 # -- the store's faults ---------------------------------------------------------------------
 
 

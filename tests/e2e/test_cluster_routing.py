@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -221,4 +222,48 @@ def test_a_reloaded_node_keeps_its_peer_listener_and_its_sessions(gateway_factor
     statuses = [cl.status(i) for i in (0, 1)]
     assert [st["sessions_lost"] for st in statuses] == [0, 0]
     assert [st["lost_nodes"] for st in statuses] == [{}, {}]
+    cl.check_logs()
+
+
+def _raw_get(address: tuple[str, int], lines: list[bytes]) -> tuple[int, bytes]:
+    """A GET with exactly these header lines (http.client would add its own)."""
+    with socket.create_connection(address, timeout=15) as s:
+        s.sendall(b"GET / HTTP/1.1\r\n" + b"".join(ln + b"\r\n" for ln in lines)
+                  + b"Connection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def test_a_request_at_the_head_limits_is_served_through_another_node_as_directly(
+        gateway_factory, tmp_path, redis_url) -> None:
+    """The node a request enters adds its forwarding headers and its token: the holder
+    must not refuse (431) a head that it would have taken from the client itself."""
+    cl = Cluster(gateway_factory, tmp_path, redis_url, 2,
+                 extra_gateway='max_headers = 12\nmax_header_size = "2KiB"\n').wait_ready()
+    a, b = cl.addresses()
+    client = cl.client()
+    alice, first = client.login("alice", a)
+    pid = first.body["pid"]
+    base = [b"Host: shop.example", b"Cookie: " + alice.header().encode()]
+    many = base + [b"X-Pad-%d: x" % i for i in range(12 - len(base) - 1)]  # + Connection
+    used = sum(len(ln) + 2 for ln in base) + len(b"Connection: close") + 2
+    big = [*base, b"X-Pad: " + b"y" * (2048 - used - len(b"X-Pad: ") - 2 - 8)]
+    count = 0
+    for lines in (many, big):
+        for address in (a, b):  # directly to the holder, then through web-2
+            code, body = _raw_get(address, lines)
+            count += 1
+            got = json.loads(body) if code == 200 else body
+            assert code == 200, (address, code, got)
+            assert (got["user"], got["pid"], got["count"]) == ("alice", pid, count), got
+        # One header more than the limit is refused, wherever it enters.
+        assert _raw_get(a, [*lines, b"X-One-More: z"])[0] == 431
+        assert _raw_get(b, [*lines, b"X-One-More: z"])[0] == 431
+    # What the peer listener allows for a sending node's lines stays bounded for anyone.
+    host, _, port = cl.status(1)["peers"]["web-1"]["address"].rpartition(":")
+    flood = [b"Host: shop.example", *[b"Forwarded: for=" + b"1" * 60_000] * 4]
+    assert _raw_get((host, int(port)), flood)[0] == 431
     cl.check_logs()

@@ -298,3 +298,26 @@ def test_a_death_the_store_cannot_settle_is_settled_when_it_answers() -> None:
 
 async def _publish(kind: str, data: dict) -> None:
     return None
+
+
+def test_a_head_full_of_route_cookies_costs_a_few_checks_only(node) -> None:
+    """Each route cookie checked costs a MAC per signing key: a request stuffed with
+    forged ones (a 64 KiB head holds thousands) is not allowed to cost thousands."""
+    calls: list[bytes] = []
+
+    class Counting(Keys):
+        def verify_route(self, value: bytes, pin_key: str) -> str | None:
+            calls.append(value)
+            return super().verify_route(value, pin_key)
+    keys = node.gw.router.keys = Counting.from_secrets(node.gw.keys.secrets())
+    key = keys.session_key(b"app", b"s1")
+    real = b"holdover_node=" + keys.sign_route("web-2", key)
+    forged = b"; ".join(b"holdover_node=web-%d.AAAAAAAAAAAAAAAA" % i for i in range(2000))
+    _, ep, _ = send(node, b"sid=s1; " + forged + b"; " + real)
+    assert not ep.peer, "a genuine cookie behind thousands of forged ones is not looked for"
+    assert 0 < len(calls) <= 8, len(calls)
+    calls.clear()
+    # A browser's few cookies (one per path or domain it was set for) are all read.
+    few = b"; ".join(b"holdover_node=web-%d.AAAAAAAAAAAAAAAA" % i for i in range(5))
+    _, ep, _ = send(node, b"sid=s1; " + few + b"; " + real)
+    assert ep is node.peer and len(calls) == 6
