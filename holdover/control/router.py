@@ -82,6 +82,7 @@ class Router:
         # as endpoints of their peer listeners (control/peers.py keeps them current).
         self.node: str | None = None
         self.peers: dict[str, Any] = {}
+        self._route_mine: bytes | None = None  # "holdover_node=NODE.", made once
 
     # -- routing (the Router port) ---------------------------------------------------
 
@@ -96,6 +97,14 @@ class Router:
                 pin = self.sessions.pins.get(key)
                 if pin is None and self.sessions.offered:
                     pin = self._returned(key)
+                if pin is not None and self.peers and not ex.conn.plane.from_peers and \
+                        (ep := self._moved(ex.cookie, key)) is not None:
+                    # The client's route cookie names another node for this very session:
+                    # it began there again while this node could not be reached.  The
+                    # client's newest cookie is the truth; this node's copy is stale.
+                    self.sessions.end(key)
+                    self.dispatch(ex, ep)
+                    return
                 if pin is not None:
                     ep = self.endpoints.get(pin.worker)
                     if ep is not None and ep.incarnation == pin.incarnation and ep.ready:
@@ -139,6 +148,20 @@ class Router:
                 ep = self.peers.get(node)
                 return ep if ep is not None and ep.routable else None
         return None
+
+    def _moved(self, cookie: bytes, key: str) -> Any:
+        """The live node a session held here has moved to, by the request's route cookie.
+
+        The common case costs a find and a compare: the cookie names this node."""
+        at = cookie.find(NODE_COOKIE + b"=")
+        if at < 0:
+            return None
+        mine = self._route_mine
+        if mine is None:
+            mine = self._route_mine = NODE_COOKIE + b"=" + str(self.node).encode() + b"."
+        if cookie.startswith(mine, at):
+            return None
+        return self._holder(cookie, key)
 
     def _returned(self, key: str) -> Pin | None:
         """A client came back with holdover's offered pin: now it is a session."""

@@ -164,12 +164,31 @@ def test_a_session_another_node_holds_goes_there_and_the_answer_is_untouched(nod
     assert node.gw.sessions.get(node.gw.keys.session_key(b"app", b"theirs")) is None
 
 
-def test_a_local_session_never_reads_the_route_cookie(node) -> None:
-    _, first, _ = send(node, None, b"sid=mine; Path=/")
-    route = node.gw.keys.sign_route("web-2", node.gw.keys.session_key(b"app", b"mine"))
+def test_a_local_session_with_its_own_route_cookie_stays_here(node) -> None:
+    _, first, extra = send(node, None, b"sid=mine; Path=/")
+    key = node.gw.keys.session_key(b"app", b"mine")
+    route = node.gw.keys.sign_route("web-1", key)
+    assert route in extra
+    for _ in range(3):
+        _, ep, _ = send(node, b"sid=mine; holdover_node=" + route)
+        assert ep is first and not ep.peer
+    assert node.gw.sessions.get(key) is not None
+
+
+def test_a_local_session_whose_route_cookie_names_another_node_follows_it(node) -> None:
+    # web-1 could not be reached for a moment; the session began again on web-2, which
+    # set its route cookie.  web-1's copy is stale: the client's newest cookie wins.
+    send(node, None, b"sid=mine; Path=/")
+    key = node.gw.keys.session_key(b"app", b"mine")
+    route = node.gw.keys.sign_route("web-2", key)
     _, ep, _ = send(node, b"sid=mine; holdover_node=" + route)
-    assert ep is first and not ep.peer
-    assert node.gw.sessions.get(node.gw.keys.session_key(b"app", b"mine")) is not None
+    assert ep is node.peer
+    assert node.gw.sessions.get(key) is None, "the stale copy here ended"
+    # A forged route cookie moves nothing.
+    _, mine_again, _ = send(node, None, b"sid=mine2; Path=/")
+    key2 = node.gw.keys.session_key(b"app", b"mine2")
+    _, ep, _ = send(node, b"sid=mine2; holdover_node=web-2.AAAAAAAAAAAAAAAA")
+    assert ep is mine_again and node.gw.sessions.get(key2) is not None
 
 
 @pytest.mark.parametrize("why", ["forged", "other session", "down", "unknown node", "self",
