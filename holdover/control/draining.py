@@ -132,7 +132,9 @@ class Draining:
                 self.revisions[rid] = rev
                 continue
             try:
-                await self.ctl.store.delete_revision(rid)
+                # In a cluster the record is shared: it goes once no node runs it.
+                if not self.ctl.runs_elsewhere(rid):
+                    await self.ctl.store.delete_revision(rid)
                 await asyncio.to_thread(remove_files, self.config.state_dir, rid)
             except (StoreError, OSError) as exc:
                 log.error("cannot forget revision %s: %s", rid, exc)

@@ -221,6 +221,14 @@ class Control:
         ep = self.router.endpoints.get(w.id)
         return ep.stats if ep is not None else _NO_STATS
 
+    def runs_elsewhere(self, rid: str) -> bool:
+        """Whether another live node of the cluster still runs revision ``rid``."""
+        ops = self.clusterops
+        if ops is None:
+            return False
+        return any(rid in ((node.info.get("summary") or {}).get("revisions") or {})
+                   for node in ops.cluster.nodes.values())
+
     def end_sessions_of(self, revision: str, reason: str) -> int:
         return self.router.end_sessions_of(revision, reason)
 

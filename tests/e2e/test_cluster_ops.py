@@ -19,6 +19,7 @@ import contextlib
 import http.client
 import json
 import random
+import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -576,3 +577,30 @@ def test_a_node_cut_off_from_redis_serves_what_it_holds_and_catches_up_when_it_r
         assert code == 200 and info["revision"] == "v2"
     finally:
         relay.cut()
+
+
+def test_a_revision_forgotten_on_one_node_stays_in_the_store_while_another_runs_it(
+        gateway_factory, own_redis: RedisServer, tmp_path: Path) -> None:
+    cluster = Cluster(gateway_factory, own_redis.url("keep"), tmp_path)
+    a, b = (cluster.start(extra_app="keep_retired = 1\n") for _ in range(2))
+    probe = RedisProbe(own_redis, "keep")
+    held = Browser(b.host, b.gw.port)  # a session on web-2's v1 worker keeps v1 there
+    code, info = held.request("POST", "/login?user=held")
+    assert code == 200 and info["revision"] == "v1"
+    for rid in ("v2", "v3"):
+        code, out = a.api("POST", "/api/deploy", {"revision": rid})
+        assert code == 200, out
+    # web-1 has no session on v1: it retires there at once, and keep_retired = 1 forgets
+    # it on web-1 once v2 retires too, while web-2 still drains v1.
+    wait_for(lambda: re.search(r"forgot finished revision\(s\) v1\b", a.gw.log), 60,
+             what="web-1 to forget v1")
+    assert "revision v1 retired" not in b.gw.log  # web-2 still drains it
+    assert probe._call("HEXISTS", probe.prefix + "rev", "v1") == 1, \
+        "the shared record of a revision another node runs stays"
+    # Once no node runs it, the last node to forget it takes the record away.
+    code, _ = held.request("POST", "/logout")
+    assert code == 200
+    wait_for(lambda: re.search(r"forgot finished revision\(s\) v1\b", b.gw.log), 60,
+             what="web-2 to forget v1")
+    wait_for(lambda: probe._call("HEXISTS", probe.prefix + "rev", "v1") == 0, 30,
+             what="v1's record to leave the store")
