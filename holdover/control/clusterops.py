@@ -198,9 +198,15 @@ class ClusterOps:
         while True:
             await asyncio.sleep(LOCK_TTL / 3)
             try:
-                await self.ctl.store.acquire(LOCK, owner, LOCK_TTL)  # type: ignore[attr-defined]
+                holder = await self.ctl.store.acquire(LOCK, owner, LOCK_TTL)  # type: ignore[attr-defined]
             except StoreError as exc:
                 log.warning("cannot renew the operations lock: %s", exc)
+                continue
+            if holder != owner:  # it lapsed while the store was away, and was taken
+                log.error("the operations lock lapsed during this %s and node %s holds it "
+                          "now: two cluster operations may overlap; check `holdover status` "
+                          "on every node", owner.split(" ")[1], holder.partition(" ")[0])
+                return
 
     async def _decide(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """What every node must do the same: refused here (nothing published) if it can't."""
