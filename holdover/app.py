@@ -305,9 +305,11 @@ class Gateway:
                 else c.state_dir / "cluster.secret")
         secret = ClusterSecret.load_or_create(path)
         if secret.created:
-            log.warning("created the cluster secret %s: copy it (mode 0600) to every other "
-                        "node of this cluster before starting them ([gateway] "
-                        "cluster_secret names where each node reads it)", path)
+            log.warning("created the cluster secret %s (there was none): copy it (mode "
+                        "0600) to every other node of this cluster before starting them; "
+                        "if other nodes already run, this node needs a copy of theirs "
+                        "instead ([gateway] cluster_secret names where each node reads it)",
+                        path)
         self.ctl.use_keys(secret.keys)
         peers = self.ctl.peers = Peers(self.ctl, secret, c.node_name)
         advertised = c.gateway_advertise or c.gateway_listen[0]

@@ -155,6 +155,9 @@ def _print_status(st: dict[str, Any]) -> None:
     if nodes:  # a cluster: every node, and each worker's
         print("nodes " + ", ".join(f"{n['name']}{' (this one)' if n['this'] else ''}"
                                    f"{'' if n['ready'] else ' (not ready)'}" for n in nodes))
+    if st.get("store_away"):
+        print(f"the shared store has not answered for {st['store_away']:.0f}s: cluster "
+              f"changes are refused meanwhile, other nodes' figures are that old")
     rows = [("REVISION", "STATE", "SESSIONS", "WORKER", "PID", "PORT", "WORKER STATE",
              "IN FLIGHT", *(("NODE",) if nodes else ()))]
     for rev in st["revisions"]:

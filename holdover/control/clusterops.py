@@ -83,6 +83,13 @@ class _Results:
         return out
 
 
+def _deploy_done(result: dict[str, Any]) -> dict[str, Any]:
+    """What a node says of a deploy done here: its workers, and the sessions the old
+    revision keeps here (the origin sums them for the command's answer)."""
+    return {"phase": "done", "workers": len(result.get("workers", [])),
+            "previous_sessions": result.get("previous_sessions", 0)}
+
+
 class ClusterOps:
     """This node's side of cluster-wide operations: as origin, and as a follower."""
 
@@ -303,9 +310,13 @@ class ClusterOps:
             await self._wait(results, lambda: not results.missing("failed", "done"), 10.0)
             raise Refused(str(exc), exc.status, field=exc.field, log_tail=exc.log_tail,
                           detail={**exc.detail, "nodes": results.report()}) from None
-        results.add(self.me, {"phase": "done", "workers": len(result.get("workers", []))})
+        results.add(self.me, _deploy_done(result))
         await self._wait(results, lambda: not results.missing("failed", "done"), DONE_WAIT)
-        return {**result, "nodes": results.report()}
+        report = results.report()
+        if "previous_sessions" in result:  # what the old revision keeps on every node
+            result["previous_sessions"] = sum(n.get("previous_sessions", 0)
+                                              for n in report.values())
+        return {**result, "nodes": report}
 
     async def _step_as_origin(self, op: str, args: dict[str, Any], results: _Results
                               ) -> dict[str, Any]:
@@ -425,8 +436,8 @@ class ClusterOps:
             log.exception("cluster %s from node %s failed here", op, origin)
             said = {"phase": "failed", "error": f"{type(exc).__name__}: {exc}", "status": 500}
         else:
-            said = {"phase": "done", **({"workers": len(result.get("workers", []))}
-                                        if op == "deploy" else {"result": result})}
+            said = _deploy_done(result) if op == "deploy" else {"phase": "done",
+                                                                "result": result}
         finally:
             self.running = None
         try:

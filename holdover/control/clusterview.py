@@ -119,6 +119,10 @@ class ClusterView:
             rev["state"] = self._cluster_state(rev)
         st.update(node=me, nodes=self.nodes(), sessions=total, sessions_lost=lost,
                   sessions_here=st["sessions"])
+        # Other nodes' figures are as old as the store's absence; cluster changes wait.
+        st["store_away"] = round(self.cluster.store_away_for(), 1)
+        if st["store_away"]:
+            st["store_error"] = self.cluster.store_error
         return st
 
     def _cluster_state(self, rev: dict[str, Any]) -> str:

@@ -205,6 +205,22 @@ def test_deploy_and_rollback_given_on_different_nodes_act_on_the_whole_cluster_u
             ("rollback", "web-2")} <= kinds, kinds
 
 
+def test_a_deploy_counts_the_sessions_left_draining_on_every_node(cluster: Cluster) -> None:
+    """`holdover deploy` says how many sessions the old revision keeps: the cluster's,
+    not only those of the node the command was given on."""
+    a, b = cluster.start(), cluster.start()
+    for node, users in ((a, 1), (b, 2)):
+        for i in range(users):
+            code, _ = Browser(node.host, node.gw.port).request("POST", f"/login?user={i}")
+            assert code == 200
+    wait_for(lambda: a.status()["sessions"] == 3, 15, what="both nodes' sessions in status")
+    code, out = a.api("POST", "/api/deploy", {"revision": "v2"})
+    assert code == 200, out
+    assert out["nodes"]["web-1"]["previous_sessions"] == 1, out
+    assert out["nodes"]["web-2"]["previous_sessions"] == 2, out
+    assert out["previous_sessions"] == 3, out
+
+
 def test_a_deploy_failing_on_one_node_fails_everywhere_and_the_active_stays(
         cluster: Cluster, tmp_path: Path) -> None:
     # web-2's workers of revision "bad" exit at once; web-1's start fine.

@@ -26,6 +26,10 @@ class FakeCluster:
         self.nodes = {name: LiveNode(name, {"advertise": f"10.0.0.{i + 2}", "summary": s}, 5.0)
                       for i, (name, s) in enumerate(nodes.items())}
         self.handlers: dict[str, Any] = {}
+        self.away, self.store_error = 0.0, ""
+
+    def store_away_for(self) -> float:
+        return self.away
 
     def on(self, kind: str, handler: Any) -> None:
         self.handlers[kind] = handler
@@ -100,6 +104,18 @@ def test_status_adds_every_node_and_sums_their_sessions() -> None:
     assert v2["state"] == "active" and v2["sessions"] == 3 + 4 + 5
     assert [(w["node"], w["id"], w["port"]) for w in v2["workers"]] == [
         ("web-1", "v2-1", 9001), ("web-2", "v2-1", 9101), ("web-3", "v2-1", 9101)]
+
+
+def test_status_says_how_long_the_store_has_been_away() -> None:
+    """An operator whose balancer took every node out (/readyz 503 past
+    store_outage_grace) sees why in status, not only "ready" nodes."""
+    cluster = FakeCluster({"web-2": summary(None, 1)})
+    view = ClusterView(fake_ctl(), cluster)  # type: ignore[arg-type]
+    st = view.status(local_status())
+    assert st["store_away"] == 0.0 and "store_error" not in st
+    cluster.away, cluster.store_error = 32.46, "cannot reach Redis"
+    st = view.status(local_status())
+    assert st["store_away"] == 32.5 and st["store_error"] == "cannot reach Redis"
 
 
 def test_a_revision_only_another_node_runs_is_listed_too() -> None:
