@@ -537,6 +537,7 @@ class Gateway:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._hard_stop)
             self.ctl.ready = False
+            self.ctl.stopping = True
             delay = self.config.gateway_shutdown_delay
             if delay:
                 # Unready first, still serving: the balancer in front takes us out.

@@ -207,9 +207,12 @@ class AdminServer:
     async def _readyz(self, request: web.Request) -> web.Response:
         """For a load balancer, without credentials: 200 while this node serves, 503 while
         it starts, shuts down (the ``shutdown_delay`` after SIGTERM) or has been cut off
-        from the shared store past ``store_outage_grace`` — nothing else is told."""
-        ready = self.gw.readiness()
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
+        from the shared store past ``store_outage_grace``, and in a few words why not —
+        nothing else is told."""
+        why = self.gw.unready_because()
+        if why is None:
+            return web.json_response({"ready": True})
+        return web.json_response({"ready": False, "reason": why}, status=503)
 
     async def _openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi())

@@ -75,6 +75,7 @@ class Control:
         self.clusterops: ClusterOps | None = None  # operations the whole cluster carries out
         self.peers: Peers | None = None  # the other nodes as routes (control/peers.py)
         self.ready = False  # serving, and not shutting down (the admin side's /readyz)
+        self.stopping = False  # a shutdown was asked for (SIGTERM): unready from then on
         self.planes: Any = None  # the data-plane processes, with processes > 1 (planes.py)
 
     # -- wiring -------------------------------------------------------------------
@@ -198,10 +199,19 @@ class Control:
     def readiness(self) -> bool:
         """For the balancer (/readyz): serving, not shutting down, and not cut off from
         the shared store for longer than ``store_outage_grace``."""
+        return self.unready_because() is None
+
+    def unready_because(self) -> str | None:
+        """Why /readyz answers 503 (a few words, nothing secret), or None when ready."""
         if not self.ready:
-            return False
+            return "shutting down" if self.stopping else "starting"
         cluster = self.cluster
-        return cluster is None or cluster.store_away_for() <= self.config.gateway_store_outage_grace
+        if cluster is not None:
+            away = cluster.store_away_for()
+            if away > self.config.gateway_store_outage_grace:
+                return (f"the shared store has not answered for {away:.0f}s "
+                        f"(store_outage_grace {self.config.gateway_store_outage_grace:g}s)")
+        return None
 
     def routing_changed(self) -> None:
         """Rebuild what the hot path reads after a revision or worker-set change."""

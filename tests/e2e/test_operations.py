@@ -209,16 +209,21 @@ def test_readyz_turns_503_on_sigterm_while_the_node_still_serves(tmp_path: Path)
         import http.client
         host, _, port = gw.admin_url.split("//")[1].rstrip("/").rpartition(":")
 
+        said: list[dict] = []
+
         def readyz() -> int:
             conn = http.client.HTTPConnection(host, int(port), timeout=5)
             try:
                 conn.request("GET", "/readyz")  # no credentials: a balancer's probe
-                return conn.getresponse().status
+                r = conn.getresponse()
+                said.append(json.loads(r.read()))
+                return r.status
             finally:
                 conn.close()
-        assert readyz() == 200
+        assert readyz() == 200 and said[-1] == {"ready": True}
         gw.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: readyz() == 503, what="/readyz to say 503")
+        assert said[-1] == {"ready": False, "reason": "shutting down"}, said[-1]
         assert get(gw.port, "/echo")[0] == 200, "still serving during shutdown_delay"
         assert gw.proc.wait(30) == 0
     finally:
