@@ -187,7 +187,9 @@ def _print_result(name: str, result: Any) -> None:
     elif name == "events":
         for e in result["events"]:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["ts"]))
-            print(f"{e['id']:>5}  {stamp}  {e['kind']:<14} {e['message']}")
+            node = (e.get("data") or {}).get("node")  # in a cluster: where it happened
+            print(f"{e['id']:>5}  {stamp}  {e['kind']:<14} {f'[{node}] ' if node else ''}"
+                  f"{e['message']}")
     elif name == "deploy":
         print(f"revision {result['revision']} is "
               + (f"a {result['canary_percent']:g}% canary" if result.get("canary_percent")

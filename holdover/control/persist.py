@@ -104,6 +104,8 @@ class Persistence:
         self.revisions_unsaved = False
         try:
             for rev in list(rm.revisions.values()):  # it may change while we await
+                if rm.revisions.get(rev.id) is not rev:
+                    continue  # forgotten meanwhile (forget_old): its record must stay gone
                 await store.put_revision(RevisionRecord(
                     id=rev.id, state=str(rev.state), command=rev.spec.command,
                     cwd=str(rev.spec.cwd), env=dict(rev.spec.env), workers=rev.size,

@@ -620,3 +620,7 @@ def test_a_revision_forgotten_on_one_node_stays_in_the_store_while_another_runs_
              what="web-2 to forget v1")
     wait_for(lambda: probe._call("HEXISTS", probe.prefix + "rev", "v1") == 0, 30,
              what="v1's record to leave the store")
+    # The cluster's events, printed on any node, say where each happened.
+    table = a.gw.cli("events", "--limit", "200").stdout
+    assert re.search(r"retired\s+\[web-1\] ", table) and re.search(r"retired\s+\[web-2\] ",
+                                                                   table), table
