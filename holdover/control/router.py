@@ -28,9 +28,9 @@ from ..core.affinity import NODE_COOKIE, PIN_COOKIE, Keys, iter_cookie_values
 from ..core.balancer import Balancer, WaitQueue
 from ..core.lifecycle import PROCESS_GONE, WorkerState, takes_new_sessions
 from ..core.sessions import Pin, SessionTable
+from ..proxy.accounting import Accounting
 from ..proxy.endpoint import Endpoint
 from ..proxy.server import Exchange
-from ..proxy.upstream import UpstreamConnection
 
 if TYPE_CHECKING:
     from ..supervisor.supervisor import Revision
@@ -44,7 +44,7 @@ Spawn = Callable[[Coroutine[Any, Any, Any], str], Any]
 RecordEvent = Callable[..., Coroutine[Any, Any, None]]
 
 
-class Router:
+class Router(Accounting):
     """The control side's routing and session policy, behind the proxy's ports."""
 
     def __init__(self, config: Config, keys: Keys, sessions: SessionTable, spawn: Spawn,
@@ -302,35 +302,7 @@ class Router:
         self.dispatch(ex, nxt)
         return True
 
-    # -- the Releaser and Reporter ports ----------------------------------------------
-
-    def release_upstream(self, up: UpstreamConnection, reusable: bool) -> None:
-        """Pool ``up`` again if its endpoint still serves from the same pool."""
-        ep = up.pool.endpoint
-        if reusable and not self.closing and ep.pool is up.pool and ep.ready:  # type: ignore[attr-defined]
-            up.pool.put(up, monotonic())
-        else:
-            up.transport.close()
-
-    def exchange_done(self, ex: Exchange, note: str | None = None) -> None:
-        """Account for a finished exchange: free its worker slot, count it, log it."""
-        ep = ex.worker
-        duration = monotonic() - ex.t0
-        if ep is not None:
-            ep.inflight -= 1
-            ep.stats.record(ex.status, ex.resp_bytes, duration)
-            ex.worker = None
-            if self.queue._q:
-                self.queue.release(self.balancer)
-        pin = ex.pin
-        if pin is not None:
-            ex.pin = None
-            pin.active -= 1
-            pin.last_seen = monotonic()
-        if self.access_log is not None:
-            self.access_log.log(ex.client or ex.conn.client_ip, ex.method, ex.url, ex.status,
-                                ex.resp_bytes, duration, ep.id if ep is not None else "-",
-                                ep.revision if ep is not None else "-", note)
+    # -- the Releaser and Reporter ports: proxy/accounting.py ---------------------------
 
     # -- the SessionHooks port (rule 3) -----------------------------------------------
 
@@ -424,11 +396,6 @@ class Router:
         """In a cluster: the signed cookie that names this node as session ``key``'s."""
         return (b"Set-Cookie: " + NODE_COOKIE + b"=" + self.keys.sign_route(self.node, key)
                 + attrs + b"\r\n")
-
-    def _is_health(self, url: bytes) -> bool:
-        hp = self.health_path
-        return hp is not None and url.startswith(hp) and (
-            len(url) == len(hp) or url[len(hp):len(hp) + 1] == b"?")
 
     # -- sessions lost (rule 5) -------------------------------------------------------
 

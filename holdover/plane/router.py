@@ -29,9 +29,9 @@ from ..accesslog import AccessLog
 from ..core import policy
 from ..core.affinity import PIN_COOKIE, Keys
 from ..core.balancer import Balancer, WaitQueue
+from ..proxy.accounting import Accounting
 from ..proxy.endpoint import Endpoint
 from ..proxy.exchange import Exchange
-from ..proxy.upstream import UpstreamConnection
 from .held import HeldTransport
 from .wire import Channel
 
@@ -70,7 +70,7 @@ class Lookup:
             self.timer.cancel()
 
 
-class PlaneRouter:
+class PlaneRouter(Accounting):
     """Router, Releaser, Reporter and SessionHooks of one plane process."""
 
     def __init__(self, settings: dict[str, Any], keys: Keys, chan: Channel, spawn: Spawn
@@ -306,35 +306,13 @@ class PlaneRouter:
         self.dispatch(ex, nxt)
         return True
 
-    # -- the Releaser and Reporter ports ----------------------------------------------
+    # -- the Releaser and Reporter ports: proxy/accounting.py ---------------------------
 
-    def release_upstream(self, up: UpstreamConnection, reusable: bool) -> None:
-        ep = up.pool.endpoint
-        if reusable and not self.closing and ep.pool is up.pool and ep.ready:  # type: ignore[attr-defined]
-            up.pool.put(up, monotonic())
-        else:
-            up.transport.close()
-
-    def exchange_done(self, ex: Exchange, note: str | None = None) -> None:
-        ep = ex.worker
-        duration = monotonic() - ex.t0
-        if ep is not None:
-            ep.inflight -= 1
-            ep.stats.record(ex.status, ex.resp_bytes, duration)
-            ex.worker = None
-            if self.queue._q:
-                self.queue.release(self.balancer)
-        pin = ex.pin
-        if pin is not None:
-            ex.pin = None
-            pin.active -= 1
-            if not pin.active:
-                self.busy.discard(pin)
-            self.seen.add(pin.key)
-        if self.access_log is not None:
-            self.access_log.log(ex.client or ex.conn.client_ip, ex.method, ex.url, ex.status,
-                                ex.resp_bytes, duration, ep.id if ep is not None else "-",
-                                ep.revision if ep is not None else "-", note)
+    def pin_released(self, pin: Any) -> None:
+        """A request of ``pin``'s session finished: it was seen (reported to control)."""
+        if not pin.active:
+            self.busy.discard(pin)
+        self.seen.add(pin.key)
 
     # -- pin changes, held until control has them -------------------------------------
 
@@ -468,11 +446,6 @@ class PlaneRouter:
                 out += b"X-Holdover-Revision: " + ep.revision.encode() + b"\r\n"
             out += self.latest_header
         return out or None
-
-    def _is_health(self, url: bytes) -> bool:
-        hp = self.health_path
-        return hp is not None and url.startswith(hp) and (
-            len(url) == len(hp) or url[len(hp):len(hp) + 1] == b"?")
 
     def _lose(self, pin: CachedPin, why: str) -> None:
         """A pinned session's worker is gone (rule 5): control counts it, once."""
