@@ -167,7 +167,10 @@ class Cluster:
                             "store lost its data): reloading what they share")
                 self.position = batch.position
                 for handler in self._resync:
-                    await _call(handler)
+                    try:
+                        await _call(handler)
+                    except Exception:  # the feed goes on: later operations still reach us
+                        log.exception("reloading after missed changes failed")
                 continue
             for change in batch.changes:
                 self.position = change.seq
