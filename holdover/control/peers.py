@@ -81,9 +81,19 @@ class Peers:
     # -- joining -----------------------------------------------------------------------
 
     def check(self, live: list[LiveNode]) -> None:
-        """Refuse (StoreError) to join nodes whose cluster secret is another one."""
+        """Refuse (StoreError) to join nodes whose cluster secret is another one, or a
+        live node of this node's name on another host."""
         for node in live:
             if node.name == self.me:
+                # Its own heartbeat from before a crash is on this host; one elsewhere is
+                # another node given this name, which would share its pins and heartbeat.
+                theirs_at = str(node.info.get("peer", "")).rpartition(":")[0]
+                if theirs_at and self.address and \
+                        theirs_at != self.address.rpartition(":")[0]:
+                    raise StoreError(
+                        f"node {self.me} is already live at {theirs_at}: every node of a "
+                        f"cluster needs its own name ([gateway] node); give this one "
+                        f"another, or stop that node")
                 continue
             theirs = node.info.get("fingerprint")
             if theirs is not None and theirs != self.fingerprint:

@@ -340,3 +340,15 @@ def test_a_head_full_of_route_cookies_costs_a_few_checks_only(node) -> None:
     few = b"; ".join(b"holdover_node=web-%d.AAAAAAAAAAAAAAAA" % i for i in range(5))
     _, ep, _ = send(node, b"sid=s1; " + few + b"; " + real)
     assert ep is node.peer and len(calls) == 6
+
+
+def test_a_live_node_of_the_same_name_elsewhere_is_refused() -> None:
+    # Two nodes given one name (a copied config) would share one pin table and
+    # heartbeat and skip each other's changes as their own: the second is refused.
+    peers, _ = _peers(MemoryStore(), "web-1", True)
+    peers.address = "10.0.0.1:7070"
+    other = LiveNode("web-1", {"peer": "10.0.0.2:7070", "fingerprint": peers.fingerprint}, 5.0)
+    with pytest.raises(StoreError, match=r"node web-1 .* 10\.0\.0\.2"):
+        peers.check([other])
+    # Its own heartbeat from before a crash, on the same host, is no reason to refuse.
+    peers.check([LiveNode("web-1", {"peer": "10.0.0.1:41000"}, 5.0)])
