@@ -436,6 +436,12 @@ class Gateway:
                           f"listener to {_addr(new.gateway_listen)}; it is handed over as it "
                           f"is, so moving it needs a restart (still serving on "
                           f"{_addr(socks[0].getsockname())})", 400)
+        peer = self._peer_sock
+        if peer is not None and new.gateway_peer_listen is not None and \
+                _moved(peer, new.gateway_peer_listen):
+            raise Refused(f"not reloading: {new.where('gateway', 'peer_listen')} moves the "
+                          f"peer listener to {_addr(new.gateway_peer_listen)}; it is handed "
+                          f"over as it is, so moving it needs a restart", 400)
         for key, sock, address in (
                 ("admin_listen", self._admin_sock, new.gateway_admin_listen),
                 ("redirect_listen", self._redirect_sock, new.gateway_redirect_listen)):

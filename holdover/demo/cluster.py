@@ -171,6 +171,8 @@ class Nodes:
         async for raw in proc.stderr:
             line = raw.decode(errors="replace")
             node.log.append(line)
+            if len(node.log) > 2000:  # what start_node and a failure message read
+                del node.log[:1000]
             if self.verbose:
                 sys.stderr.write(f"  {node.name} | {line}")
 

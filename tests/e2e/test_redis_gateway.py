@@ -8,9 +8,10 @@ is refused at start, before any worker runs, with a sentence that says what to c
 from __future__ import annotations
 
 import json
+import socket
 
 from cluster import Cluster
-from conftest import GatewayProcess, wait_for
+from conftest import GatewayProcess, free_port, wait_for
 
 
 def test_a_gateway_keeps_its_state_in_redis_across_a_restart(gateway_factory, redis_url
@@ -53,3 +54,15 @@ def test_nodes_sharing_the_cluster_secret_join_and_another_secret_is_refused(
     third.wait_ready()
     wait_for(lambda: set(cl.status(0)["peers"]) == {"web-2", "web-3"}, 20,
              what="web-1 to route to web-3")
+
+
+def test_a_reload_that_would_move_the_peer_listener_is_refused(gateway_factory, redis_url
+                                                               ) -> None:
+    port, other = free_port(), free_port()
+    gw = gateway_factory(workers=1, extra_gateway=f'store = "{redis_url}"\nnode = "web-1"\n'
+                         f'peer_listen = "127.0.0.1:{port}"\n').wait_ready()
+    gw.config.write_text(gw.config.read_text().replace(f"127.0.0.1:{port}",
+                                                       f"127.0.0.1:{other}"))
+    r = gw.cli("reload")
+    assert r.returncode != 0 and "moves the peer listener" in r.stderr, r.stderr
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()  # still listening
