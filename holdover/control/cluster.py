@@ -125,7 +125,10 @@ class Cluster:
         for node in gone:
             log.warning("node %s is gone: its heartbeat lapsed", node.name)
             for handler in self._gone:
-                await _call(handler, node)
+                try:
+                    await _call(handler, node)
+                except Exception:  # the other handlers and nodes must still hear of it
+                    log.exception("handling the lapse of node %s failed", node.name)
 
     # -- the store's reachability ------------------------------------------------------
 
