@@ -4,7 +4,8 @@ An ``UpstreamConnection`` carries one exchange at a time.  It parses the worker'
 response with httptools, rewrites only the response head (hop-by-hop headers out,
 framing chosen for the client), and passes body bytes straight to the client's
 transport.  Everything one ``data_received`` produces for the client goes out in a
-single write: the head and a small body share one syscall.
+single write: the head and a small body share one syscall.  The rest of a large body
+with a Content-Length is spliced socket to socket by the kernel (splice.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import httptools
 
 from ..core.affinity import PIN_COOKIE
 from .http1 import HOLDOVER_HEADERS, LAST_CHUNK, status_line
+from .splice import SPLICE_MIN, BodySplice, stream_fd
 
 if TYPE_CHECKING:
     from .exchange import Exchange
@@ -66,11 +68,13 @@ class UpstreamConnection(asyncio.Protocol):
         "_upgrade",
         "closed",
         "ex",
+        "fd",
         "got_bytes",
         "idle_since",
         "out",
         "parser",
         "pool",
+        "splice",
         "transport",
         "tunnel",
     )
@@ -82,6 +86,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.ex: Exchange | None = None
         self.out: list[bytes] = []
         self.tunnel: asyncio.Transport | None = None
+        self.splice: BodySplice | None = None  # the body being spliced, if one is
+        self.fd = -1  # the socket's descriptor, if the body can be spliced from it
         self.closed = False
         self.got_bytes = False
         self.idle_since = 0.0
@@ -102,6 +108,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.fd = stream_fd(transport)
 
     def attach(self, ex: Exchange) -> None:
         """Send ``ex``'s request on this connection (head and any body read so far)."""
@@ -135,9 +142,11 @@ class UpstreamConnection(asyncio.Protocol):
             # the worker's socket to the client's, with no parsing and no copy.
             n = len(data)
             if n < left:
-                self._left = left - n
+                self._left = left = left - n
                 ex.resp_bytes += n
                 ex.conn.transport.write(data)
+                if left >= SPLICE_MIN:
+                    self._splice(ex)
                 return
             self._left = 0
             ex.resp_bytes += left
@@ -169,7 +178,9 @@ class UpstreamConnection(asyncio.Protocol):
                 return
         self._flush(ex)
         if self._mode == BODY_RAW and not self._done and self.ex is ex:
-            self._left = int(self._cl) - ex.resp_bytes  # type: ignore[arg-type]
+            self._left = left = int(self._cl) - ex.resp_bytes  # type: ignore[arg-type]
+            if left >= SPLICE_MIN:
+                self._splice(ex)
         if self._done:
             self._done = False
             if self._mode == BODY_NONE and ex.method == b"HEAD":
@@ -177,6 +188,35 @@ class UpstreamConnection(asyncio.Protocol):
             reusable = not self._close and ex.request_done
             self.ex = None
             ex.conn.response_complete(ex, self, reusable)
+
+    def _splice(self, ex: Exchange) -> None:
+        """Hand the rest of the body to the kernel, if both sockets allow it and
+        nothing of the answer still waits in the client's write buffer."""
+        conn = ex.conn
+        if self.fd < 0 or conn.fd < 0 or conn.write_paused or \
+                conn.transport.get_write_buffer_size():
+            return
+        sp = BodySplice(self, ex, self._left)
+        self.splice = sp
+        self._left = 0
+        if not sp.start(self.fd, conn.fd):
+            self.splice = None
+            self._left = sp.left
+
+    def splice_done(self, ex: Exchange) -> None:
+        """The spliced body is through: the answer is complete."""
+        self.splice = None
+        self.parser = httptools.HttpResponseParser(self)  # it saw only the body's start
+        self.ex = None
+        ex.conn.response_complete(ex, self, not self._close and ex.request_done)
+
+    def abort(self) -> None:
+        """Drop the connection now, and any splice of it (the exchange is over)."""
+        sp = self.splice
+        if sp is not None:
+            self.splice = None
+            sp.stop()
+        self.transport.abort()
 
     def _broke(self, ex: Exchange) -> None:
         """The worker spoke garbage: 502 if none of its answer reached the client yet."""
@@ -211,6 +251,9 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
+        if self.splice is not None:
+            self.splice.stop()
+            self.splice = None
         if self.tunnel is not None:
             self.tunnel.close()
             self.tunnel = None
