@@ -37,6 +37,7 @@ from .control.revisions import DeployError
 from .control.shared import PlanesRouter, SharedTable
 from .core.affinity import Keys
 from .core.errors import Refused
+from .proxy.heap import keep_freed_memory
 from .proxy.ports import Limits, Plane
 from .proxy.redirect import RedirectToHttps
 from .proxy.server import ClientConnection
@@ -408,6 +409,7 @@ class Gateway:
             # sight, so that its full passes stay short on the hot path.
             gc.collect()
             gc.freeze()
+            keep_freed_memory()  # buffers freed are kept for the next reads (proxy/heap.py)
             if on_started is not None:
                 on_started()
             print(f"holdover: serving {self.proto.decode()}://{self.listen_host.decode()}/",

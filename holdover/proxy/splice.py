@@ -33,7 +33,7 @@ __all__ = ["SPLICE_MIN", "BodySplice", "stream_fd"]
 SPLICE_MIN = 128 * 1024  # body bytes still to come that make a splice worth its setup
 PIPE_SIZE = 256 * 1024  # bytes a pipe holds: the most a splice has in flight
 TURN_BYTES = 1024 * 1024  # the most one callback moves before the loop serves others
-MAX_IDLE_PIPES = 16
+MAX_IDLE_PIPES = 64
 
 _SPLICE = getattr(os, "splice", None)  # Linux only
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
