@@ -44,6 +44,7 @@ _RESPONSE_SPECIAL: dict[bytes, int] = {
  BODY_DECHUNKED) = range(6)
 
 WRITE_HIGH_WATER = 256 * 1024
+SPLIT_AT = 8 * 1024  # a read this large starting a response has its head parsed apart
 MAX_RESPONSE_HEAD = 256 * 1024  # a worker's response head larger than this gets 502
 
 
@@ -140,28 +141,29 @@ class UpstreamConnection(asyncio.Protocol):
         if left:
             # The fast path for bodies with a Content-Length: bytes go straight from
             # the worker's socket to the client's, with no parsing and no copy.
-            n = len(data)
-            if n < left:
-                self._left = left = left - n
-                ex.resp_bytes += n
-                ex.conn.transport.write(data)
-                if left >= SPLICE_MIN:
-                    self._splice(ex)
-                return
-            self._left = 0
-            ex.resp_bytes += left
-            ex.conn.transport.write(data if n == left else data[:left])
-            # The parser saw only the start of this body: a fresh one for the next answer.
-            self.parser = httptools.HttpResponseParser(self)
-            self.ex = None
-            ex.conn.response_complete(ex, self, n == left and not self._close and ex.request_done)
+            self._pass(ex, data, left)
             return
+        # A large read that starts a response: only its head goes through the parser,
+        # so that a Content-Length body after it is passed on without being copied.
+        head_end = data.find(b"\r\n\r\n") + 4 if not ex.resp_started and \
+            len(data) >= SPLIT_AT else 0
+        base = 0  # where in ``data`` the bytes last fed to the parser start
         try:
-            self.parser.feed_data(data)
+            if head_end > 4:
+                view = memoryview(data)
+                self.parser.feed_data(view[:head_end])
+                if self._mode == BODY_RAW and ex.resp_started and not self._done and \
+                        self.ex is ex:
+                    self._pass(ex, view[head_end:], int(self._cl))  # type: ignore[arg-type]
+                    return
+                base = head_end
+                self.parser.feed_data(view[head_end:])
+            else:
+                self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upg:
             self._flush(ex)
             if self._upgrade is not None and self.ex is ex:
-                ex.conn.start_tunnel(ex, data[upg.args[0]:])
+                ex.conn.start_tunnel(ex, data[base + upg.args[0]:])
             return
         except httptools.HttpParserError as err:
             if isinstance(err.__context__, _ExtraResponse):
@@ -188,6 +190,41 @@ class UpstreamConnection(asyncio.Protocol):
             reusable = not self._close and ex.request_done
             self.ex = None
             ex.conn.response_complete(ex, self, reusable)
+
+    def _pass(self, ex: Exchange, data: bytes | memoryview, left: int) -> None:
+        """Body bytes of a Content-Length response, ``left`` of them still to come,
+        to the client as they are (after the head, if that waits in ``out``)."""
+        n = len(data)
+        out = self.out
+        transport = ex.conn.transport
+        if n < left:
+            self._left = left = left - n
+            ex.resp_bytes += n
+            if out:
+                out.append(data)
+                transport.writelines(out)  # one writev, the body not copied
+                out.clear()
+                self._sent = True
+            else:
+                transport.write(data)
+            if left >= SPLICE_MIN:
+                self._splice(ex)
+            return
+        self._left = 0
+        ex.resp_bytes += left
+        if n > left:
+            data = memoryview(data)[:left]
+        if out:
+            out.append(data)
+            transport.writelines(out)
+            out.clear()
+            self._sent = True
+        else:
+            transport.write(data)
+        # The parser saw only the start of this body: a fresh one for the next answer.
+        self.parser = httptools.HttpResponseParser(self)
+        self.ex = None
+        ex.conn.response_complete(ex, self, n == left and not self._close and ex.request_done)
 
     def _splice(self, ex: Exchange) -> None:
         """Hand the rest of the body to the kernel, if both sockets allow it and
