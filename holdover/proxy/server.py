@@ -61,11 +61,11 @@ class ClientConnection(RequestHead, Closing, asyncio.Protocol):
     """One client connection: parse, route, stream, answer in order."""
 
     __slots__ = ("_body_left", "_chunk_in", "_cl", "_conn_tokens", "_fwd", "_fwd_host",
-                 "_fwd_key", "_hdr_count", "_head_bytes", "_head_raw", "_lines", "_prior_fwd",
-                 "_prior_xff", "_prior_xfh", "_prior_xfp", "_route_next", "_te", "_trusted",
-                 "_upgrade_value", "_url_parts", "_wbuf", "_wsince", "client_ip", "cookie_cache",
-                 "current", "fd", "last_active", "lim", "parser", "parsing", "paused", "pending",
-                 "plane", "served", "transport", "tunnel", "write_paused")
+                 "_fwd_key", "_hdr_count", "_head_bytes", "_head_raw", "_lines", "_pkt",
+                 "_prior_fwd", "_prior_xff", "_prior_xfh", "_prior_xfp", "_route_next", "_te",
+                 "_trusted", "_upgrade_value", "_url_parts", "_wbuf", "_wsince", "client_ip",
+                 "cookie_cache", "current", "fd", "last_active", "lim", "parser", "parsing",
+                 "paused", "pending", "plane", "served", "transport", "tunnel", "write_paused")
 
     def __init__(self, plane: Plane) -> None:
         self.plane = plane
@@ -88,6 +88,7 @@ class ClientConnection(RequestHead, Closing, asyncio.Protocol):
         self._url_parts: list[bytes] = []
         self._head_bytes = 0
         self._head_raw = 0
+        self._pkt = 0  # bytes of the read being parsed
         self._hdr_count = 0
         self._te: bytes | None = None
         self._cl: bytes | None = None
@@ -167,6 +168,7 @@ class ClientConnection(RequestHead, Closing, asyncio.Protocol):
             self._body_passed()
             data = data[left:]
         try:
+            self._pkt = len(data)
             self.parser.feed_data(data)
             ex = self.parsing
             if ex is not None:  # checked before routing: the packet must be all good

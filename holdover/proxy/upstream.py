@@ -64,6 +64,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_left",
         "_lines",
         "_mode",
+        "_pkt",
         "_reason",
         "_sent",
         "_upgrade",
@@ -103,6 +104,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._left = 0  # body bytes still to pass through without the parser
         self._sent = False  # some of the current answer has been written to the client
         self._head_raw = 0  # bytes of the current response head (bounded)
+        self._pkt = 0  # bytes of the read being parsed
 
     # -- asyncio callbacks ----------------------------------------------------------
 
@@ -148,6 +150,7 @@ class UpstreamConnection(asyncio.Protocol):
         head_end = data.find(b"\r\n\r\n") + 4 if not ex.resp_started and \
             len(data) >= SPLIT_AT else 0
         base = 0  # where in ``data`` the bytes last fed to the parser start
+        self._pkt = len(data)
         try:
             if head_end > 4:
                 view = memoryview(data)
@@ -331,17 +334,16 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_raw += len(name) + len(value)
-        if self._head_raw > MAX_RESPONSE_HEAD:
-            raise ValueError("response head too large")
         kind = _RESPONSE_SPECIAL.get(name.lower())
         if kind is None:  # the common case: passed through as it came
-            self._lines.append(name + b": " + value + b"\r\n")
+            # Name, separator, value, end: one flat list, joined once with the head (its
+            # size is checked once, in on_headers_complete).
+            self._lines += (name, b": ", value, b"\r\n")
             return
         if kind == _R_SET_COOKIE:
             if value.partition(b"=")[0].strip() == PIN_COOKIE:
                 return  # only the gateway sets its pin cookie
-            self._lines.append(name + b": " + value + b"\r\n")
+            self._lines += (name, b": ", value, b"\r\n")
             ex = self.ex
             if ex is not None:
                 ex.conn.plane.hooks.on_set_cookie(ex, value)
@@ -367,6 +369,9 @@ class UpstreamConnection(asyncio.Protocol):
         if not self.parser.should_keep_alive():
             self._close = True
         lines = self._lines
+        if self._head_raw + self._pkt > MAX_RESPONSE_HEAD and \
+                sum(map(len, lines)) > MAX_RESPONSE_HEAD:  # summed only if it could be over
+            raise ValueError("response head too large")
         head = [status_line(status, self._reason)]
         head += lines
         if status < 200:
