@@ -21,8 +21,6 @@ from conftest import APPS, PY, status_of, wait_for
 
 MIB = 1024 * 1024
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "splice"), reason="os.splice is Linux only")
-
 
 def expected(n: int) -> bytes:
     """What bodyworker.py sends for ``/bytes?n=N``."""

@@ -30,8 +30,6 @@ from holdover.proxy.upstream import UpstreamConnection, UpstreamPool
 MIB = 1024 * 1024
 REQUEST = b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n"
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "splice"), reason="os.splice is Linux only")
-
 
 class CountingUp(UpstreamConnection):
     """An UpstreamConnection that counts the bytes its ``data_received`` was given."""
