@@ -6,6 +6,13 @@ framing chosen for the client), and passes body bytes straight to the client's
 transport.  Everything one ``data_received`` produces for the client goes out in a
 single write: the head and a small body share one syscall.  The rest of a large body
 with a Content-Length is spliced socket to socket by the kernel (splice.py).
+
+Reads land in one buffer that every worker connection of the process shares
+(``_Reads``, an ``asyncio.BufferedProtocol``): a read is handled to the end before the
+next one starts, so the bytes are never copied into a fresh object first.  Whatever
+passes a view of that buffer to a transport checks that the transport did not keep it
+(a write that could not go out at once); if it did, the buffer is left to it and a new
+one is made.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ _RESPONSE_SPECIAL: dict[bytes, int] = {
  BODY_DECHUNKED) = range(6)
 
 WRITE_HIGH_WATER = 256 * 1024
+READ_SIZE = 256 * 1024  # the shared read buffer: the most one read takes in
 SPLIT_AT = 8 * 1024  # a read this large starting a response has its head parsed apart
 MAX_RESPONSE_HEAD = 256 * 1024  # a worker's response head larger than this gets 502
 
@@ -52,7 +60,34 @@ class _ExtraResponse(Exception):
     """A worker sent more than one response to one request."""
 
 
-class UpstreamConnection(asyncio.Protocol):
+class _Reads:
+    """The read buffer of every worker connection (see above)."""
+
+    __slots__ = ("buf", "view")
+
+    def __init__(self) -> None:
+        self.buf = bytearray(READ_SIZE)
+        self.view = memoryview(self.buf)
+
+    def kept_by(self, transport: asyncio.BaseTransport) -> None:
+        """``transport`` was just given a view of the buffer: if it holds on to it, the
+        next reads go to a new buffer."""
+        if transport.get_write_buffer_size():  # type: ignore[attr-defined]
+            self.buf = bytearray(READ_SIZE)
+            self.view = memoryview(self.buf)
+
+
+_READS = _Reads()
+
+
+def _head_end(data: bytes | memoryview) -> int:
+    """Where the response head in ``data`` ends (after its blank line), or 3."""
+    if type(data) is memoryview:  # a view from the start of the shared buffer
+        return data.obj.find(b"\r\n\r\n", 0, len(data)) + 4  # type: ignore[union-attr]
+    return data.find(b"\r\n\r\n") + 4
+
+
+class UpstreamConnection(asyncio.BufferedProtocol):
     """One TCP connection to a worker, reused across exchanges."""
 
     __slots__ = (
@@ -130,9 +165,17 @@ class UpstreamConnection(asyncio.Protocol):
         if ex.conn.write_paused:
             self.transport.pause_reading()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return _READS.buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_READS.view[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        """``data`` from the worker: bytes, or a view of the shared read buffer."""
         if self.tunnel is not None:
             self.tunnel.write(data)
+            _READS.kept_by(self.tunnel)
             return
         ex = self.ex
         if ex is None:  # a worker talking out of turn on an idle connection
@@ -147,8 +190,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         # A large read that starts a response: only its head goes through the parser,
         # so that a Content-Length body after it is passed on without being copied.
-        head_end = data.find(b"\r\n\r\n") + 4 if not ex.resp_started and \
-            len(data) >= SPLIT_AT else 0
+        head_end = _head_end(data) if not ex.resp_started and len(data) >= SPLIT_AT else 0
         base = 0  # where in ``data`` the bytes last fed to the parser start
         self._pkt = len(data)
         try:
@@ -166,7 +208,7 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade as upg:
             self._flush(ex)
             if self._upgrade is not None and self.ex is ex:
-                ex.conn.start_tunnel(ex, data[base + upg.args[0]:])
+                ex.conn.start_tunnel(ex, bytes(data[base + upg.args[0]:]))
             return
         except httptools.HttpParserError as err:
             if isinstance(err.__context__, _ExtraResponse):
@@ -210,6 +252,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._sent = True
             else:
                 transport.write(data)
+            _READS.kept_by(transport)
             if left >= SPLICE_MIN:
                 self._splice(ex)
             return
@@ -224,6 +267,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._sent = True
         else:
             transport.write(data)
+        _READS.kept_by(transport)
         # The parser saw only the start of this body: a fresh one for the next answer.
         self.parser = httptools.HttpResponseParser(self)
         self.ex = None

@@ -316,6 +316,42 @@ def test_small_or_chunked_bodies_are_not_spliced(run: Any) -> None:
     run(case)
 
 
+def test_bytes_a_client_could_not_take_at_once_stay_intact(run: Any) -> None:
+    """Worker reads share one buffer: a write the client's socket did not take whole
+    keeps its view of that buffer, so the next reads must not land in it."""
+    body = body_of(120 * 1024)  # under SPLICE_MIN after the first read: no splice
+
+    async def case(other: Rig) -> None:
+        rig = Rig(other.loop)
+        rig._c_proxy.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+        await rig.start()
+        try:
+            assert await rig.request()
+            # The worker sends in pieces while the client reads nothing: each piece is
+            # a read, written to a client socket that soon takes no more.
+            whole = response(body)
+            for i in range(0, len(whole), 16 * 1024):
+                await rig.loop.sock_sendall(rig.worker, whole[i:i + 16 * 1024])
+                await asyncio.sleep(0.002)
+            await until(lambda: rig.conn.transport.get_write_buffer_size() > 0)
+            # Another response, on the other connection, is read meanwhile.
+            assert await other.request()
+            noise = body_of(200 * 1024 + 1)
+            send = asyncio.ensure_future(other.loop.sock_sendall(other.worker, response(noise)))
+            _, got_noise, _ = await other.read_response()
+            await send
+            assert got_noise == noise
+            _, got, closed = await rig.read_response()
+            assert not closed and got == body
+        finally:
+            rig.close()
+            await until(lambda: rig.up.closed and rig.conn.transport.is_closing())
+            await asyncio.sleep(0.01)
+            rig.close_proxy_sockets()
+
+    run(case)
+
+
 def test_tls_and_socketless_transports_are_never_spliced() -> None:
     class Transport:
         def __init__(self, extra: dict[str, Any]) -> None:
