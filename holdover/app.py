@@ -40,6 +40,7 @@ from .control.shared import PlanesRouter, SharedTable
 from .core.affinity import Keys
 from .core.errors import Refused
 from .core.peers import ClusterSecret
+from .proxy.heap import keep_freed_memory
 from .proxy.peer import PeerConnection
 from .proxy.ports import Limits, Plane
 from .proxy.redirect import RedirectToHttps
@@ -534,6 +535,7 @@ class Gateway:
             # sight, so that its full passes stay short on the hot path.
             gc.collect()
             gc.freeze()
+            keep_freed_memory()  # buffers freed are kept for the next reads (proxy/heap.py)
             if on_started is not None:
                 on_started()
             print(f"holdover: serving {self.proto.decode()}://{self.listen_host.decode()}/",

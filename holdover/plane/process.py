@@ -27,6 +27,7 @@ from typing import Any
 
 from ..accesslog import AccessLog
 from ..core.affinity import Keys
+from ..proxy.heap import keep_freed_memory
 from ..proxy.ports import Limits, Plane
 from ..proxy.server import ClientConnection
 from .router import PlaneRouter
@@ -281,6 +282,7 @@ def main(argv: list[str]) -> int:
     die_with_parent()
     listen_fds = [int(fd) for fd in argv[0].split(",")]
     channel_fd, index = int(argv[1]), int(argv[2])
+    keep_freed_memory()  # buffers freed are kept for the next reads (proxy/heap.py)
     import uvloop
 
     return uvloop.run(PlaneProcess(listen_fds, channel_fd, index).run())

@@ -100,12 +100,16 @@ class Closing:
             elif now - self._wsince > lim.send_timeout:
                 self.transport.abort()
                 return
+        ex = self.current
+        if ex is not None and ex.upstream is not None and ex.upstream.splice is not None and \
+                ex.upstream.splice.stalled(now, lim.send_timeout):
+            self.transport.abort()  # the same send_timeout for a body spliced to the client
+            return
         tunnel = self.tunnel
         if tunnel is not None:
             if type(tunnel) is Discard and (tunnel.expired(now) or self.plane.closing):
                 self.transport.close()
             return
-        ex = self.current
         if ex is None:
             if self.parsing is not None:
                 if self._lines is not None and now - self.parsing.t0 > lim.header_timeout:

@@ -29,7 +29,6 @@ from .upstream import (
     _R_UPGRADE,
     _RESPONSE_SPECIAL,
     BODY_CHUNKED,
-    MAX_RESPONSE_HEAD,
     UpstreamConnection,
     UpstreamPool,
 )
@@ -67,12 +66,10 @@ class PeerUpstream(UpstreamConnection):
             self.transport.pause_reading()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_raw += len(name) + len(value)
-        if self._head_raw > MAX_RESPONSE_HEAD:
-            raise ValueError("response head too large")
         kind = _PEER_SPECIAL.get(name.lower())
-        if kind is None:  # the other node's cookies and headers included
-            self._lines.append(name + b": " + value + b"\r\n")
+        if kind is None:  # the other node's cookies and headers included (the head's size
+            # is checked once, in on_headers_complete, as for a worker's answer)
+            self._lines += (name, b": ", value, b"\r\n")
         elif kind == _R_CONTENT_LENGTH:
             self._cl = value
         elif kind == _R_TRANSFER_ENCODING:

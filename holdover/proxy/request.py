@@ -50,6 +50,7 @@ class RequestHead:
     _url_parts: Any
     _head_bytes: int
     _head_raw: int
+    _pkt: int
     _hdr_count: int
     _te: Any
     _cl: Any
@@ -87,18 +88,22 @@ class RequestHead:
             raise RequestRejected(414, "request line too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._lines is None:
-            return  # a trailer field of a chunked body: not forwarded (bodies are re-framed)
-        self._hdr_count += 1
-        self._head_bytes += len(name) + len(value) + 4
-        lim = self.lim
-        if self._hdr_count > lim.max_headers or self._head_bytes > lim.max_header_size:
-            raise RequestRejected(431, "request headers too large")
         kind = _SPECIAL.get(name.lower())
         if kind is None:  # the common case: passed through as it came
-            self._lines.append(name + b": " + value + b"\r\n")
+            lines = self._lines
+            if lines is not None:  # None: a trailer of a chunked body (bodies are re-framed)
+                # Name, separator, value, end: one flat list joined once, and the limits
+                # on count and size checked once, in on_headers_complete.
+                lines += (name, b": ", value, b"\r\n")
+            return
+        if self._lines is None:
             return
         if kind < _H_HOST:  # hop-by-hop and forwarding headers: not passed on
+            self._hdr_count += 1
+            self._head_bytes += len(name) + len(value) + 4
+            lim = self.lim
+            if self._hdr_count > lim.max_headers or self._head_bytes > lim.max_header_size:
+                raise RequestRejected(431, "request headers too large")
             if kind == _H_CONTENT_LENGTH:
                 self._cl = value
             elif kind == _H_TRANSFER_ENCODING:
@@ -132,7 +137,18 @@ class RequestHead:
             ex.cookie = value if ex.cookie is None else ex.cookie + b"; " + value
         else:
             ex.accept = value
-        self._lines.append(name + b": " + value + b"\r\n")
+        self._lines += (name, b": ", value, b"\r\n")
+
+    def _check_head_size(self, lines: list[bytes]) -> None:
+        """The limits on the headers passed on (``lines``) and those dropped."""
+        lim = self.lim
+        if self._hdr_count + (len(lines) >> 2) > lim.max_headers:
+            raise RequestRejected(431, "request headers too large")
+        if self._head_raw + self._pkt > lim.max_header_size and \
+                self._head_bytes + sum(map(len, lines)) > lim.max_header_size:
+            # (The bytes read for this head bound the size: summed only when they could
+            # be over.)
+            raise RequestRejected(431, "request headers too large")
 
     def on_headers_complete(self) -> None:
         ex = self.parsing
@@ -153,11 +169,12 @@ class RequestHead:
         ex.url = url
         lines = self._lines
         self._lines = None  # type: ignore[assignment]  # head complete: stop counting head bytes
+        self._check_head_size(lines)
         if self._conn_tokens is not None:
             tokens = connection_tokens(self._conn_tokens)
             extra = tokens - {b"close", b"keep-alive", b"upgrade", b"host"}
             if extra:  # headers the client named as hop-by-hop stay with this connection
-                lines = [ln for ln in lines if ln.split(b":", 1)[0].lower() not in extra]
+                lines = _without(lines, extra)
         if ex.host is None and ex.http11:
             raise RequestRejected(400, "HTTP/1.1 request without Host")
         if self._te is not None:
@@ -177,7 +194,7 @@ class RequestHead:
             framing += b"Connection: upgrade\r\nUpgrade: " + self._upgrade_value + b"\r\n"
         host = ex.host
         if host is None:
-            lines.append(b"Host: " + lim.listen_host + b"\r\n")
+            lines += (b"Host", b": ", lim.listen_host, b"\r\n")
         elif host != self._fwd_key and not valid_host(host):  # once per new Host value
             raise RequestRejected(400, "invalid Host header")
         if self._prior_xff is None and self._prior_fwd is None and not self._trusted:
@@ -214,8 +231,18 @@ class RequestHead:
         if authority is None:
             return path
         if ex.host is not None:  # the target's authority wins over the Host header
-            self._lines = [ln for ln in self._lines if ln[:5].lower() != b"host:"]
+            self._lines = _without(self._lines, {b"host"})
         ex.host = authority
-        self._lines.append(b"Host: " + authority + b"\r\n")
+        self._lines += (b"Host", b": ", authority, b"\r\n")
         return path
+
+
+def _without(lines: list[bytes], names: set[bytes]) -> list[bytes]:
+    """The flat header list (name, ": ", value, CRLF, ...) without the lower-cased
+    ``names``."""
+    kept: list[bytes] = []
+    for i in range(0, len(lines), 4):
+        if lines[i].lower() not in names:
+            kept += lines[i:i + 4]
+    return kept
 

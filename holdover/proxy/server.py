@@ -43,6 +43,7 @@ from .http1 import (
     wants_json,
 )
 from .request import RequestHead
+from .splice import stream_fd
 from .upstream import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -60,11 +61,11 @@ class ClientConnection(RequestHead, Closing, asyncio.Protocol):
     """One client connection: parse, route, stream, answer in order."""
 
     __slots__ = ("_body_left", "_chunk_in", "_cl", "_conn_tokens", "_fwd", "_fwd_host",
-                 "_fwd_key", "_hdr_count", "_head_bytes", "_head_raw", "_lines", "_prior_fwd",
-                 "_prior_xff", "_prior_xfh", "_prior_xfp", "_route_next", "_te", "_trusted",
-                 "_upgrade_value", "_url_parts", "_wbuf", "_wsince", "client_ip", "cookie_cache",
-                 "current", "last_active", "lim", "parser", "parsing", "paused", "pending",
-                 "plane", "served", "transport", "tunnel", "write_paused")
+                 "_fwd_key", "_hdr_count", "_head_bytes", "_head_raw", "_lines", "_pkt",
+                 "_prior_fwd", "_prior_xff", "_prior_xfh", "_prior_xfp", "_route_next", "_te",
+                 "_trusted", "_upgrade_value", "_url_parts", "_wbuf", "_wsince", "client_ip",
+                 "cookie_cache", "current", "fd", "last_active", "lim", "parser", "parsing",
+                 "paused", "pending", "plane", "served", "transport", "tunnel", "write_paused")
 
     def __init__(self, plane: Plane) -> None:
         self.plane = plane
@@ -77,6 +78,7 @@ class ClientConnection(RequestHead, Closing, asyncio.Protocol):
         self.paused = 0
         self.write_paused = False
         self.tunnel: asyncio.Transport | None = None
+        self.fd = -1  # the socket's descriptor, if response bodies can be spliced to it
         self.last_active = 0.0
         self.client_ip = b""
         self._fwd = b""
@@ -86,6 +88,7 @@ class ClientConnection(RequestHead, Closing, asyncio.Protocol):
         self._url_parts: list[bytes] = []
         self._head_bytes = 0
         self._head_raw = 0
+        self._pkt = 0  # bytes of the read being parsed
         self._hdr_count = 0
         self._te: bytes | None = None
         self._cl: bytes | None = None
@@ -109,6 +112,7 @@ class ClientConnection(RequestHead, Closing, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.transport.set_write_buffer_limits(high=CLIENT_WRITE_HIGH_WATER)
+        self.fd = stream_fd(transport)
         peer = transport.get_extra_info("peername")
         ip = peer[0] if isinstance(peer, tuple) else "unix"
         self.client_ip = ip.encode()
@@ -133,7 +137,7 @@ class ClientConnection(RequestHead, Closing, asyncio.Protocol):
             up = ex.upstream
             if up is not None:
                 up.ex = None
-                up.transport.abort()  # the worker may still be sending: do not reuse
+                up.abort()  # the worker may still be sending: do not reuse
             if not ex.resp_started:
                 ex.status = 499  # the client went away before its answer
             plane.reporter.exchange_done(ex)
@@ -164,6 +168,7 @@ class ClientConnection(RequestHead, Closing, asyncio.Protocol):
             self._body_passed()
             data = data[left:]
         try:
+            self._pkt = len(data)
             self.parser.feed_data(data)
             ex = self.parsing
             if ex is not None:  # checked before routing: the packet must be all good
@@ -381,7 +386,7 @@ class ClientConnection(RequestHead, Closing, asyncio.Protocol):
         if up is not None:
             ex.upstream = None
             up.ex = None
-            up.transport.abort()
+            up.abort()
         self._finish(ex)
 
     def reject(self, status: int, reason: str) -> None:
@@ -409,7 +414,7 @@ class ClientConnection(RequestHead, Closing, asyncio.Protocol):
             if up is not None:
                 ex.upstream = None
                 up.ex = None
-                up.transport.abort()
+                up.abort()
             if ex.waiter is not None:
                 ex.waiter.cancel()
             if not ex.method:

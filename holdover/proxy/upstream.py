@@ -4,7 +4,15 @@ An ``UpstreamConnection`` carries one exchange at a time.  It parses the worker'
 response with httptools, rewrites only the response head (hop-by-hop headers out,
 framing chosen for the client), and passes body bytes straight to the client's
 transport.  Everything one ``data_received`` produces for the client goes out in a
-single write: the head and a small body share one syscall.
+single write: the head and a small body share one syscall.  The rest of a large body
+with a Content-Length is spliced socket to socket by the kernel (splice.py).
+
+Reads land in one buffer that every worker connection of the process shares
+(``_Reads``, an ``asyncio.BufferedProtocol``): a read is handled to the end before the
+next one starts, so the bytes are never copied into a fresh object first.  Whatever
+passes a view of that buffer to a transport checks that the transport did not keep it
+(a write that could not go out at once); if it did, the buffer is left to it and a new
+one is made.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import httptools
 
 from ..core.affinity import PIN_COOKIE
 from .http1 import HOLDOVER_HEADERS, LAST_CHUNK, status_line
+from .splice import SPLICE_MIN, BodySplice, stream_fd
 
 if TYPE_CHECKING:
     from .exchange import Exchange
@@ -42,6 +51,8 @@ _RESPONSE_SPECIAL: dict[bytes, int] = {
  BODY_DECHUNKED) = range(6)
 
 WRITE_HIGH_WATER = 256 * 1024
+READ_SIZE = 256 * 1024  # the shared read buffer: the most one read takes in
+SPLIT_AT = 8 * 1024  # a read this large starting a response has its head parsed apart
 MAX_RESPONSE_HEAD = 256 * 1024  # a worker's response head larger than this gets 502
 
 
@@ -49,7 +60,34 @@ class _ExtraResponse(Exception):
     """A worker sent more than one response to one request."""
 
 
-class UpstreamConnection(asyncio.Protocol):
+class _Reads:
+    """The read buffer of every worker connection (see above)."""
+
+    __slots__ = ("buf", "view")
+
+    def __init__(self) -> None:
+        self.buf = bytearray(READ_SIZE)
+        self.view = memoryview(self.buf)
+
+    def kept_by(self, transport: asyncio.BaseTransport) -> None:
+        """``transport`` was just given a view of the buffer: if it holds on to it, the
+        next reads go to a new buffer."""
+        if transport.get_write_buffer_size():  # type: ignore[attr-defined]
+            self.buf = bytearray(READ_SIZE)
+            self.view = memoryview(self.buf)
+
+
+_READS = _Reads()
+
+
+def _head_end(data: bytes | memoryview) -> int:
+    """Where the response head in ``data`` ends (after its blank line), or 3."""
+    if type(data) is memoryview:  # a view from the start of the shared buffer
+        return data.obj.find(b"\r\n\r\n", 0, len(data)) + 4  # type: ignore[union-attr]
+    return data.find(b"\r\n\r\n") + 4
+
+
+class UpstreamConnection(asyncio.BufferedProtocol):
     """One TCP connection to a worker, reused across exchanges."""
 
     __slots__ = (
@@ -61,16 +99,19 @@ class UpstreamConnection(asyncio.Protocol):
         "_left",
         "_lines",
         "_mode",
+        "_pkt",
         "_reason",
         "_sent",
         "_upgrade",
         "closed",
         "ex",
+        "fd",
         "got_bytes",
         "idle_since",
         "out",
         "parser",
         "pool",
+        "splice",
         "transport",
         "tunnel",
     )
@@ -82,6 +123,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.ex: Exchange | None = None
         self.out: list[bytes] = []
         self.tunnel: asyncio.Transport | None = None
+        self.splice: BodySplice | None = None  # the body being spliced, if one is
+        self.fd = -1  # the socket's descriptor, if the body can be spliced from it
         self.closed = False
         self.got_bytes = False
         self.idle_since = 0.0
@@ -96,12 +139,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._left = 0  # body bytes still to pass through without the parser
         self._sent = False  # some of the current answer has been written to the client
         self._head_raw = 0  # bytes of the current response head (bounded)
+        self._pkt = 0  # bytes of the read being parsed
 
     # -- asyncio callbacks ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.fd = stream_fd(transport)
 
     def attach(self, ex: Exchange) -> None:
         """Send ``ex``'s request on this connection (head and any body read so far)."""
@@ -120,9 +165,17 @@ class UpstreamConnection(asyncio.Protocol):
         if ex.conn.write_paused:
             self.transport.pause_reading()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return _READS.buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(_READS.view[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        """``data`` from the worker: bytes, or a view of the shared read buffer."""
         if self.tunnel is not None:
             self.tunnel.write(data)
+            _READS.kept_by(self.tunnel)
             return
         ex = self.ex
         if ex is None:  # a worker talking out of turn on an idle connection
@@ -133,26 +186,29 @@ class UpstreamConnection(asyncio.Protocol):
         if left:
             # The fast path for bodies with a Content-Length: bytes go straight from
             # the worker's socket to the client's, with no parsing and no copy.
-            n = len(data)
-            if n < left:
-                self._left = left - n
-                ex.resp_bytes += n
-                ex.conn.transport.write(data)
-                return
-            self._left = 0
-            ex.resp_bytes += left
-            ex.conn.transport.write(data if n == left else data[:left])
-            # The parser saw only the start of this body: a fresh one for the next answer.
-            self.parser = httptools.HttpResponseParser(self)
-            self.ex = None
-            ex.conn.response_complete(ex, self, n == left and not self._close and ex.request_done)
+            self._pass(ex, data, left)
             return
+        # A large read that starts a response: only its head goes through the parser,
+        # so that a Content-Length body after it is passed on without being copied.
+        head_end = _head_end(data) if not ex.resp_started and len(data) >= SPLIT_AT else 0
+        base = 0  # where in ``data`` the bytes last fed to the parser start
+        self._pkt = len(data)
         try:
-            self.parser.feed_data(data)
+            if head_end > 4:
+                view = memoryview(data)
+                self.parser.feed_data(view[:head_end])
+                if self._mode == BODY_RAW and ex.resp_started and not self._done and \
+                        self.ex is ex:
+                    self._pass(ex, view[head_end:], int(self._cl))  # type: ignore[arg-type]
+                    return
+                base = head_end
+                self.parser.feed_data(view[head_end:])
+            else:
+                self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upg:
             self._flush(ex)
             if self._upgrade is not None and self.ex is ex:
-                ex.conn.start_tunnel(ex, data[upg.args[0]:])
+                ex.conn.start_tunnel(ex, bytes(data[base + upg.args[0]:]))
             return
         except httptools.HttpParserError as err:
             if isinstance(err.__context__, _ExtraResponse):
@@ -169,7 +225,9 @@ class UpstreamConnection(asyncio.Protocol):
                 return
         self._flush(ex)
         if self._mode == BODY_RAW and not self._done and self.ex is ex:
-            self._left = int(self._cl) - ex.resp_bytes  # type: ignore[arg-type]
+            self._left = left = int(self._cl) - ex.resp_bytes  # type: ignore[arg-type]
+            if left >= SPLICE_MIN:
+                self._splice(ex)
         if self._done:
             self._done = False
             if self._mode == BODY_NONE and ex.method == b"HEAD":
@@ -177,6 +235,72 @@ class UpstreamConnection(asyncio.Protocol):
             reusable = not self._close and ex.request_done
             self.ex = None
             ex.conn.response_complete(ex, self, reusable)
+
+    def _pass(self, ex: Exchange, data: bytes | memoryview, left: int) -> None:
+        """Body bytes of a Content-Length response, ``left`` of them still to come,
+        to the client as they are (after the head, if that waits in ``out``)."""
+        n = len(data)
+        out = self.out
+        transport = ex.conn.transport
+        if n < left:
+            self._left = left = left - n
+            ex.resp_bytes += n
+            if out:
+                out.append(data)
+                transport.writelines(out)  # one writev, the body not copied
+                out.clear()
+                self._sent = True
+            else:
+                transport.write(data)
+            _READS.kept_by(transport)
+            if left >= SPLICE_MIN:
+                self._splice(ex)
+            return
+        self._left = 0
+        ex.resp_bytes += left
+        if n > left:
+            data = memoryview(data)[:left]
+        if out:
+            out.append(data)
+            transport.writelines(out)
+            out.clear()
+            self._sent = True
+        else:
+            transport.write(data)
+        _READS.kept_by(transport)
+        # The parser saw only the start of this body: a fresh one for the next answer.
+        self.parser = httptools.HttpResponseParser(self)
+        self.ex = None
+        ex.conn.response_complete(ex, self, n == left and not self._close and ex.request_done)
+
+    def _splice(self, ex: Exchange) -> None:
+        """Hand the rest of the body to the kernel, if both sockets allow it and
+        nothing of the answer still waits in the client's write buffer."""
+        conn = ex.conn
+        if self.fd < 0 or conn.fd < 0 or conn.write_paused or \
+                conn.transport.get_write_buffer_size():
+            return
+        sp = BodySplice(self, ex, self._left)
+        self.splice = sp
+        self._left = 0
+        if not sp.start(self.fd, conn.fd):
+            self.splice = None
+            self._left = sp.left
+
+    def splice_done(self, ex: Exchange) -> None:
+        """The spliced body is through: the answer is complete."""
+        self.splice = None
+        self.parser = httptools.HttpResponseParser(self)  # it saw only the body's start
+        self.ex = None
+        ex.conn.response_complete(ex, self, not self._close and ex.request_done)
+
+    def abort(self) -> None:
+        """Drop the connection now, and any splice of it (the exchange is over)."""
+        sp = self.splice
+        if sp is not None:
+            self.splice = None
+            sp.stop()
+        self.transport.abort()
 
     def _broke(self, ex: Exchange) -> None:
         """The worker spoke garbage: 502 if none of its answer reached the client yet."""
@@ -211,6 +335,9 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
+        if self.splice is not None:
+            self.splice.stop()
+            self.splice = None
         if self.tunnel is not None:
             self.tunnel.close()
             self.tunnel = None
@@ -251,17 +378,16 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_raw += len(name) + len(value)
-        if self._head_raw > MAX_RESPONSE_HEAD:
-            raise ValueError("response head too large")
         kind = _RESPONSE_SPECIAL.get(name.lower())
         if kind is None:  # the common case: passed through as it came
-            self._lines.append(name + b": " + value + b"\r\n")
+            # Name, separator, value, end: one flat list, joined once with the head (its
+            # size is checked once, in on_headers_complete).
+            self._lines += (name, b": ", value, b"\r\n")
             return
         if kind == _R_SET_COOKIE:
             if value.partition(b"=")[0].strip() == PIN_COOKIE:
                 return  # only the gateway sets its pin cookie
-            self._lines.append(name + b": " + value + b"\r\n")
+            self._lines += (name, b": ", value, b"\r\n")
             ex = self.ex
             if ex is not None:
                 ex.conn.plane.hooks.on_set_cookie(ex, value)
@@ -287,6 +413,9 @@ class UpstreamConnection(asyncio.Protocol):
         if not self.parser.should_keep_alive():
             self._close = True
         lines = self._lines
+        if self._head_raw + self._pkt > MAX_RESPONSE_HEAD and \
+                sum(map(len, lines)) > MAX_RESPONSE_HEAD:  # summed only if it could be over
+            raise ValueError("response head too large")
         head = [status_line(status, self._reason)]
         head += lines
         if status < 200:

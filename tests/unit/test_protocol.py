@@ -583,6 +583,10 @@ class FakeUp:
         self.transport = FakeTransport()
         self.ex = None
         self.closed = False
+        self.splice = None
+
+    def abort(self) -> None:
+        self.transport.abort()
 
 
 def test_pipelined_requests_in_order_only_first_routed() -> None:
