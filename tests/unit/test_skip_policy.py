@@ -122,3 +122,11 @@ def test_a_run_with_only_allowed_skips_passes(pytester: pytest.Pytester,
 
 def test_this_run_is_watched(request: pytest.FixtureRequest) -> None:
     assert request.config.pluginmanager.has_plugin("holdover-skipwatch")
+
+
+def test_no_two_test_files_share_a_name() -> None:
+    # The trees have no __init__.py: pytest imports test modules by their file name, so
+    # two of the same name in tests/unit and tests/e2e stop the whole run at collection.
+    root = Path(__file__).resolve().parents[1]
+    names = [p.name for tree in ("unit", "e2e") for p in (root / tree).glob("test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in names if names.count(n) > 1)
