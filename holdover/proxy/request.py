@@ -47,7 +47,7 @@ class RequestHead:
     lim: Any
     client_ip: bytes
     _lines: Any
-    _url_parts: Any
+    _url: bytes
     _head_bytes: int
     _head_raw: int
     _pkt: int
@@ -73,7 +73,7 @@ class RequestHead:
         ex = Exchange(self, monotonic())
         self.parsing = ex
         self._lines = []
-        self._url_parts = []
+        self._url = b""
         self._head_bytes = 0
         self._head_raw = 0
         self._hdr_count = 0
@@ -81,9 +81,9 @@ class RequestHead:
         self._prior_xff = self._prior_fwd = self._prior_xfp = self._prior_xfh = None
 
     def on_url(self, url: bytes) -> None:
-        self._url_parts.append(url)
-        if len(self._url_parts) > 1 and sum(map(len, self._url_parts)) > self.lim.max_request_line:
-            raise RequestRejected(414, "request line too long")
+        if self._url:  # the target came in more than one read
+            url = self._url + url
+        self._url = url
         if len(url) > self.lim.max_request_line:
             raise RequestRejected(414, "request line too long")
 
@@ -157,8 +157,7 @@ class RequestHead:
         ex.method = method = parser.get_method()
         if method == b"TRACE":  # it would echo the request's cookies back (as nginx, 405)
             raise RequestRejected(405, "TRACE is not served")
-        parts = self._url_parts
-        url = parts[0] if len(parts) == 1 else b"".join(parts)
+        url = self._url
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
             raise RequestRejected(505, "unsupported HTTP version")

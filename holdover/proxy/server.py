@@ -63,7 +63,7 @@ class ClientConnection(RequestHead, Closing, asyncio.Protocol):
     __slots__ = ("_body_left", "_chunk_in", "_cl", "_conn_tokens", "_fwd", "_fwd_host",
                  "_fwd_key", "_hdr_count", "_head_bytes", "_head_raw", "_lines", "_pkt",
                  "_prior_fwd", "_prior_xff", "_prior_xfh", "_prior_xfp", "_route_next", "_te",
-                 "_trusted", "_upgrade_value", "_url_parts", "_wbuf", "_wsince", "client_ip",
+                 "_trusted", "_upgrade_value", "_url", "_wbuf", "_wsince", "client_ip",
                  "cookie_cache", "current", "fd", "last_active", "lim", "parser", "parsing",
                  "paused", "pending", "plane", "served", "transport", "tunnel", "write_paused")
 
@@ -85,7 +85,7 @@ class ClientConnection(RequestHead, Closing, asyncio.Protocol):
         self._fwd_key: object = _UNSET
         self._fwd_host = b""
         self._lines: list[bytes] = []
-        self._url_parts: list[bytes] = []
+        self._url = b""  # the request target as read so far
         self._head_bytes = 0
         self._head_raw = 0
         self._pkt = 0  # bytes of the read being parsed
