@@ -7,8 +7,9 @@ python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
 # Debian packages the tests drive for real: Chromium for the browser tests (never a
 # downloaded browser build), redis-server for the Redis store, dnsmasq (dnsmasq-base: the
 # program alone, no service) for the external-worker DNS tests, zsh for the completion
-# script, systemd-analyze for the systemd unit in docs/operating.md, ss (iproute2) for the
-# listening sockets of several proxy processes. Without one of them its tests would
+# script, systemd-analyze for the systemd unit in docs/operating.md, ss and ip (iproute2)
+# for the listening sockets of several proxy processes and the network namespaces of the
+# partition test. Without one of them its tests would
 # fail, so stop here and say why instead.
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
@@ -16,7 +17,7 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
 command -v zsh >/dev/null 2>&1 || missing+=(zsh)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
-command -v ss >/dev/null 2>&1 || missing+=(iproute2)
+{ command -v ss && command -v ip; } >/dev/null 2>&1 || missing+=(iproute2)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         echo "test.sh: installing Debian's ${missing[*]} for the tests" >&2
