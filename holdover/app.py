@@ -55,7 +55,6 @@ class ListenError(OSError):
     """A listener could not be bound; the message names the setting and the address."""
 
 
-
 def _addr(address: Any) -> str:
     host, port = address[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -76,6 +75,7 @@ def _moved(sock: socket.socket, address: tuple[str, int] | None) -> bool:
     except OSError:
         return True
     return host not in found
+
 
 class Gateway:
     """One running gateway: listeners, the control plane, the data plane, signals."""
