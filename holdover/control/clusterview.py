@@ -139,8 +139,12 @@ class ClusterView:
         rev = self.ctl.revs.revisions.get(rid)
         if rev is not None and rev.state is S.DRAINING:
             return True
-        return any(((node.info.get("summary") or {}).get("revisions") or {}).get(rid, {})
-                   .get("state") == "draining" for node in self.cluster.nodes.values())
+        return any(_revisions_of(node).get(rid, {}).get("state") == "draining"
+                   for node in self.cluster.nodes.values())
+
+    def runs_elsewhere(self, rid: str) -> bool:
+        """Whether another live node still runs revision ``rid`` (by its heartbeat)."""
+        return any(rid in _revisions_of(node) for node in self.cluster.nodes.values())
 
     def revision_changed(self, rid: str, after: S) -> None:
         """A revision changed state here; a retirement is told to the others."""
@@ -168,8 +172,7 @@ class ClusterView:
         if rev is not None and rev.state is not S.RETIRED:
             return False
         said = self.retired_on.get(rid, set())
-        return all(name in said or rid not in ((node.info.get("summary") or {})
-                                               .get("revisions") or {})
+        return all(name in said or rid not in _revisions_of(node)
                    for name, node in self.cluster.nodes.items())
 
     async def _check_retired(self, rid: str) -> None:
@@ -235,3 +238,8 @@ class ClusterView:
             return
         await self.ctl.record_event("caught-up", f"node {self.me} missed changes and made "
                                     f"{active} active, as the cluster has it", active)
+
+
+def _revisions_of(node: Any) -> dict[str, Any]:
+    """The revisions a node's last heartbeat said it runs (its summary, ``summary()``)."""
+    return (node.info.get("summary") or {}).get("revisions") or {}

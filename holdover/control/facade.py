@@ -233,11 +233,7 @@ class Control:
 
     def runs_elsewhere(self, rid: str) -> bool:
         """Whether another live node of the cluster still runs revision ``rid``."""
-        ops = self.clusterops
-        if ops is None:
-            return False
-        return any(rid in ((node.info.get("summary") or {}).get("revisions") or {})
-                   for node in ops.cluster.nodes.values())
+        return self.clusterops is not None and self.clusterops.view.runs_elsewhere(rid)
 
     def end_sessions_of(self, revision: str, reason: str) -> int:
         return self.router.end_sessions_of(revision, reason)

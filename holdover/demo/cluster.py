@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..supervisor.worker import free_port
 from .launch import CONFIG_NAME, fresh_state, holdover_prog, write_config
 
 NODE_HOSTS = ("127.0.0.11", "127.0.0.12")
@@ -40,12 +41,6 @@ REDIS_MISSING = (
 
 class DemoFailed(Exception):
     """Something the cluster demo cannot go on without; the message says what."""
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -100,7 +95,7 @@ class Nodes:
             raise DemoFailed(REDIS_MISSING)
         folder = self.home / "redis"
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        port = _free_port("127.0.0.1")
+        port = free_port("127.0.0.1")
         # No persistence: the demo's store lives as long as the demo.
         self.redis = await asyncio.create_subprocess_exec(
             binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
