@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Instructions per request of holdover's proxy and of nginx's, counted by callgrind.
+
+Why it exists: CPU time per request (proxy_bench.py) moves by ±10 % with whatever else
+runs on the machine, so a change worth 3 % cannot be seen in it without many interleaved
+runs.  ``valgrind --tool=callgrind`` counts the instructions a process executes in user
+space, and that count is the same run after run for the same code and the same requests,
+however busy the machine is.  It leaves out the kernel (the socket calls cost the same for
+every proxy making the same calls) and says nothing of cache misses, so it is the figure
+for the proxy's own code, beside proxy_bench.py's CPU time, not instead of it.
+
+The proxy runs under callgrind with instrumentation off; after a warm-up the counters are
+switched on, h2load sends a fixed number of keep-alive requests (``-c`` connections),
+the counters are dumped and divided by that number.  Both proxies front the same nginx
+backend as in proxy_bench.py, holdover with the same configuration (sessions mode,
+access log on), nginx with ``master_process off`` so that its one process is the one
+counted.
+
+Run: ``python bench/instructions.py [--sizes small,small-h13] [--requests 20000]
+[--pythonpath DIR]`` (``--pythonpath`` runs holdover from another checkout, to compare
+two versions of the code).  Needs valgrind and h2load (Debian's valgrind and
+nghttp2-client; installed when missing and running as root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from benchlib import Processes, ensure_apt, free_port, log, wait_http  # noqa: E402
+from proxy_bench import (  # noqa: E402
+    HEADERS,
+    SIZES,
+    WRAPPER,
+    holdover_toml,
+    make_www,
+    nginx_proxy_conf,
+)
+
+READY_S = 180.0  # holdover's start under callgrind takes 10-30 s on this kind of machine
+
+
+def h2load(port: int, path: str, headers: tuple[str, ...], requests: int,
+           connections: int) -> int:
+    """Send ``requests`` GETs; returns how many answered 2xx (h2load's own count)."""
+    argv = ["h2load", "--h1", "-n", str(requests), "-c", str(connections), "-t", "1"]
+    for h in headers:
+        argv += ["-H", h]
+    out = subprocess.run([*argv, f"http://127.0.0.1:{port}{path}"], capture_output=True,
+                         text=True, timeout=1800, check=True).stdout
+    m = re.search(r"status codes: (\d+) 2xx", out)
+    if m is None:
+        raise RuntimeError(f"h2load printed no status counts:\n{out}")
+    return int(m.group(1))
+
+
+def callgrind(*args: str) -> None:
+    subprocess.run(["callgrind_control", *args], capture_output=True, check=True, timeout=60)
+
+
+def total_ir(dump: Path) -> int:
+    """The ``totals:`` (or ``summary:``) line of a callgrind dump."""
+    for line in dump.read_text(errors="replace").splitlines():
+        if line.startswith(("totals:", "summary:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {dump}")
+
+
+def count(pid: int, out_dir: Path, port: int, path: str, headers: tuple[str, ...],
+          requests: int, connections: int) -> tuple[float, Path]:
+    """Instructions per request of process ``pid`` (running under callgrind), and the
+    dump they were read from."""
+    h2load(port, path, headers, max(2000, requests // 5), connections)  # warm-up, uncounted
+    before = set(out_dir.glob("cg.*"))
+    callgrind("-z", str(pid))
+    callgrind("-i", "on", str(pid))
+    ok = h2load(port, path, headers, requests, connections)
+    callgrind("-d", str(pid))
+    callgrind("-i", "off", str(pid))
+    deadline = time.monotonic() + 60
+    while True:
+        new = [p for p in out_dir.glob("cg.*") if p not in before and p.stat().st_size]
+        if new:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError("callgrind wrote no dump")
+        time.sleep(0.2)
+    time.sleep(0.5)  # the dump is written in one go; let it finish
+    if ok != requests:
+        raise RuntimeError(f"{requests - ok} of {requests} requests failed")
+    dump = max(new, key=lambda p: p.stat().st_mtime)
+    return total_ir(dump) / requests, dump
+
+
+def valgrind(out_dir: Path, name: str) -> list[str]:
+    return ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+            f"--callgrind-out-file={out_dir}/cg.{name}.%p"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="small,small-h13",
+                    help=f"comma list from {','.join(SIZES)}")
+    ap.add_argument("--proxies", default="holdover,nginx", help="holdover,nginx")
+    ap.add_argument("--requests", type=int, default=20000, help="counted requests per size")
+    ap.add_argument("--connections", type=int, default=10, help="h2load -c")
+    ap.add_argument("--pythonpath", help="run holdover from this checkout (PYTHONPATH)")
+    ap.add_argument("--keep", type=Path,
+                    help="copy the callgrind dumps here (PROXY-SIZE.callgrind), for "
+                         "callgrind_annotate or kcachegrind")
+    args = ap.parse_args(argv)
+    sizes = args.sizes.split(",")
+    missing = ensure_apt({"valgrind": "valgrind", "callgrind_control": "valgrind",
+                          "h2load": "nghttp2-client", "nginx": "nginx"})
+    if missing:
+        raise SystemExit(f"missing {', '.join(missing)}: install Debian's valgrind, "
+                         "nghttp2-client and nginx")
+    procs = Processes()
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="holdover-instr-") as tmp:
+        work = Path(tmp)
+        make_www(work)
+        try:
+            for proxy in args.proxies.split(","):
+                port = free_port()
+                if proxy == "holdover":
+                    conf = work / "holdover.toml"
+                    conf.write_text(holdover_toml(port, free_port(), work))
+                    env = dict(os.environ)
+                    if args.pythonpath:
+                        env["PYTHONPATH"] = args.pythonpath
+                    proc = procs.start(proxy, [*valgrind(work, proxy), sys.executable, "-m",
+                                               "holdover", "run", "-c", str(conf)],
+                                       work / "holdover.log", work, env)
+                elif proxy == "nginx":
+                    backend = free_port()
+                    procs.start("backend", [sys.executable, str(WRAPPER), str(backend),
+                                            str(work)], work / "backend.log", work)
+                    wait_http(backend, "/small")
+                    run = work / "nginx-run"
+                    run.mkdir()
+                    conf = work / "nginx.conf"
+                    conf.write_text("master_process off;\ndaemon off;\n" + nginx_proxy_conf(
+                        port, backend, run, run / "access.log"))
+                    proc = procs.start(proxy, [*valgrind(work, proxy), "nginx", "-e", "stderr",
+                                               "-c", str(conf)], work / "nginx.log", work)
+                else:
+                    raise SystemExit(f"unknown proxy {proxy!r}")
+                wait_http(port, "/small", timeout=READY_S, proc=proc.popen)
+                results[proxy] = {}
+                for size in sizes:
+                    path = SIZES[size][0]
+                    ir, dump = count(proc.pid, work, port, path, HEADERS.get(size, ()),
+                                     args.requests, args.connections)
+                    if args.keep:
+                        args.keep.mkdir(parents=True, exist_ok=True)
+                        shutil.copy(dump, args.keep / f"{proxy}-{size}.callgrind")
+                    results[proxy][size] = ir
+                    log(f"{proxy} {size}: {ir:,.0f} instructions per request")
+                procs.stop(proc, grace=30)
+        finally:
+            strays = procs.stop_all()
+            if strays:
+                log(f"stopped strays: {strays}")
+    print("\n| proxy | " + " | ".join(sizes) + " |")
+    print("|---|" + "---:|" * len(sizes))
+    for proxy, row in results.items():
+        print(f"| {proxy} | " + " | ".join(f"{row[s]:,.0f}" for s in sizes) + " |")
+    if "holdover" in results and "nginx" in results:
+        print("| holdover ÷ nginx | " + " | ".join(
+            f"{results['holdover'][s] / results['nginx'][s]:.2f}" for s in sizes) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
