@@ -10,21 +10,23 @@ every proxy making the same calls) and says nothing of cache misses, so it is th
 for the proxy's own code, beside proxy_bench.py's CPU time, not instead of it.
 
 The proxy runs under callgrind with instrumentation off; after a warm-up the counters are
-switched on, h2load sends a fixed number of keep-alive requests (``-c`` connections),
-the counters are dumped and divided by that number.  Both proxies front the same nginx
+switched on, a fixed number of keep-alive requests is sent (over ``--connections``
+connections, each request byte for byte what wrk sends in proxy_bench.py), the counters
+are dumped and divided by that number.  Both proxies front the same nginx
 backend as in proxy_bench.py, holdover with the same configuration (sessions mode,
 access log on), nginx with ``master_process off`` so that its one process is the one
 counted.
 
 Run: ``python bench/instructions.py [--sizes small,small-h13] [--requests 20000]
 [--pythonpath DIR]`` (``--pythonpath`` runs holdover from another checkout, to compare
-two versions of the code).  Needs valgrind and h2load (Debian's valgrind and
-nghttp2-client; installed when missing and running as root).
+two versions of the code).  Needs valgrind and nginx (Debian's; installed when missing
+and running as root).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import shutil
@@ -50,18 +52,35 @@ from proxy_bench import (  # noqa: E402
 READY_S = 180.0  # holdover's start under callgrind takes 10-30 s on this kind of machine
 
 
-def h2load(port: int, path: str, headers: tuple[str, ...], requests: int,
-           connections: int) -> int:
-    """Send ``requests`` GETs; returns how many answered 2xx (h2load's own count)."""
-    argv = ["h2load", "--h1", "-n", str(requests), "-c", str(connections), "-t", "1"]
-    for h in headers:
-        argv += ["-H", h]
-    out = subprocess.run([*argv, f"http://127.0.0.1:{port}{path}"], capture_output=True,
-                         text=True, timeout=1800, check=True).stdout
-    m = re.search(r"status codes: (\d+) 2xx", out)
-    if m is None:
-        raise RuntimeError(f"h2load printed no status counts:\n{out}")
-    return int(m.group(1))
+def drive(port: int, path: str, headers: tuple[str, ...], requests: int,
+          connections: int) -> int:
+    """Send ``requests`` GETs over ``connections`` keep-alive connections, byte for byte
+    what wrk sends (so header names keep their case); returns how many answered 2xx."""
+    head = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            + "".join(f"{h}\r\n" for h in headers) + "\r\n").encode()
+
+    async def one(share: int) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        ok = 0
+        try:
+            for _ in range(share):
+                writer.write(head)
+                resp = await reader.readuntil(b"\r\n\r\n")
+                m = re.search(rb"\r\ncontent-length: *(\d+)", resp, re.I)
+                if m is None:
+                    raise RuntimeError(f"an answer without Content-Length: {resp[:200]!r}")
+                await reader.readexactly(int(m.group(1)))
+                ok += resp.startswith((b"HTTP/1.1 2", b"HTTP/1.0 2"))
+        finally:
+            writer.close()
+        return ok
+
+    async def run() -> int:
+        shares = [requests // connections + (i < requests % connections)
+                  for i in range(connections)]
+        return sum(await asyncio.wait_for(asyncio.gather(*map(one, shares)), 1800))
+
+    return asyncio.run(run())
 
 
 def callgrind(*args: str) -> None:
@@ -80,11 +99,11 @@ def count(pid: int, out_dir: Path, port: int, path: str, headers: tuple[str, ...
           requests: int, connections: int) -> tuple[float, Path]:
     """Instructions per request of process ``pid`` (running under callgrind), and the
     dump they were read from."""
-    h2load(port, path, headers, max(2000, requests // 5), connections)  # warm-up, uncounted
+    drive(port, path, headers, max(2000, requests // 5), connections)  # warm-up, uncounted
     before = set(out_dir.glob("cg.*"))
     callgrind("-z", str(pid))
     callgrind("-i", "on", str(pid))
-    ok = h2load(port, path, headers, requests, connections)
+    ok = drive(port, path, headers, requests, connections)
     callgrind("-d", str(pid))
     callgrind("-i", "off", str(pid))
     deadline = time.monotonic() + 60
@@ -113,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma list from {','.join(SIZES)}")
     ap.add_argument("--proxies", default="holdover,nginx", help="holdover,nginx")
     ap.add_argument("--requests", type=int, default=20000, help="counted requests per size")
-    ap.add_argument("--connections", type=int, default=10, help="h2load -c")
+    ap.add_argument("--connections", type=int, default=10, help="keep-alive connections")
     ap.add_argument("--pythonpath", help="run holdover from this checkout (PYTHONPATH)")
     ap.add_argument("--keep", type=Path,
                     help="copy the callgrind dumps here (PROXY-SIZE.callgrind), for "
@@ -121,10 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sizes = args.sizes.split(",")
     missing = ensure_apt({"valgrind": "valgrind", "callgrind_control": "valgrind",
-                          "h2load": "nghttp2-client", "nginx": "nginx"})
+                          "nginx": "nginx"})
     if missing:
-        raise SystemExit(f"missing {', '.join(missing)}: install Debian's valgrind, "
-                         "nghttp2-client and nginx")
+        raise SystemExit(f"missing {', '.join(missing)}: install Debian's valgrind and nginx")
     procs = Processes()
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="holdover-instr-") as tmp:
