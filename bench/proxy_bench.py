@@ -119,8 +119,8 @@ def which(name: str) -> str | None:
 
 
 def ensure_packages() -> None:
-    """Install nginx, haproxy and wrk from Debian if any binary is missing."""
-    wanted = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk"}
+    """Install nginx, haproxy, wrk and h2load from Debian if any binary is missing."""
+    wanted = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "h2load": "nghttp2-client"}
     missing = [pkg for binary, pkg in wanted.items() if which(binary) is None]
     if not missing:
         return
@@ -486,6 +486,36 @@ def run_wrk(
 # --------------------------------------------------------------------------- configs
 
 
+def run_h2load(port: int, path: str, duration_s: int, connections: int, cpus: str | None,
+               headers: tuple[str, ...], log_file: Path) -> dict[str, float]:
+    """Latency percentiles by a second client, from h2load's per-request log.
+
+    Why: wrk's percentiles for holdover at 64 KiB were once seen to exceed the time
+    between one request and the next on the same connection, as the wire showed it,
+    which cannot be (bench/results/speed.md); h2load writes every request's own duration,
+    so its percentiles can be checked."""
+    argv = ["h2load", "--h1", "-t", "1", "-c", str(connections), "-D", str(duration_s),
+            "--log-file", str(log_file), *(arg for h in headers for arg in ("-H", h)),
+            f"http://127.0.0.1:{port}{path}"]
+    if cpus is not None:
+        argv = ["taskset", "-c", cpus, *argv]
+    log_file.unlink(missing_ok=True)
+    subprocess.run(argv, capture_output=True, timeout=duration_s + 60, check=True)
+    # Each line: start time (µs since the epoch), status, duration (µs).
+    times = sorted(int(line.split()[2]) for line in log_file.read_text().splitlines()
+                   if line.strip() and line.split()[1].startswith("2"))
+    log_file.unlink()
+    if not times:
+        raise RuntimeError("h2load completed no request")
+    n = len(times)
+
+    def pct(p: float) -> float:
+        return times[min(n - 1, int(n * p / 100))] / 1000.0
+
+    return {"requests": n, "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99),
+            "p999_ms": pct(99.9), "max_ms": times[-1] / 1000.0}
+
+
 def nginx_temp_paths(run_dir: Path) -> str:
     build = tool_version_full([which("nginx") or "nginx", "-V"])
     lines = []
@@ -657,7 +687,10 @@ def pick_best(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return max(rounds, key=lambda r: r["wrk"]["req_per_s"])
 
 
-def summarize(runs: list[dict[str, Any]], proxies: list[str]) -> list[dict[str, Any]]:
+def summarize(runs: list[dict[str, Any]], proxies: list[str],
+              h2: dict[tuple[str, str], dict[str, float]] | None = None
+              ) -> list[dict[str, Any]]:
+    h2 = h2 or {}
     rows: list[dict[str, Any]] = []
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for proxy in proxies:
@@ -691,7 +724,12 @@ def summarize(runs: list[dict[str, Any]], proxies: list[str]) -> list[dict[str, 
                 "cpu_vs_nginx": None,
                 "p99_vs_nginx": None,
                 "errors": sum(wrk["errors"].values()),
+                "h2load": h2.get((proxy, size)),
+                "h2load_p99_minus_nginx_ms": None,
             }
+            if row["h2load"] is not None and (ng := h2.get(("nginx", size))) is not None \
+                    and proxy != "nginx":
+                row["h2load_p99_minus_nginx_ms"] = row["h2load"]["p99_ms"] - ng["p99_ms"]
             if direct is not None and proxy != "direct":
                 row["added_p50_ms"] = wrk["p50_ms"] - direct["wrk"]["p50_ms"]
                 row["added_p99_ms"] = wrk["p99_ms"] - direct["wrk"]["p99_ms"]
@@ -732,6 +770,24 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"| {fmt(r['backend_cpu_us_per_req'])} | {fmt(r['req_per_s_vs_nginx'], 2)} "
             f"| {fmt(r['cpu_vs_nginx'], 2)} | {fmt(r['p99_vs_nginx'], 2)} | {r['errors']} |"
         )
+    h2rows = [r for r in rows if r.get("h2load")]
+    if h2rows:
+        lines += [
+            "",
+            f"Latency by a second client: h2load --h1 -t1 -c{s['connections']} "
+            f"-D{s['duration_s']}, one run per cell after the wrk rounds, percentiles of the "
+            "per-request durations in its log.",
+            "",
+            "| proxy | size | requests | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms "
+            "| p99 - nginx's ms |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in h2rows:
+            h = r["h2load"]
+            lines.append(
+                f"| {r['proxy']} | {r['size']} | {h['requests']:,} | {fmt(h['p50_ms'], 2)} "
+                f"| {fmt(h['p90_ms'], 2)} | {fmt(h['p99_ms'], 2)} | {fmt(h['p999_ms'], 2)} "
+                f"| {fmt(h['max_ms'], 1)} | {fmt(r['h2load_p99_minus_nginx_ms'], 2)} |")
     lines.append("")
     lines.append("Versions: " + "; ".join(f"{k}: {v}" for k, v in meta["versions"].items()))
     skipped = {k: v for k, v in meta["proxies"].items() if v.get("status") != "ok"}
@@ -958,6 +1014,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--holdover-cmd", help="how to run holdover (default: `holdover` on PATH)")
     ap.add_argument("--keep-workdir", action="store_true", help="keep the tmp dir (configs, logs)")
+    ap.add_argument("--no-h2load", dest="h2load", action="store_false",
+                    help="skip the second latency client (h2load, one run per cell)")
     ap.add_argument(
         "--unpinned", action="store_true",
         help="instead: holdover with 1 and 2 processes, nginx worker_processes 2 and HAProxy "
@@ -1033,6 +1091,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="holdover-bench-"))
     sup = Supervisor()
     runs: list[dict[str, Any]] = []
+    h2: dict[tuple[str, str], dict[str, float]] = {}
     try:
         make_www(workdir)
         lua = workdir / "report.lua"
@@ -1072,6 +1131,17 @@ def main(argv: list[str] | None = None) -> int:
                         f"cpu {fmt(result['proxy_cpu_us_per_req'])} µs/req  "
                         f"errors {sum(w['errors'].values())}"
                     )
+        if args.h2load and which("h2load") is not None:
+            for size in sizes:
+                for target in targets:
+                    h = run_h2load(target.port, SIZES[size][0], args.duration,
+                                   args.connections, layout["wrk"], HEADERS.get(size, ()),
+                                   workdir / "h2load.log")
+                    h2[(target.name, size)] = h
+                    log(f"h2load {target.name:8s} {size:5s} p99 {h['p99_ms']:7.2f} ms "
+                        f"p99.9 {h['p999_ms']:7.2f} ms")
+        elif args.h2load:
+            log("h2load not found (Debian's nghttp2-client): no second latency client")
         meta["elapsed_s"] = round(time.monotonic() - t0, 1)
     except (KeyboardInterrupt, Interrupted) as exc:
         log(f"interrupted ({exc or 'Ctrl-C'}), cleaning up")
@@ -1083,7 +1153,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    rows = summarize(runs, [t for t in PROXIES if any(r["proxy"] == t for r in runs)])
+    rows = summarize(runs, [t for t in PROXIES if any(r["proxy"] == t for r in runs)], h2)
     report = markdown(rows, meta)
     print(report)
     (out / "results.md").write_text(report)
