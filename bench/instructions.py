@@ -11,11 +11,11 @@ for the proxy's own code, beside proxy_bench.py's CPU time, not instead of it.
 
 The proxy runs under callgrind with instrumentation off; after a warm-up the counters are
 switched on, a fixed number of keep-alive requests is sent (over ``--connections``
-connections, each request byte for byte what wrk sends in proxy_bench.py), the counters
-are dumped and divided by that number.  Both proxies front the same nginx
-backend as in proxy_bench.py, holdover with the same configuration (sessions mode,
-access log on), nginx with ``master_process off`` so that its one process is the one
-counted.
+connections, each request with the request line and headers wrk sends in
+proxy_bench.py), the counters are dumped and divided by that number.  Both proxies front
+the same nginx backend as in proxy_bench.py, holdover with the same configuration
+(sessions mode, access log on), nginx with ``master_process off`` so that its one process
+is the one counted.
 
 Run: ``python bench/instructions.py [--sizes small,small-h13] [--requests 20000]
 [--pythonpath DIR]`` (``--pythonpath`` runs holdover from another checkout, to compare
@@ -39,7 +39,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from benchlib import Processes, ensure_apt, free_port, log, wait_http  # noqa: E402
+from benchlib import (  # noqa: E402
+    Interrupted,
+    Processes,
+    ensure_apt,
+    free_port,
+    install_signal_handlers,
+    log,
+    wait_http,
+)
 from proxy_bench import (  # noqa: E402
     HEADERS,
     SIZES,
@@ -54,8 +62,9 @@ READY_S = 180.0  # holdover's start under callgrind takes 10-30 s on this kind o
 
 def drive(port: int, path: str, headers: tuple[str, ...], requests: int,
           connections: int) -> int:
-    """Send ``requests`` GETs over ``connections`` keep-alive connections, byte for byte
-    what wrk sends (so header names keep their case); returns how many answered 2xx."""
+    """Send ``requests`` GETs over ``connections`` keep-alive connections, with wrk's
+    request line, Host and headers (names in their case; wrk may put the headers in
+    another order); returns how many answered 2xx."""
     head = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             + "".join(f"{h}\r\n" for h in headers) + "\r\n").encode()
 
@@ -84,15 +93,22 @@ def drive(port: int, path: str, headers: tuple[str, ...], requests: int,
 
 
 def callgrind(*args: str) -> None:
-    subprocess.run(["callgrind_control", *args], capture_output=True, check=True, timeout=60)
+    """Tell the process under callgrind to zero, dump or switch counting; callgrind_control
+    exits 0 even when the command did not reach the process, so its answer is read."""
+    out = subprocess.run(["callgrind_control", *args], capture_output=True, text=True,
+                         timeout=60, check=False)
+    if out.returncode != 0 or "OK." not in out.stdout:
+        raise RuntimeError(f"callgrind_control {' '.join(args)} failed: "
+                           f"{(out.stdout + out.stderr).strip()[-500:]}")
 
 
-def total_ir(dump: Path) -> int:
-    """The ``totals:`` (or ``summary:``) line of a callgrind dump."""
-    for line in dump.read_text(errors="replace").splitlines():
-        if line.startswith(("totals:", "summary:")):
+def total_ir(dump: Path) -> int | None:
+    """The ``totals:`` line a callgrind dump ends with; None while it is being written
+    (the header's ``summary:`` line comes first, so it is not taken for the end)."""
+    for line in reversed(dump.read_text(errors="replace").splitlines()):
+        if line.startswith("totals:"):
             return int(line.split()[1])
-    raise RuntimeError(f"no totals in {dump}")
+    return None
 
 
 def count(pid: int, out_dir: Path, port: int, path: str, headers: tuple[str, ...],
@@ -106,27 +122,29 @@ def count(pid: int, out_dir: Path, port: int, path: str, headers: tuple[str, ...
     ok = drive(port, path, headers, requests, connections)
     callgrind("-d", str(pid))
     callgrind("-i", "off", str(pid))
-    deadline = time.monotonic() + 60
-    while True:
-        new = [p for p in out_dir.glob("cg.*") if p not in before and p.stat().st_size]
-        if new:
-            break
-        if time.monotonic() > deadline:
-            raise RuntimeError("callgrind wrote no dump")
-        time.sleep(0.2)
-    time.sleep(0.5)  # the dump is written in one go; let it finish
     if ok != requests:
         raise RuntimeError(f"{requests - ok} of {requests} requests failed")
-    dump = max(new, key=lambda p: p.stat().st_mtime)
-    return total_ir(dump) / requests, dump
+    deadline = time.monotonic() + 60
+    while True:  # until the new dump is written to its end
+        new = [p for p in out_dir.glob("cg.*") if p not in before]
+        if new:
+            dump = max(new, key=lambda p: p.stat().st_mtime)
+            total = total_ir(dump)
+            if total is not None:
+                return total / requests, dump
+        if time.monotonic() > deadline:
+            raise RuntimeError("callgrind wrote no complete dump within 60 s")
+        time.sleep(0.2)
 
 
 def valgrind(out_dir: Path, name: str) -> list[str]:
+    """The command prefix: callgrind with counting off until a warm-up has run."""
     return ["valgrind", "--tool=callgrind", "--instr-atstart=no",
             f"--callgrind-out-file={out_dir}/cg.{name}.%p"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Count each proxy in turn (one under callgrind at a time) and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="small,small-h13",
                     help=f"comma list from {','.join(SIZES)}")
@@ -138,7 +156,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="copy the callgrind dumps here (PROXY-SIZE.callgrind), for "
                          "callgrind_annotate or kcachegrind")
     args = ap.parse_args(argv)
+    if args.requests < 1 or args.connections < 1:
+        raise SystemExit("--requests and --connections must be at least 1")
     sizes = args.sizes.split(",")
+    bad = [s for s in sizes if s not in SIZES]
+    if bad:
+        raise SystemExit(f"unknown size(s) {', '.join(bad)}: choose from {', '.join(SIZES)}")
+    install_signal_handlers()  # SIGTERM too ends in the finally below: nothing left running
     missing = ensure_apt({"valgrind": "valgrind", "callgrind_control": "valgrind",
                           "nginx": "nginx"})
     if missing:
@@ -201,4 +225,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except (KeyboardInterrupt, Interrupted):  # everything started was stopped in main
+        raise SystemExit(130) from None

@@ -12,7 +12,8 @@ in front of their app. This script measures, in one run and on the same machine:
 
 Every proxy fronts the same fast backend (nginx, 1 worker, started by
 ``backend_wrapper.py``) for three response sizes (13 B, 64 KiB, 1 MiB). wrk runs with
-``-t1 -c50 --latency`` in interleaved rounds; the best round (highest req/s) is reported.
+``-t1 -c50 --latency`` in interleaved rounds; the best round (highest req/s) is reported;
+then h2load runs once per cell, a second client whose own log gives the latency percentiles.
 Proxy CPU time (user+sys of the proxy's process tree, backend excluded) is divided by the
 requests completed. Results go to ``<out>/results.md`` and ``<out>/results.json``.
 
@@ -501,19 +502,27 @@ def run_h2load(port: int, path: str, duration_s: int, connections: int, cpus: st
         argv = ["taskset", "-c", cpus, *argv]
     log_file.unlink(missing_ok=True)
     subprocess.run(argv, capture_output=True, timeout=duration_s + 60, check=True)
-    # Each line: start time (µs since the epoch), status, duration (µs).
-    times = sorted(int(line.split()[2]) for line in log_file.read_text().splitlines()
-                   if line.strip() and line.split()[1].startswith("2"))
+    # Each line: start time (µs since the epoch), status (-1: failed), duration (µs).
+    times, failed = [], 0
+    for line in log_file.read_text().splitlines():
+        fields = line.split()
+        if len(fields) != 3:
+            continue
+        if fields[1].startswith("2"):
+            times.append(int(fields[2]))
+        else:
+            failed += 1
     log_file.unlink()
     if not times:
         raise RuntimeError("h2load completed no request")
+    times.sort()
     n = len(times)
 
     def pct(p: float) -> float:
         return times[min(n - 1, int(n * p / 100))] / 1000.0
 
-    return {"requests": n, "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99),
-            "p999_ms": pct(99.9), "max_ms": times[-1] / 1000.0}
+    return {"requests": n, "failed": failed, "p50_ms": pct(50), "p90_ms": pct(90),
+            "p99_ms": pct(99), "p999_ms": pct(99.9), "max_ms": times[-1] / 1000.0}
 
 
 def nginx_temp_paths(run_dir: Path) -> str:
@@ -779,15 +788,16 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             "per-request durations in its log.",
             "",
             "| proxy | size | requests | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms "
-            "| p99 - nginx's ms |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| p99 - nginx's ms | failed |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in h2rows:
             h = r["h2load"]
             lines.append(
                 f"| {r['proxy']} | {r['size']} | {h['requests']:,} | {fmt(h['p50_ms'], 2)} "
                 f"| {fmt(h['p90_ms'], 2)} | {fmt(h['p99_ms'], 2)} | {fmt(h['p999_ms'], 2)} "
-                f"| {fmt(h['max_ms'], 1)} | {fmt(r['h2load_p99_minus_nginx_ms'], 2)} |")
+                f"| {fmt(h['max_ms'], 1)} | {fmt(r['h2load_p99_minus_nginx_ms'], 2)} "
+                f"| {h.get('failed', 0)} |")
     lines.append("")
     lines.append("Versions: " + "; ".join(f"{k}: {v}" for k, v in meta["versions"].items()))
     skipped = {k: v for k, v in meta["proxies"].items() if v.get("status") != "ok"}
@@ -1081,6 +1091,7 @@ def main(argv: list[str] | None = None) -> int:
             "wrk": tool_version([which("wrk") or "wrk", "-v"]).split(" Copyright")[0],
             "nginx": tool_version([which("nginx") or "nginx", "-v"]),
             "haproxy": tool_version([which("haproxy") or "haproxy", "-v"]),
+            "h2load": tool_version([which("h2load") or "h2load", "--version"]),
         },
         "proxies": {},
     }
@@ -1134,12 +1145,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.h2load and which("h2load") is not None:
             for size in sizes:
                 for target in targets:
-                    h = run_h2load(target.port, SIZES[size][0], args.duration,
-                                   args.connections, layout["wrk"], HEADERS.get(size, ()),
-                                   workdir / "h2load.log")
+                    try:
+                        h = run_h2load(target.port, SIZES[size][0], args.duration,
+                                       args.connections, layout["wrk"], HEADERS.get(size, ()),
+                                       workdir / "h2load.log")
+                    except (OSError, ValueError, RuntimeError, subprocess.SubprocessError) as exc:
+                        log(f"h2load {target.name} {size} failed, cell left out: {exc}")
+                        continue
                     h2[(target.name, size)] = h
                     log(f"h2load {target.name:8s} {size:5s} p99 {h['p99_ms']:7.2f} ms "
-                        f"p99.9 {h['p999_ms']:7.2f} ms")
+                        f"p99.9 {h['p999_ms']:7.2f} ms  failed {h['failed']}")
         elif args.h2load:
             log("h2load not found (Debian's nghttp2-client): no second latency client")
         meta["elapsed_s"] = round(time.monotonic() - t0, 1)

@@ -19,7 +19,7 @@ from holdover.control import clusterops
 from holdover.control.clusterops import LOCK, ClusterOps
 from holdover.state import RedisStore
 
-TTL = 0.6  # seconds: renewed every 0.2 s in these tests
+TTL = 2.0  # seconds: renewed every 0.67 s; a busy machine may stall the loop a while
 
 
 def renewer(store: RedisStore) -> ClusterOps:
@@ -40,7 +40,7 @@ def test_renewal_keeps_the_lock_past_its_ttl(redis_url: str,
             renew = asyncio.ensure_future(renewer(store)._renew(owner))
             t0 = time.monotonic()
             try:
-                while time.monotonic() - t0 < 3 * TTL:  # three ttls: lapsed without renewal
+                while time.monotonic() - t0 < 2.5 * TTL:  # lapsed twice without renewal
                     assert await store.acquire(LOCK, "node-b rollback 9f", TTL) == owner
                     await asyncio.sleep(TTL / 4)
                 assert not renew.done()
@@ -61,7 +61,8 @@ def test_a_lapsed_lock_taken_by_another_node_is_reported_and_not_fought_for(
         async with RedisStore(redis_url) as store:
             assert await store.acquire(LOCK, mine, TTL) == mine
             # The lock lapses while node-a cannot reach the store (its renewals fail),
-            # and node-b takes it: here node-a's hold ends and node-b's begins at once.
+            # and node-b takes it: here node-a's hold ends and node-b's begins at once
+            # (the shared redis-server of the tests is not stopped for one test).
             assert await store.release(LOCK, mine)
             assert await store.acquire(LOCK, theirs, TTL) == theirs
             renew = asyncio.ensure_future(renewer(store)._renew(mine))
