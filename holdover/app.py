@@ -39,7 +39,7 @@ from .control.revisions import DeployError
 from .control.shared import PlanesRouter, SharedTable
 from .core.affinity import Keys
 from .core.errors import Refused
-from .core.peers import ClusterSecret
+from .core.peers import ClusterSecret, advertised_host
 from .proxy.heap import keep_freed_memory
 from .proxy.peer import PeerConnection
 from .proxy.ports import Limits, Plane
@@ -302,8 +302,7 @@ class Gateway:
 
         The secret file is created (0600) on the first node; the others need a copy."""
         c = self.config
-        path = (c.base_dir / c.gateway_cluster_secret if c.gateway_cluster_secret
-                else c.state_dir / "cluster.secret")
+        path = c.cluster_secret_path
         secret = ClusterSecret.load_or_create(path)
         if secret.created:
             log.warning("created the cluster secret %s (there was none): copy it (mode "
@@ -313,11 +312,7 @@ class Gateway:
                         path)
         self.ctl.use_keys(secret.keys)
         peers = self.ctl.peers = Peers(self.ctl, secret, c.node_name)
-        advertised = c.gateway_advertise or c.gateway_listen[0]
-        if advertised.startswith("["):
-            host = advertised[1:].partition("]")[0]
-        else:
-            host = advertised.rpartition(":")[0] if advertised.count(":") == 1 else advertised
+        host = advertised_host(c.gateway_advertise or c.gateway_listen[0])
         address = c.gateway_peer_listen
         if address is None:
             try:

@@ -91,6 +91,15 @@ def cmd_check(args: argparse.Namespace) -> int:
           f"{cfg.gateway_listen[1]})")
     for warning in [*listen_warnings(cfg), *file_warnings(cfg.state_dir)]:
         print(f"holdover: warning: {warning}", file=sys.stderr)
+    if args.store:  # what the cluster's Redis says of this node joining
+        from .control.joincheck import store_lines
+
+        found, problems = store_lines(cfg)
+        for line in found:
+            print(line)
+        for line in problems:
+            print(line, file=sys.stderr)
+        return 2 if problems else 0
     return 0
 
 
@@ -109,35 +118,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     home = Path(args.dir).resolve()
     if args.action == "next":
         return launch.deploy_next(home)
-    from .control.handover import INHERIT_ENV
-
-    # A fresh demo each time; but not when `holdover reload` re-executes this one.
-    busy = launch.fresh_state(home) if INHERIT_ENV not in os.environ else None
-    if busy:
-        print(f"holdover demo: {busy}", file=sys.stderr)
-        return 1
-    admin_port = args.admin_port if args.admin_port is not None else (
-        args.port + 1 if args.port else 0)
-    path = launch.write_config(DEMO_CONFIG, home, args.port, admin_port, args.idle_timeout)
-    cfg = _load(str(path))
-    _setup_logging(args.verbose, cfg)
-
-    import uvloop
-
-    from .app import Gateway
-
-    gw = Gateway(cfg)
-
-    def tell() -> None:
-        host, port = cfg.gateway_listen[0], gw.bound[1] if gw.bound else cfg.gateway_listen[1]
-        admin_url = (cfg.state_dir / "admin.url").read_text().strip()
-        token = (cfg.state_dir / "admin.token").read_text().strip()
-        nxt = launch.next_revision(gw.ctl.revs.status())
-        rid, folder = nxt if nxt else ("v2", launch.RELEASES / "v2")
-        print(launch.banner(path, f"http://{host}:{port}/", admin_url, token,
-                            args.idle_timeout, rid, folder), flush=True)
-
-    return uvloop.run(gw.run(on_started=tell))
+    return launch.serve(DEMO_CONFIG, home, args.port, args.admin_port, args.idle_timeout,
+                        args.verbose)
 
 
 def _print_status(st: dict[str, Any]) -> None:
@@ -501,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-v", "--verbose", action="store_true")
     r.set_defaults(func=cmd_run)
     ck = with_config(sub.add_parser("check", help="validate the configuration file"))
+    ck.add_argument("--store", action="store_true",
+                    help="also ask the shared store (a cluster's Redis) whether this node "
+                    "can join: its secret and its name against the live nodes'")
     ck.set_defaults(func=cmd_check)
     d = sub.add_parser("demo", help="run the gateway in front of the bundled demo app",
                        description="Start the gateway in front of a small notes app and "

@@ -430,6 +430,13 @@ class Config:
         """This node's name: ``node``, or the host name when it is not set."""
         return self.gateway_node or socket.gethostname()
 
+    @property
+    def cluster_secret_path(self) -> Path:
+        """Where a cluster node reads its cluster secret (``cluster_secret``)."""
+        if self.gateway_cluster_secret:
+            return self.base_dir / self.gateway_cluster_secret
+        return self.state_dir / "cluster.secret"
+
 
 def _line_of(text: str, section: str, key: str | None) -> int | None:
     """Best-effort line number of ``key`` in ``[section]`` (tomllib gives none)."""

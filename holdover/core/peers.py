@@ -29,6 +29,14 @@ from .private_files import tighten, write_private
 log = logging.getLogger("holdover.cluster")
 
 PEER_HEADER = b"X-Holdover-Peer"
+
+
+def advertised_host(advertise: str) -> str:
+    """The host part of an ``advertise`` (or listen) address: ``host``, ``host:port``,
+    ``[v6]`` or ``[v6]:port``; a bare IPv6 address is its own host."""
+    if advertise.startswith("["):
+        return advertise[1:].partition("]")[0]
+    return advertise.rpartition(":")[0] if advertise.count(":") == 1 else advertise
 TOKEN_WINDOW = 30  # seconds a token is accepted either side of the receiver's clock
 
 
@@ -52,6 +60,21 @@ class ClusterSecret:
                 "hash_key": secrets.token_hex(32), "signing_keys": [secrets.token_hex(32)],
                 "peer_key": secrets.token_hex(32)}, indent=2))
             created = True
+        keys, peer_key = cls._read(path)
+        mode = tighten(path)
+        if mode is not None:
+            log.warning("%s was readable by other users (mode %04o); made it 0600. If "
+                        "someone read it, replace it on every node (SECURITY.md)", path, mode)
+        return cls(keys, peer_key, path, created)
+
+    @classmethod
+    def read(cls, path: Path) -> ClusterSecret:
+        """The cluster secret file as it is, changing nothing (``holdover check``)."""
+        keys, peer_key = cls._read(path)
+        return cls(keys, peer_key, path)
+
+    @staticmethod
+    def _read(path: Path) -> tuple[Keys, bytes]:
         try:
             data = json.loads(path.read_text())
             keys = Keys.from_secrets(data)
@@ -61,11 +84,7 @@ class ClusterSecret:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"{path}: not a valid holdover cluster secret file ({exc}): "
                              f"copy it from another node of the cluster") from None
-        mode = tighten(path)
-        if mode is not None:
-            log.warning("%s was readable by other users (mode %04o); made it 0600. If "
-                        "someone read it, replace it on every node (SECURITY.md)", path, mode)
-        return cls(keys, peer_key, path, created)
+        return keys, peer_key
 
     def fingerprint(self) -> str:
         """A keyed hash of the whole secret: equal on nodes that share it, and no key."""

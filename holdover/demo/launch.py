@@ -159,3 +159,44 @@ def deploy_next(home: Path) -> int:
     print("Reload your logged-in tab (same revision, same notes), open a private window "
           f"(revision {rid}), then log out to move over.")
     return 0
+
+
+def serve(template: str, home: Path, port: int, admin_port: int | None, idle_timeout: str,
+          verbose: bool) -> int:
+    """``holdover demo``: a fresh demo's gateway in ``home``, serving until stopped; what
+    to open and try is printed once it serves."""
+    from ..config import ConfigError, load
+    from ..control.handover import INHERIT_ENV
+    from ..gatewaylog import setup
+
+    # A fresh demo each time; but not when `holdover reload` re-executes this one.
+    busy = fresh_state(home) if INHERIT_ENV not in os.environ else None
+    if busy:
+        print(f"holdover demo: {busy}", file=sys.stderr)
+        return 1
+    if admin_port is None:
+        admin_port = port + 1 if port else 0
+    path = write_config(template, home, port, admin_port, idle_timeout)
+    try:
+        cfg = load(str(path))
+    except ConfigError as exc:
+        print(f"holdover: {exc}", file=sys.stderr)
+        return 2
+    setup(cfg.gateway_log_format, verbose)
+
+    import uvloop
+
+    from ..app import Gateway
+
+    gw = Gateway(cfg)
+
+    def tell() -> None:
+        host, bound = cfg.gateway_listen[0], gw.bound[1] if gw.bound else cfg.gateway_listen[1]
+        admin_url = (cfg.state_dir / "admin.url").read_text().strip()
+        token = (cfg.state_dir / "admin.token").read_text().strip()
+        nxt = next_revision(gw.ctl.revs.status())
+        rid, folder = nxt if nxt else ("v2", RELEASES / "v2")
+        print(banner(path, f"http://{host}:{bound}/", admin_url, token, idle_timeout, rid,
+                     folder), flush=True)
+
+    return uvloop.run(gw.run(on_started=tell))
