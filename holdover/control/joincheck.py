@@ -48,6 +48,10 @@ async def store_report(c: Config) -> tuple[list[str], list[str]]:
                 problems.append(
                     f"node {me} is already live at {at}: every node of a cluster needs its "
                     f"own name ([gateway] node); give this one another, or stop that node")
+            else:
+                found.append(f"a node {me} is live on this host: this node, already "
+                             "running (or its heartbeat from before a crash, for a few "
+                             "seconds more)")
     if not path.exists():
         if others:
             problems.append(

@@ -30,6 +30,8 @@ log = logging.getLogger("holdover.cluster")
 
 PEER_HEADER = b"X-Holdover-Peer"
 
+TOKEN_WINDOW = 30  # seconds a token is accepted either side of the receiver's clock
+
 
 def advertised_host(advertise: str) -> str:
     """The host part of an ``advertise`` (or listen) address: ``host``, ``host:port``,
@@ -37,7 +39,6 @@ def advertised_host(advertise: str) -> str:
     if advertise.startswith("["):
         return advertise[1:].partition("]")[0]
     return advertise.rpartition(":")[0] if advertise.count(":") == 1 else advertise
-TOKEN_WINDOW = 30  # seconds a token is accepted either side of the receiver's clock
 
 
 @dataclass(frozen=True)

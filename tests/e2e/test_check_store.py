@@ -102,3 +102,11 @@ def test_the_embedded_store_has_no_cluster_to_check(tmp_path: Path) -> None:
     r = check(tmp_path / "holdover.toml")
     assert r.returncode == 0, r.stderr
     assert "no cluster to check" in r.stdout
+
+
+def test_its_own_heartbeat_on_this_host_is_no_conflict(tmp_path: Path, redis_url: str) -> None:
+    secret = ClusterSecret.load_or_create(tmp_path / "web-2" / "cluster.secret")
+    beat(redis_url, "web-2", "127.0.0.12:9180", secret.fingerprint())  # this node, running
+    r = check(node_config(tmp_path / "web-2", redis_url))
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "a node web-2 is live on this host" in r.stdout
