@@ -78,7 +78,10 @@ class RedisStore(SharedStore):
     """
 
     def __init__(self, url: str | RedisURL, *, base_dir: str | os.PathLike[str] | None = None,
-                 feed_maxlen: int = 10_000, node: str = "") -> None:
+                 feed_maxlen: int = 10_000, node: str = "", read_only: bool = False) -> None:
+        # read_only: open changes nothing (no layout key made, no pins moved) and only
+        # live_nodes may be called: what ``holdover check --store`` needs.
+        self.read_only = read_only
         self.url = url if isinstance(url, RedisURL) else parse_redis_url(url)
         self.base_dir = base_dir
         self.feed_maxlen = feed_maxlen
@@ -119,6 +122,8 @@ class RedisStore(SharedStore):
         script = self._scripts.get(name)
         if script is None:
             raise StoreError(f"{self._where}: not open (call open() first)")
+        if self.read_only and name != "LIVE_NODES_READ":
+            raise StoreError(f"{self._where}: opened to read only: cannot {action}")
         return await self._call(action, lambda client: script(keys=keys, args=args,
                                                               client=client))
 
@@ -194,10 +199,16 @@ class RedisStore(SharedStore):
         self._scripts = {name: client.register_script(getattr(lua, name)) for name in (
             "LAYOUT", "PUT_REVISION", "DELETE_REVISION", "LIST_REVISIONS", "ADD_EVENT",
             "READ_EVENTS", "PRUNE_EVENTS", "HEARTBEAT", "LIVE_NODES", "FORGET_NODE", "PUBLISH",
-            "READ_CHANGES", "CLAIM_PIN", "TOUCH_PINS", "END_PINS", "ACQUIRE", "RELEASE")}
+            "READ_CHANGES", "CLAIM_PIN", "TOUCH_PINS", "END_PINS", "ACQUIRE", "RELEASE",
+            "LIVE_NODES_READ")}
         try:
-            found = await self._script("LAYOUT", "open", [self._key("layout")],
-                                       [str(LAYOUT_VERSION)])
+            if self.read_only:
+                found = await self._call("open", lambda c: c.get(self._key("layout")))
+                if found is None:  # no holdover has used this cluster name yet
+                    found = str(LAYOUT_VERSION)
+            else:
+                found = await self._script("LAYOUT", "open", [self._key("layout")],
+                                           [str(LAYOUT_VERSION)])
             if found != str(LAYOUT_VERSION):
                 newer = str(found).isdigit() and int(found) > LAYOUT_VERSION
                 raise StoreError(
@@ -207,7 +218,7 @@ class RedisStore(SharedStore):
                         "use another cluster name" if newer else
                         f"key {self._key('layout')} holds {found!r}, not a holdover layout "
                         "version: choose another cluster name"))
-            if self.node:  # the pins of the one gateway that used this store before
+            if self.node and not self.read_only:  # the pins of the one gateway before it
                 await self._call("move the pins to this node's key", lambda c: _move_pins(
                     c, self._key("pins"), self._pins_key))
         except BaseException:
@@ -403,7 +414,8 @@ class RedisStore(SharedStore):
                            [node, repr(float(ttl)), text])
 
     async def live_nodes(self) -> list[LiveNode]:
-        flat = await self._script("LIVE_NODES", "read live nodes",
+        flat = await self._script("LIVE_NODES_READ" if self.read_only else "LIVE_NODES",
+                                  "read live nodes",
                                   [self._key("nodes"), self._key("nodes:info")], [])
         try:
             nodes = [LiveNode(flat[i], json.loads(flat[i + 2]), float(flat[i + 1]))

@@ -100,6 +100,22 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 """
 
 # KEYS: expiries, infos; returns name, seconds left, info JSON for each live node
+# The same, writing nothing: expired heartbeats are left for a node to prune
+# (``holdover check --store``).
+LIVE_NODES_READ = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%.6f', now), '+inf',
+                        'WITHSCORES')
+local out = {}
+for i = 1, #live, 2 do
+  out[#out + 1] = live[i]
+  out[#out + 1] = string.format('%.6f', tonumber(live[i + 1]) - now)
+  out[#out + 1] = redis.call('HGET', KEYS[2], live[i]) or '{}'
+end
+return out
+"""
+
 LIVE_NODES = _REPLICATE + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000

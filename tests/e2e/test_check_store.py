@@ -11,22 +11,36 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
+import redis
 from redisserver import free_port
 
 from holdover.core.peers import ClusterSecret
-from holdover.state import RedisStore
+from holdover.state import PinRecord, RedisStore
 
 
 def node_config(folder: Path, store: str, node: str = "web-2",
-                advertise: str = "127.0.0.12") -> Path:
+                advertise: str = "127.0.0.12", extra: str = "") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "holdover.toml"
     path.write_text(f'[gateway]\nstore = "{store}"\nnode = "{node}"\n'
-                    f'advertise = "{advertise}"\ncluster_secret = "cluster.secret"\n'
+                    f'advertise = "{advertise}"\ncluster_secret = "cluster.secret"\n{extra}'
                     '[app]\ncommand = "python app.py --port {port}"\n')
     return path
+
+
+def contents(url: str) -> dict[bytes, bytes]:
+    """Every key of the URL's cluster, with its serialized value."""
+    u = urlparse(url)
+    prefix = f"holdover:{{{parse_qs(u.query)['cluster'][0]}}}:"
+    r = redis.Redis(host=u.hostname, port=u.port)
+    try:
+        return {k: r.dump(k) for k in r.scan_iter(match=prefix + "*")}
+    finally:
+        r.close()
 
 
 def check(config: Path) -> subprocess.CompletedProcess[str]:
@@ -34,12 +48,34 @@ def check(config: Path) -> subprocess.CompletedProcess[str]:
                            str(config)], capture_output=True, text=True, timeout=60)
 
 
-def beat(url: str, node: str, peer: str, fingerprint: str) -> None:
-    """A live node's heartbeat, as a running node renews it."""
+def beat(url: str, node: str, peer: str, fingerprint: str | None) -> None:
+    """A live node's heartbeat, as a running node renews it (None: an older holdover's,
+    without a fingerprint)."""
+    info = {"peer": peer} if fingerprint is None else {"peer": peer, "fingerprint": fingerprint}
+
     async def main() -> None:
         async with RedisStore(url, node=node) as store:
-            await store.heartbeat(node, {"peer": peer, "fingerprint": fingerprint}, 60)
+            await store.heartbeat(node, info, 60)
     asyncio.run(main())
+
+
+def expired(url: str, node: str, within: float = 5.0) -> None:
+    """Wait until ``node``'s heartbeat has expired by Redis's own clock (read only)."""
+    u = urlparse(url)
+    key = f"holdover:{{{parse_qs(u.query)['cluster'][0]}}}:nodes"
+    r = redis.Redis(host=u.hostname, port=u.port)
+    try:
+        deadline = time.monotonic() + within
+        while True:
+            sec, usec = r.time()
+            score = r.zscore(key, node)
+            assert score is not None, f"no heartbeat of {node}"
+            if score < sec + usec / 1e6:
+                return
+            assert time.monotonic() < deadline, "the heartbeat did not expire"
+            time.sleep(0.01)
+    finally:
+        r.close()
 
 
 def test_first_node_is_told_its_secret_will_be_made(tmp_path: Path, redis_url: str) -> None:
@@ -110,3 +146,43 @@ def test_its_own_heartbeat_on_this_host_is_no_conflict(tmp_path: Path, redis_url
     r = check(node_config(tmp_path / "web-2", redis_url))
     assert r.returncode == 0, (r.stdout, r.stderr)
     assert "a node web-2 is live on this host" in r.stdout
+
+
+def test_check_changes_nothing_in_the_store(tmp_path: Path, redis_url: str) -> None:
+    """An old single gateway's pins stay where they are, the layout key is not made for a
+    fresh cluster name, expired heartbeats stay for the nodes to prune."""
+    config = node_config(tmp_path / "web-2", redis_url)
+    assert check(config).returncode == 0
+    assert contents(redis_url) == {}, "a check of an unused cluster name makes no key"
+
+    async def old_state() -> None:
+        async with RedisStore(redis_url) as store:  # a single gateway (no node): its pins
+            now = time.time()
+            await store.put_pins([PinRecord("k1", "v1-1", "i1", "v1", now, now, None)])
+            await store.heartbeat("gone", {"peer": "127.0.0.19:9180"}, 0.05)
+    asyncio.run(old_state())
+    expired(redis_url, "gone")
+    before = contents(redis_url)
+    assert before, "the old gateway left keys"
+    r = check(config)
+    assert r.returncode == 0, r.stderr
+    assert "live nodes: none" in r.stdout, "an expired heartbeat is no live node"
+    assert contents(redis_url) == before
+
+
+def test_peer_listen_by_name_is_the_address_it_binds(tmp_path: Path, redis_url: str) -> None:
+    secret = ClusterSecret.load_or_create(tmp_path / "web-2" / "cluster.secret")
+    beat(redis_url, "web-2", "127.0.0.1:9181", secret.fingerprint())  # this node, running
+    config = node_config(tmp_path / "web-2", redis_url,
+                         extra='peer_listen = "localhost:9181"\n')
+    r = check(config)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "is live on this host" in r.stdout
+
+
+def test_nodes_without_a_fingerprint_are_not_compared(tmp_path: Path, redis_url: str) -> None:
+    beat(redis_url, "web-1", "127.0.0.11:9180", None)  # an older holdover's heartbeat
+    ClusterSecret.load_or_create(tmp_path / "web-2" / "cluster.secret")
+    r = check(node_config(tmp_path / "web-2", redis_url))
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    assert "announce no secret fingerprint" in r.stdout
