@@ -56,7 +56,7 @@ async def store_report(c: Config) -> tuple[list[str], list[str]]:
     store = RedisStore(c.gateway_store, base_dir=c.base_dir, node=c.node_name, read_only=True)
     await store.open()
     try:
-        live = await store.live_nodes()  # type: ignore[attr-defined]
+        live = await store.live_nodes()
     finally:
         await store.close()
     me, path = c.node_name, c.cluster_secret_path

@@ -99,8 +99,7 @@ redis.call('ZADD', KEYS[1], string.format('%.6f', expiry), ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 """
 
-# KEYS: expiries, infos; returns name, seconds left, info JSON for each live node
-# The same, writing nothing: expired heartbeats are left for a node to prune
+# LIVE_NODES (below), writing nothing: expired heartbeats are left for a node to prune
 # (``holdover check --store``).
 LIVE_NODES_READ = """
 local t = redis.call('TIME')
@@ -116,6 +115,7 @@ end
 return out
 """
 
+# KEYS: expiries, infos; returns name, seconds left, info JSON for each live node
 LIVE_NODES = _REPLICATE + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
