@@ -99,40 +99,37 @@ redis.call('ZADD', KEYS[1], string.format('%.6f', expiry), ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 """
 
-# LIVE_NODES (below), writing nothing: expired heartbeats are left for a node to prune
-# (``holdover check --store``).
-LIVE_NODES_READ = """
+# KEYS: expiries, infos; returns name, seconds left, info JSON for each live node.
+# The heartbeats still live by Redis's clock (scores above ``now``):
+_LIVE_AFTER_NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%.6f', now), '+inf',
-                        'WITHSCORES')
-local out = {}
-for i = 1, #live, 2 do
-  out[#out + 1] = live[i]
-  out[#out + 1] = string.format('%.6f', tonumber(live[i + 1]) - now)
-  out[#out + 1] = redis.call('HGET', KEYS[2], live[i]) or '{}'
+local function live_nodes()
+  local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%.6f', now), '+inf',
+                          'WITHSCORES')
+  local out = {}
+  for i = 1, #live, 2 do
+    out[#out + 1] = live[i]
+    out[#out + 1] = string.format('%.6f', tonumber(live[i + 1]) - now)
+    out[#out + 1] = redis.call('HGET', KEYS[2], live[i]) or '{}'
+  end
+  return out
 end
-return out
 """
 
-# KEYS: expiries, infos; returns name, seconds left, info JSON for each live node
-LIVE_NODES = _REPLICATE + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+# Writing nothing: expired heartbeats are left for a node to prune (``holdover check
+# --store``).
+LIVE_NODES_READ = _LIVE_AFTER_NOW + "return live_nodes()\n"
+
+# The expired ones removed first (what every node's reading does).
+LIVE_NODES = _REPLICATE + _LIVE_AFTER_NOW + """
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.6f', now))
 for i = 1, #dead, 1000 do
   local part = {unpack(dead, i, math.min(i + 999, #dead))}
   redis.call('ZREM', KEYS[1], unpack(part))
   redis.call('HDEL', KEYS[2], unpack(part))
 end
-local live = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-local out = {}
-for i = 1, #live, 2 do
-  out[#out + 1] = live[i]
-  out[#out + 1] = string.format('%.6f', tonumber(live[i + 1]) - now)
-  out[#out + 1] = redis.call('HGET', KEYS[2], live[i]) or '{}'
-end
-return out
+return live_nodes()
 """
 
 FORGET_NODE = """

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import sys
 from urllib.parse import parse_qs, urlsplit
+
+from rawserver import serve
 
 PIECE = 1024 * 1024
 
@@ -50,11 +51,5 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         writer.close()
 
 
-async def main() -> None:
-    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
-    async with server:
-        await server.serve_forever()
-
-
 if __name__ == "__main__":
-    asyncio.run(main())
+    serve(handle)

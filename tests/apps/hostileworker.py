@@ -22,7 +22,8 @@ Run as ``python hostileworker.py {port}``.  What it does depends on the request 
 from __future__ import annotations
 
 import asyncio
-import sys
+
+from rawserver import serve
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -98,11 +99,5 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         writer.close()
 
 
-async def main() -> None:
-    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
-    async with server:
-        await server.serve_forever()
-
-
 if __name__ == "__main__":
-    asyncio.run(main())
+    serve(handle)

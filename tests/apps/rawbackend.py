@@ -9,7 +9,8 @@ close), ``/hang`` (reads the request, never answers), ``/close`` (closes without
 from __future__ import annotations
 
 import asyncio
-import sys
+
+from rawserver import serve
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -41,11 +42,5 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         writer.close()
 
 
-async def main() -> None:
-    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
-    async with server:
-        await server.serve_forever()
-
-
 if __name__ == "__main__":
-    asyncio.run(main())
+    serve(handle)
